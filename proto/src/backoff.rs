@@ -31,8 +31,18 @@ impl Default for Backoff {
 impl Backoff {
     /// A policy with `base` and `cap`; floor 100 ms (or `base` if smaller), stable 30 s.
     pub const fn new(base: Duration, cap: Duration) -> Self {
-        let floor = if base.as_millis() < 100 { base } else { Duration::from_millis(100) };
-        Self { base, cap, floor, stable: Duration::from_secs(30), failures: 0 }
+        let floor = if base.as_millis() < 100 {
+            base
+        } else {
+            Duration::from_millis(100)
+        };
+        Self {
+            base,
+            cap,
+            floor,
+            stable: Duration::from_secs(30),
+            failures: 0,
+        }
     }
 
     /// Consecutive failures so far.
@@ -115,7 +125,10 @@ mod tests {
 
     #[test]
     fn never_overflows() {
-        let mut b = Backoff::new(Duration::from_secs(3600), Duration::from_secs(u64::MAX / 1000));
+        let mut b = Backoff::new(
+            Duration::from_secs(3600),
+            Duration::from_secs(u64::MAX / 1000),
+        );
         for _ in 0..200 {
             b.next_delay(u32::MAX);
         }

@@ -56,7 +56,11 @@ impl SecretKey {
     pub(crate) fn dh(&self, peer: &PublicKey) -> Option<[u8; 32]> {
         let s = x25519_dalek::StaticSecret::from(self.0);
         let shared = s.diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
-        if shared.was_contributory() { Some(shared.to_bytes()) } else { None }
+        if shared.was_contributory() {
+            Some(shared.to_bytes())
+        } else {
+            None
+        }
     }
 }
 

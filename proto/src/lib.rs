@@ -29,7 +29,11 @@
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
-#![warn(missing_docs, clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
+#![warn(
+    missing_docs,
+    clippy::std_instead_of_core,
+    clippy::alloc_instead_of_core
+)]
 
 pub mod backoff;
 pub mod code;
@@ -48,4 +52,6 @@ pub use session::{
     StreamError, StreamSlot,
 };
 pub use time::Instant;
-pub use wire::{Hello, MsgKind, Params, Service, ServiceKind, ServiceList, StrList, StreamId, StreamKind};
+pub use wire::{
+    Hello, MsgKind, Params, Service, ServiceKind, ServiceList, StrList, StreamId, StreamKind,
+};

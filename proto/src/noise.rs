@@ -58,8 +58,7 @@ impl fmt::Display for NoiseError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for NoiseError {}
+impl core::error::Error for NoiseError {}
 
 type Hmac = SimpleHmac<Blake2s256>;
 
@@ -97,7 +96,10 @@ pub struct CipherState {
 impl CipherState {
     /// A fresh state for `key`, nonce 0.
     pub fn new(key: &[u8; 32]) -> Self {
-        Self { aead: ChaCha20Poly1305::new(Key::from_slice(key)), n: 0 }
+        Self {
+            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            n: 0,
+        }
     }
 
     /// The next nonce to be used.
@@ -111,14 +113,22 @@ impl CipherState {
         if self.n == u64::MAX {
             return None;
         }
-        let tag = self.aead.encrypt_in_place_detached(&nonce(self.n), ad, buf).ok()?;
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(&nonce(self.n), ad, buf)
+            .ok()?;
         self.n += 1;
         Some(tag.into())
     }
 
     /// Decrypts `buf` in place if `tag` authenticates it; the nonce advances
     /// only on success.
-    pub fn open(&mut self, ad: &[u8], buf: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), NoiseError> {
+    pub fn open(
+        &mut self,
+        ad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), NoiseError> {
         if self.n == u64::MAX {
             return Err(NoiseError::Decrypt);
         }
@@ -156,7 +166,12 @@ impl SymmetricState {
         } else {
             Blake2s256::digest(PROTOCOL_NAME).into()
         };
-        let mut s = Self { ck: h, h, k: None, n: 0 };
+        let mut s = Self {
+            ck: h,
+            h,
+            k: None,
+            n: 0,
+        };
         s.mix_hash(prologue);
         s
     }
@@ -193,7 +208,10 @@ impl SymmetricState {
         if out.len() < len + TAG_LEN {
             return Err(NoiseError::BufferTooSmall);
         }
-        let mut c = CipherState { aead: ChaCha20Poly1305::new(Key::from_slice(&k)), n: self.n };
+        let mut c = CipherState {
+            aead: ChaCha20Poly1305::new(Key::from_slice(&k)),
+            n: self.n,
+        };
         let (body, rest) = out.split_at_mut(len);
         let tag = c.seal(&self.h, body).ok_or(NoiseError::BufferTooSmall)?;
         rest[..TAG_LEN].copy_from_slice(&tag);
@@ -207,12 +225,18 @@ impl SymmetricState {
         let Some(k) = self.k else {
             return Err(NoiseError::Decrypt);
         };
-        let len = ciphertext.len().checked_sub(TAG_LEN).ok_or(NoiseError::BadLength)?;
+        let len = ciphertext
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(NoiseError::BadLength)?;
         let body = out.get_mut(..len).ok_or(NoiseError::BufferTooSmall)?;
         body.copy_from_slice(&ciphertext[..len]);
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&ciphertext[len..]);
-        let mut c = CipherState { aead: ChaCha20Poly1305::new(Key::from_slice(&k)), n: self.n };
+        let mut c = CipherState {
+            aead: ChaCha20Poly1305::new(Key::from_slice(&k)),
+            n: self.n,
+        };
         c.open(&self.h, body, &tag)?;
         self.n += 1;
         self.mix_hash(ciphertext);
@@ -311,7 +335,13 @@ impl Responder {
     pub fn new(s: SecretKey, e: SecretKey, prologue: &[u8]) -> Self {
         let mut sym = SymmetricState::new(prologue);
         sym.mix_hash(&s.public_key().0);
-        Self { sym, s, e, re: PublicKey([0; 32]), rs: PublicKey([0; 32]) }
+        Self {
+            sym,
+            s,
+            e,
+            re: PublicKey([0; 32]),
+            rs: PublicKey([0; 32]),
+        }
     }
 
     /// Reads the first message, writing its payload into `payload`. Returns
@@ -333,7 +363,9 @@ impl Responder {
         self.sym.decrypt_and_hash(enc_s, &mut rs)?;
         self.rs = PublicKey(rs);
         self.sym.mix_dh(&self.s, &self.rs)?;
-        let n = self.sym.decrypt_and_hash(&msg[DH_LEN + DH_LEN + TAG_LEN..], payload)?;
+        let n = self
+            .sym
+            .decrypt_and_hash(&msg[DH_LEN + DH_LEN + TAG_LEN..], payload)?;
         Ok((n, self.rs))
     }
 

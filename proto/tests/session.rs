@@ -11,9 +11,16 @@ fn handshake_then_http_exchange() {
     sim.connect();
     let id = sim.gateway.open(StreamKind::Http, 0).unwrap();
     let head = request_head("GET", "/status");
-    assert_eq!(sim.gateway.send(id, MsgKind::Head, &head, true, true), Ok(head.len()));
+    assert_eq!(
+        sim.gateway.send(id, MsgKind::Head, &head, true, true),
+        Ok(head.len())
+    );
     let (de, _) = sim.settle();
-    assert!(de.contains(&Ev::Opened { stream: id, kind: StreamKind::Http, service: 0 }));
+    assert!(de.contains(&Ev::Opened {
+        stream: id,
+        kind: StreamKind::Http,
+        service: 0
+    }));
     let got: Vec<u8> = de
         .iter()
         .filter_map(|e| match e {
@@ -25,10 +32,17 @@ fn handshake_then_http_exchange() {
     assert_eq!(got, head);
     sim.device.consume(id, head.len());
     let resp = [0x00, 200, 0, 0];
-    sim.device.send(id, MsgKind::Head, &resp, true, false).unwrap();
-    sim.device.send(id, MsgKind::Bytes, b"{\"ok\":true}", false, true).unwrap();
+    sim.device
+        .send(id, MsgKind::Head, &resp, true, false)
+        .unwrap();
+    sim.device
+        .send(id, MsgKind::Bytes, b"{\"ok\":true}", false, true)
+        .unwrap();
     let (_, ge) = sim.settle();
-    let fins = ge.iter().filter(|e| matches!(e, Ev::Data { fin: true, .. })).count();
+    let fins = ge
+        .iter()
+        .filter(|e| matches!(e, Ev::Data { fin: true, .. }))
+        .count();
     assert_eq!(fins, 1, "{ge:?}");
     assert_eq!(sim.gateway.open_streams(), 0);
     assert_eq!(sim.device.open_streams(), 0);

@@ -116,7 +116,9 @@ impl fmt::Display for CloseReason {
             Self::Local(c) => write!(f, "closed locally: {c}"),
             Self::Peer(c) => write!(f, "closed by peer: {c}"),
             Self::Error(e) => write!(f, "protocol error: {e}"),
-            Self::Rejected { status, info } => write!(f, "rejected by gateway: {status:?} ({info})"),
+            Self::Rejected { status, info } => {
+                write!(f, "rejected by gateway: {status:?} ({info})")
+            }
             Self::IdleTimeout => f.write_str("idle timeout"),
             Self::HandshakeTimeout => f.write_str("handshake timeout"),
             Self::TransportClosed => f.write_str("transport closed"),
@@ -206,8 +208,7 @@ impl fmt::Display for SessionError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for SessionError {}
+impl core::error::Error for SessionError {}
 
 /// Why a local stream operation was refused. Nothing was changed.
 #[non_exhaustive]
@@ -245,8 +246,7 @@ impl fmt::Display for StreamError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for StreamError {}
+impl core::error::Error for StreamError {}
 
 /// Counters a driver exports as metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

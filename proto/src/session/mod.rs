@@ -103,7 +103,12 @@ pub struct Config {
 impl Config {
     /// A device's defaults: 1 KiB records, 4 streams of 1 KiB windows.
     pub const DEVICE: Self = Self {
-        params: Params { max_record: 1024, max_streams: 4, stream_window: 1024, conn_window: 4096 },
+        params: Params {
+            max_record: 1024,
+            max_streams: 4,
+            stream_window: 1024,
+            conn_window: 4096,
+        },
         keepalive: Duration::from_secs(15),
         idle_timeout: Duration::from_secs(45),
         handshake_timeout: Duration::from_secs(10),
@@ -170,8 +175,7 @@ impl core::fmt::Display for SetupError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for SetupError {}
+impl core::error::Error for SetupError {}
 
 enum Phase {
     DeviceInit(Initiator, InitPayload),
@@ -248,12 +252,23 @@ where
     B: AsRef<[u8]> + AsMut<[u8]>,
     S: AsRef<[StreamSlot]> + AsMut<[StreamSlot]>,
 {
-    fn blank(role: Role, phase: Phase, config: Config, buffers: Buffers<B, S>, now: Instant) -> Self {
+    fn blank(
+        role: Role,
+        phase: Phase,
+        config: Config,
+        buffers: Buffers<B, S>,
+        now: Instant,
+    ) -> Self {
         let mut s = Self {
             role,
             phase,
             config,
-            peer: Params { max_record: MIN_RECORD, max_streams: 0, stream_window: 0, conn_window: 0 },
+            peer: Params {
+                max_record: MIN_RECORD,
+                max_streams: 0,
+                stream_window: 0,
+                conn_window: 0,
+            },
             version: 0,
             send: None,
             recv: None,
@@ -311,6 +326,7 @@ where
     /// `timestamp` must exceed every earlier one of this device key (a
     /// real-time clock, or a boot counter with uptime). The HELLO is sent
     /// with `config.params` as its parameters.
+    #[allow(clippy::too_many_arguments)] // each is a distinct input of the handshake
     pub fn device(
         config: Config,
         key: SecretKey,
@@ -323,9 +339,22 @@ where
     ) -> Result<Self, SetupError> {
         Self::check_buffers(&config, &buffers)?;
         let hs = Initiator::new(key, gateway, ephemeral, PROLOGUE);
-        let init = InitPayload { min_version: VERSION_MIN, max_version: VERSION_MAX, timestamp };
-        let mut s = Self::blank(Role::Device, Phase::DeviceInit(hs, init), config, buffers, now);
-        let hello = Hello { params: config.params, ..*hello };
+        let init = InitPayload {
+            min_version: VERSION_MIN,
+            max_version: VERSION_MAX,
+            timestamp,
+        };
+        let mut s = Self::blank(
+            Role::Device,
+            Phase::DeviceInit(hs, init),
+            config,
+            buffers,
+            now,
+        );
+        let hello = Hello {
+            params: config.params,
+            ..*hello
+        };
         let body_len = hello.buffer_len();
         let tx = s.tx.as_mut();
         if body_len > usize::from(u16::MAX) || 3 + body_len > tx.len() {
@@ -349,7 +378,13 @@ where
     ) -> Result<Self, SetupError> {
         Self::check_buffers(&config, &buffers)?;
         let hs = Responder::new(key, ephemeral, PROLOGUE);
-        Ok(Self::blank(Role::Gateway, Phase::GatewayAwaitInit(hs), config, buffers, now))
+        Ok(Self::blank(
+            Role::Gateway,
+            Phase::GatewayAwaitInit(hs),
+            config,
+            buffers,
+            now,
+        ))
     }
 
     /// This session's role.
@@ -399,7 +434,11 @@ where
 
     /// Streams open now (both directions).
     pub fn open_streams(&self) -> usize {
-        self.streams.as_ref().iter().filter(|s| !s.is_free()).count()
+        self.streams
+            .as_ref()
+            .iter()
+            .filter(|s| !s.is_free())
+            .count()
     }
 
     fn tx_cap(&self) -> usize {
@@ -408,7 +447,10 @@ where
     }
 
     fn slot(&self, id: StreamId) -> Option<usize> {
-        self.streams.as_ref().iter().position(|s| s.id == id.get() && id.get() != 0)
+        self.streams
+            .as_ref()
+            .iter()
+            .position(|s| s.id == id.get() && id.get() != 0)
     }
 
     fn is_local(&self, id: StreamId) -> bool {
@@ -417,7 +459,11 @@ where
 
     /// A stream id that was used earlier in this session and is closed now.
     fn is_past(&self, id: StreamId) -> bool {
-        if self.is_local(id) { id.get() < self.next_local } else { id.get() <= self.max_peer_opened }
+        if self.is_local(id) {
+            id.get() < self.next_local
+        } else {
+            id.get() <= self.max_peer_opened
+        }
     }
 
     /// Ends the session because the peer broke a rule.
@@ -435,7 +481,11 @@ where
         }
         self.pending = None;
         self.rx_pos = self.rx_end;
-        self.phase = if self.send.is_some() { Phase::Closing(code) } else { Phase::Closed };
+        self.phase = if self.send.is_some() {
+            Phase::Closing(code)
+        } else {
+            Phase::Closed
+        };
     }
 
     /// Gateway role, after `Event::Authenticate`: accept the device and
@@ -471,7 +521,11 @@ where
             else {
                 unreachable!()
             };
-            let status = if status == Status::Accepted { Status::Busy } else { status };
+            let status = if status == Status::Accepted {
+                Status::Busy
+            } else {
+                status
+            };
             self.respond(hs, status, info);
             self.close_event = Some(CloseReason::Local(Code::REFUSED));
         }
@@ -488,7 +542,12 @@ where
 
     /// Stages msg2 in `tx`.
     fn respond(&mut self, hs: Responder, status: Status, info: u64) {
-        let payload = crate::wire::RespPayload { status, version: self.version, info, params: self.config.params };
+        let payload = crate::wire::RespPayload {
+            status,
+            version: self.version,
+            info,
+            params: self.config.params,
+        };
         let mut p = [0u8; crate::wire::RespPayload::LEN];
         let accepted = status == Status::Accepted;
         let written = payload.emit(&mut p).ok().and_then(|n| {
@@ -523,7 +582,12 @@ where
         if self.goaway_due.is_some() || self.goaway_sent || self.peer_goaway {
             return Err(StreamError::GoingAway);
         }
-        let local = self.streams.as_ref().iter().filter(|s| !s.is_free() && s.local).count();
+        let local = self
+            .streams
+            .as_ref()
+            .iter()
+            .filter(|s| !s.is_free() && s.local)
+            .count();
         if local >= usize::from(self.peer.max_streams) {
             return Err(StreamError::Limit);
         }
@@ -531,7 +595,11 @@ where
             return Err(StreamError::Limit);
         };
         let id = StreamId::new(self.next_local).ok_or(StreamError::Limit)?;
-        let frame = FrameRepr::Open { stream: id, kind, service };
+        let frame = FrameRepr::Open {
+            stream: id,
+            kind,
+            service,
+        };
         let cap = self.tx_cap();
         let room = cap.saturating_sub(self.tx_len);
         if frame.buffer_len() > room {
@@ -542,8 +610,13 @@ where
             .map_err(|_| StreamError::Blocked)?;
         self.tx_len += n;
         self.next_local += 2;
-        let mut slot =
-            StreamSlot::new(id, kind, true, self.peer.stream_window, self.config.params.stream_window);
+        let mut slot = StreamSlot::new(
+            id,
+            kind,
+            true,
+            self.peer.stream_window,
+            self.config.params.stream_window,
+        );
         slot.open_unsent = true;
         self.streams.as_mut()[free] = slot;
         Ok(id)
@@ -594,7 +667,11 @@ where
             return Err(StreamError::Blocked);
         }
         let credit = slot.send_credit.min(conn_credit) as usize;
-        let n = data.len().min(credit).min(room - header).min(usize::from(u16::MAX));
+        let n = data
+            .len()
+            .min(credit)
+            .min(room - header)
+            .min(usize::from(u16::MAX));
         if n < data.len() && n == credit {
             self.stats.credit_stalls += 1;
             if slot.send_credit as usize == n && slot.blocked_since.is_none() {
@@ -627,7 +704,9 @@ where
     /// application has disposed of them. Bytes of streams already gone still
     /// return connection credit.
     pub fn consume(&mut self, stream: StreamId, n: usize) {
-        let n = u32::try_from(n).unwrap_or(u32::MAX).min(self.conn_unconsumed);
+        let n = u32::try_from(n)
+            .unwrap_or(u32::MAX)
+            .min(self.conn_unconsumed);
         self.conn_unconsumed -= n;
         self.conn_to_return += n;
         if let Some(i) = self.slot(stream) {
@@ -707,7 +786,10 @@ where
         match self.phase {
             Phase::Closed | Phase::Closing(_) => None,
             Phase::Open => {
-                let mut t = self.last_rx.saturating_add(self.config.idle_timeout).min(self.next_ping);
+                let mut t = self
+                    .last_rx
+                    .saturating_add(self.config.idle_timeout)
+                    .min(self.next_ping);
                 if let Some(stall) = self.config.stall_timeout {
                     for s in self.streams.as_ref() {
                         if let (false, Some(since)) = (s.is_free(), s.blocked_since) {
@@ -741,8 +823,11 @@ where
                 if let Some(stall) = self.config.stall_timeout {
                     let mut resets = 0;
                     for s in self.streams.as_mut() {
-                        let Some(since) = s.blocked_since else { continue };
-                        if !s.is_free() && now >= Instant::from_millis(since).saturating_add(stall) {
+                        let Some(since) = s.blocked_since else {
+                            continue;
+                        };
+                        if !s.is_free() && now >= Instant::from_millis(since).saturating_add(stall)
+                        {
                             s.reset = Some(Code::TIMEOUT);
                             s.notify = true;
                             s.blocked_since = None;

@@ -7,15 +7,22 @@ use crate::wire::{FrameRepr, Hello, InitPayload, RespPayload, Status, StreamId};
 
 use super::stream::{StreamSlot, add_credit, maybe_window};
 use super::{
-    CloseReason, Event, MAX_HANDSHAKE, MSG_INIT, MSG_RESP, Pending, Phase, REFUSAL_QUEUE,
-    SessionError, Session, VERSION_MAX, VERSION_MIN,
+    CloseReason, Event, MAX_HANDSHAKE, MSG_INIT, MSG_RESP, Pending, Phase, REFUSAL_QUEUE, Session,
+    SessionError, VERSION_MAX, VERSION_MIN,
 };
 
 /// What a processed frame turns into, with payloads as ranges of `rx`.
 enum Out {
     None,
     Hello(usize, usize),
-    Data { stream: StreamId, msg: crate::wire::MsgKind, end_msg: bool, fin: bool, at: usize, len: usize },
+    Data {
+        stream: StreamId,
+        msg: crate::wire::MsgKind,
+        end_msg: bool,
+        fin: bool,
+        at: usize,
+        len: usize,
+    },
     Event(Event<'static>),
 }
 
@@ -36,7 +43,11 @@ where
             return 0;
         }
         let handshake = !matches!(self.phase, Phase::Open | Phase::GatewayAwaitHello);
-        let limit = if handshake { MAX_HANDSHAKE } else { usize::from(self.config.params.max_record) };
+        let limit = if handshake {
+            MAX_HANDSHAKE
+        } else {
+            usize::from(self.config.params.max_record)
+        };
         let mut taken = 0;
         if self.rx_fill < 2 {
             let n = (2 - self.rx_fill).min(input.len());
@@ -83,7 +94,9 @@ where
         msg[..total].copy_from_slice(&self.rx.as_ref()[..total]);
         let (ty, body) = (msg.get(2).copied(), &msg[3.min(total)..total]);
         match core::mem::replace(&mut self.phase, Phase::Closed) {
-            Phase::GatewayAwaitInit(mut hs) if ty == Some(MSG_INIT) && body.len() >= MSG1_OVERHEAD => {
+            Phase::GatewayAwaitInit(mut hs)
+                if ty == Some(MSG_INIT) && body.len() >= MSG1_OVERHEAD =>
+            {
                 let result = hs.read_message(body, &mut payload);
                 let (n, device) = match result {
                     Ok(v) => v,
@@ -91,7 +104,10 @@ where
                 };
                 match InitPayload::parse(&payload[..n]) {
                     Ok(init) => {
-                        self.pending = Some(Pending::Authenticate { device, timestamp: init.timestamp });
+                        self.pending = Some(Pending::Authenticate {
+                            device,
+                            timestamp: init.timestamp,
+                        });
                         self.phase = Phase::GatewayDecide(hs, init);
                     }
                     Err(e) => self.closed_now(SessionError::Payload(e)),
@@ -107,7 +123,10 @@ where
                     Err(e) => return self.closed_now(SessionError::Payload(e)),
                 };
                 if resp.status != Status::Accepted {
-                    self.close_event = Some(CloseReason::Rejected { status: resp.status, info: resp.info });
+                    self.close_event = Some(CloseReason::Rejected {
+                        status: resp.status,
+                        info: resp.info,
+                    });
                     return;
                 }
                 if !(VERSION_MIN..=VERSION_MAX).contains(&resp.version) {
@@ -161,15 +180,24 @@ where
     pub fn poll_event(&mut self) -> Option<Event<'_>> {
         if let Some(p) = self.pending.take() {
             return Some(match p {
-                Pending::Authenticate { device, timestamp } => Event::Authenticate { device, timestamp },
-                Pending::Connected => Event::Connected { version: self.version, params: self.peer },
+                Pending::Authenticate { device, timestamp } => {
+                    Event::Authenticate { device, timestamp }
+                }
+                Pending::Connected => Event::Connected {
+                    version: self.version,
+                    params: self.peer,
+                },
             });
         }
         for slot in self.streams.as_mut() {
             if slot.notify {
                 slot.notify = false;
                 let (stream, code) = (slot.stream_id(), slot.reset.unwrap_or(Code::TIMEOUT));
-                return Some(Event::Reset { stream, code, by_peer: false });
+                return Some(Event::Reset {
+                    stream,
+                    code,
+                    by_peer: false,
+                });
             }
         }
         loop {
@@ -184,20 +212,31 @@ where
                     // Parsed once already in next_frame; cannot fail here.
                     return Hello::parse(body).ok().map(Event::Hello);
                 }
-                Out::Data { stream, msg, end_msg, fin, at, len } => {
+                Out::Data {
+                    stream,
+                    msg,
+                    end_msg,
+                    fin,
+                    at,
+                    len,
+                } => {
                     let data = &self.rx.as_ref()[at..at + len];
-                    return Some(Event::Data { stream, msg, end_msg, fin, data });
+                    return Some(Event::Data {
+                        stream,
+                        msg,
+                        end_msg,
+                        fin,
+                        data,
+                    });
                 }
                 Out::Event(ev) => return Some(ev),
             }
         }
-        if !self.close_reported {
-            if let Some(reason) = self.close_event {
-                if matches!(self.phase, Phase::Closed | Phase::Closing(_)) {
-                    self.close_reported = true;
-                    return Some(Event::Closed(reason));
-                }
-            }
+        if let (false, Some(reason)) = (self.close_reported, self.close_event)
+            && matches!(self.phase, Phase::Closed | Phase::Closing(_))
+        {
+            self.close_reported = true;
+            return Some(Event::Closed(reason));
         }
         None
     }
@@ -251,7 +290,11 @@ where
                 _ => Out::None,
             },
             FrameRepr::Window { stream, increment } => self.on_window(stream, increment),
-            FrameRepr::Open { stream, kind, service } => self.on_open(stream, kind, service),
+            FrameRepr::Open {
+                stream,
+                kind,
+                service,
+            } => self.on_open(stream, kind, service),
             FrameRepr::Reset { stream, code } => self.on_reset(stream, code),
             FrameRepr::GoAway { code, .. } => {
                 self.peer_goaway = true;
@@ -269,7 +312,13 @@ where
                 self.fail(SessionError::UnexpectedFrame);
                 Out::None
             }
-            FrameRepr::Data { stream, msg, end_msg, fin, payload } => {
+            FrameRepr::Data {
+                stream,
+                msg,
+                end_msg,
+                fin,
+                payload,
+            } => {
                 let at = payload_at(payload);
                 self.on_data(stream, msg, end_msg, fin, at, payload.len())
             }
@@ -311,7 +360,12 @@ where
             return Out::None;
         }
         self.max_peer_opened = stream.get();
-        let remote = self.streams.as_ref().iter().filter(|s| !s.is_free() && !s.local).count();
+        let remote = self
+            .streams
+            .as_ref()
+            .iter()
+            .filter(|s| !s.is_free() && !s.local)
+            .count();
         let free = self.streams.as_ref().iter().position(StreamSlot::is_free);
         let over = self.goaway_due.is_some()
             || self.goaway_sent
@@ -326,7 +380,11 @@ where
                     self.config.params.stream_window,
                 );
                 self.streams.as_mut()[i] = slot;
-                Out::Event(Event::Opened { stream, kind, service })
+                Out::Event(Event::Opened {
+                    stream,
+                    kind,
+                    service,
+                })
             }
             _ => {
                 self.stats.refused_streams += 1;
@@ -346,7 +404,15 @@ where
                 let ours = slot.reset.is_some();
                 *slot = StreamSlot::default();
                 self.maybe_drained();
-                if ours { Out::None } else { Out::Event(Event::Reset { stream, code, by_peer: true }) }
+                if ours {
+                    Out::None
+                } else {
+                    Out::Event(Event::Reset {
+                        stream,
+                        code,
+                        by_peer: true,
+                    })
+                }
             }
             None if self.is_past(stream) => Out::None,
             None => {
@@ -395,7 +461,11 @@ where
             slot.reset = Some(Code::PROTOCOL);
             slot.window_pending = false;
             self.discard(n);
-            return Out::Event(Event::Reset { stream, code: Code::PROTOCOL, by_peer: false });
+            return Out::Event(Event::Reset {
+                stream,
+                code: Code::PROTOCOL,
+                by_peer: false,
+            });
         }
         slot.rx.advance(msg, end_msg, fin);
         slot.unconsumed += n;
@@ -405,7 +475,14 @@ where
         }
         self.conn_unconsumed += n;
         self.maybe_drained();
-        Out::Data { stream, msg, end_msg, fin, at, len }
+        Out::Data {
+            stream,
+            msg,
+            end_msg,
+            fin,
+            at,
+            len,
+        }
     }
 
     /// Payload nobody will read: its connection credit returns at once.

@@ -155,13 +155,18 @@ impl Direction {
 /// Adds `inc` to a credit, refusing to pass [`MAX_WINDOW`].
 pub(crate) fn add_credit(credit: u32, inc: u64) -> Option<u32> {
     let sum = u64::from(credit).checked_add(inc)?;
-    if sum > u64::from(MAX_WINDOW) { None } else { u32::try_from(sum).ok() }
+    if sum > u64::from(MAX_WINDOW) {
+        None
+    } else {
+        u32::try_from(sum).ok()
+    }
 }
 
 /// Queues a WINDOW for `slot` when the peer's remaining credit has fallen to
 /// half the initial window or below and consumed bytes wait to be returned.
 pub(crate) fn maybe_window(slot: &mut StreamSlot, initial: u32) {
-    if slot.to_return > 0 && slot.recv_credit <= initial / 2 && !slot.rx.fin && slot.reset.is_none() {
+    if slot.to_return > 0 && slot.recv_credit <= initial / 2 && !slot.rx.fin && slot.reset.is_none()
+    {
         slot.window_pending = true;
     }
 }

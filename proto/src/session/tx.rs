@@ -11,7 +11,7 @@ use crate::time::Instant;
 use crate::wire::{FrameRepr, StreamId};
 
 use super::stream::StreamSlot;
-use super::{MSG_INIT, Phase, RECORD_OVERHEAD, SessionError, Session};
+use super::{MSG_INIT, Phase, RECORD_OVERHEAD, Session, SessionError};
 use crate::noise::TAG_LEN;
 
 impl<B, S> Session<B, S>
@@ -49,7 +49,11 @@ where
                 };
                 dst.copy_from_slice(&self.tx.as_ref()[..len]);
                 self.tx_len = 0;
-                self.phase = if accepted { Phase::GatewayAwaitHello } else { Phase::Closed };
+                self.phase = if accepted {
+                    Phase::GatewayAwaitHello
+                } else {
+                    Phase::Closed
+                };
                 len
             }
             Phase::Closing(code) => {
@@ -110,24 +114,38 @@ where
     /// Builds a record's plaintext at `out[2..]`; returns its length.
     fn compose(&mut self, out: &mut [u8]) -> usize {
         let cap = self.tx_cap().min(out.len().saturating_sub(RECORD_OVERHEAD));
-        let Some(buf) = out.get_mut(2..2 + cap) else { return 0 };
-        let mut w = Composer { buf, len: 0, full: false };
+        let Some(buf) = out.get_mut(2..2 + cap) else {
+            return 0;
+        };
+        let mut w = Composer {
+            buf,
+            len: 0,
+            full: false,
+        };
 
-        if let Some(token) = self.pong_due {
-            if w.put(&FrameRepr::Pong { token }) {
-                self.pong_due = None;
-            }
+        if let Some(token) = self.pong_due
+            && w.put(&FrameRepr::Pong { token })
+        {
+            self.pong_due = None;
         }
         if self.conn_to_return > 0 && self.conn_recv_credit <= self.config.params.conn_window / 2 {
             let inc = u64::from(self.conn_to_return);
-            if w.put(&FrameRepr::Window { stream: StreamId::CONNECTION, increment: inc }) {
+            if w.put(&FrameRepr::Window {
+                stream: StreamId::CONNECTION,
+                increment: inc,
+            }) {
                 self.conn_recv_credit += self.conn_to_return;
                 self.conn_to_return = 0;
             }
         }
         while let Some(id) = self.refusals.iter().copied().find(|r| *r != 0) {
-            let Some(stream) = StreamId::new(id) else { break };
-            if !w.put(&FrameRepr::Reset { stream, code: Code::REFUSED }) {
+            let Some(stream) = StreamId::new(id) else {
+                break;
+            };
+            if !w.put(&FrameRepr::Reset {
+                stream,
+                code: Code::REFUSED,
+            }) {
                 break;
             }
             self.take_refusal();
@@ -150,7 +168,10 @@ where
             }
             if slot.window_pending && slot.to_return > 0 {
                 let inc = u64::from(slot.to_return);
-                if w.put(&FrameRepr::Window { stream, increment: inc }) {
+                if w.put(&FrameRepr::Window {
+                    stream,
+                    increment: inc,
+                }) {
                     slot.recv_credit += slot.to_return;
                     slot.to_return = 0;
                     slot.window_pending = false;
@@ -159,13 +180,18 @@ where
         }
         if let (Some(code), false) = (self.goaway_due, self.goaway_sent) {
             let last = StreamId::new(self.max_peer_opened).unwrap_or(StreamId::CONNECTION);
-            if w.put(&FrameRepr::GoAway { last_stream: last, code }) {
+            if w.put(&FrameRepr::GoAway {
+                last_stream: last,
+                code,
+            }) {
                 self.goaway_sent = true;
             }
         }
         if self.ping_due && self.ping_out.is_none() {
             self.ping_token = self.ping_token.wrapping_add(1);
-            if w.put(&FrameRepr::Ping { token: self.ping_token }) {
+            if w.put(&FrameRepr::Ping {
+                token: self.ping_token,
+            }) {
                 self.ping_due = false;
                 self.ping_out = Some((self.ping_token, self.now));
             }

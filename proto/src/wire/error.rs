@@ -31,5 +31,4 @@ impl fmt::Display for WireError {
     }
 }
 
-#[cfg(feature = "std")]
-impl std::error::Error for WireError {}
+impl core::error::Error for WireError {}

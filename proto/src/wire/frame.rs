@@ -42,7 +42,11 @@ impl StreamId {
 
     /// `None` above [`StreamId::MAX`].
     pub const fn new(id: u32) -> Option<Self> {
-        if id <= Self::MAX { Some(Self(id)) } else { None }
+        if id <= Self::MAX {
+            Some(Self(id))
+        } else {
+            None
+        }
     }
 
     /// The id as a number.
@@ -52,7 +56,7 @@ impl StreamId {
 
     /// Whether the gateway opened this stream (even ids).
     pub const fn is_gateway_initiated(self) -> bool {
-        self.0 % 2 == 0
+        self.0.is_multiple_of(2)
     }
 
     fn read(r: &mut Reader<'_>, allow_zero: bool) -> Result<Self, WireError> {
@@ -203,7 +207,13 @@ impl<'a> Frame<&'a [u8]> {
     /// The owned representation, borrowing payloads from the buffer.
     pub fn repr(&self) -> FrameRepr<'a> {
         // Cannot fail: new_checked decoded the same bytes.
-        FrameRepr::decode(self.buffer).map_or(FrameRepr::Extension { ty: EXT_BASE, payload: &[] }, |(r, _)| r)
+        FrameRepr::decode(self.buffer).map_or(
+            FrameRepr::Extension {
+                ty: EXT_BASE,
+                payload: &[],
+            },
+            |(r, _)| r,
+        )
     }
 }
 
@@ -316,10 +326,14 @@ impl<'a> FrameRepr<'a> {
                 last_stream: StreamId::read(&mut r, true)?,
                 code: Code(r.varint()?),
             },
-            FrameType::Close => Self::Close { code: Code(r.varint()?) },
+            FrameType::Close => Self::Close {
+                code: Code(r.varint()?),
+            },
             FrameType::Hello => {
                 let len = r.u16()?;
-                Self::Hello { body: r.bytes(usize::from(len))? }
+                Self::Hello {
+                    body: r.bytes(usize::from(len))?,
+                }
             }
             FrameType::Data => {
                 let stream = StreamId::read(&mut r, false)?;
@@ -335,7 +349,10 @@ impl<'a> FrameRepr<'a> {
             FrameType::Extension => {
                 let len = r.varint()?;
                 let len = usize::try_from(len).map_err(|_| WireError::Truncated)?;
-                Self::Extension { ty, payload: r.bytes(len)? }
+                Self::Extension {
+                    ty,
+                    payload: r.bytes(len)?,
+                }
             }
         };
         Ok((repr, r.pos()))
@@ -352,7 +369,9 @@ impl<'a> FrameRepr<'a> {
             Self::GoAway { last_stream, code } => 1 + v(last_stream.0.into()) + v(code.0),
             Self::Close { code } => 1 + v(code.0),
             Self::Hello { body } => 3 + body.len(),
-            Self::Data { stream, payload, .. } => data_header_len(stream) + payload.len(),
+            Self::Data {
+                stream, payload, ..
+            } => data_header_len(stream) + payload.len(),
             Self::Extension { payload, .. } => 1 + v(payload.len() as u64) + payload.len(),
         }
     }
@@ -377,7 +396,11 @@ impl<'a> FrameRepr<'a> {
                 w.varint(stream.0.into())?;
                 w.varint(increment)?;
             }
-            Self::Open { stream, kind, service } => {
+            Self::Open {
+                stream,
+                kind,
+                service,
+            } => {
                 w.u8(0x04)?;
                 w.varint(stream.0.into())?;
                 w.u8(kind as u8)?;
@@ -398,14 +421,23 @@ impl<'a> FrameRepr<'a> {
                 w.varint(code.0)?;
             }
             Self::Hello { body } => {
-                let len = u16::try_from(body.len()).map_err(|_| WireError::BadValue("hello length"))?;
+                let len =
+                    u16::try_from(body.len()).map_err(|_| WireError::BadValue("hello length"))?;
                 w.u8(0x08)?;
                 w.u16(len)?;
                 w.bytes(body)?;
             }
-            Self::Data { stream, msg, end_msg, fin, payload } => {
+            Self::Data {
+                stream,
+                msg,
+                end_msg,
+                fin,
+                payload,
+            } => {
                 let n = emit_data_header(stream, msg, end_msg, fin, payload.len(), buf)?;
-                let out = buf.get_mut(n..n + payload.len()).ok_or(WireError::BufferTooSmall)?;
+                let out = buf
+                    .get_mut(n..n + payload.len())
+                    .ok_or(WireError::BufferTooSmall)?;
                 out.copy_from_slice(payload);
                 return Ok(n + payload.len());
             }

@@ -38,7 +38,11 @@ impl InitPayload {
     /// Decodes; bytes after the fields are ignored.
     pub fn parse(buf: &[u8]) -> Result<Self, WireError> {
         let mut r = Reader::new(buf);
-        let p = Self { min_version: r.u8()?, max_version: r.u8()?, timestamp: r.u64()? };
+        let p = Self {
+            min_version: r.u8()?,
+            max_version: r.u8()?,
+            timestamp: r.u64()?,
+        };
         if p.min_version == 0 || p.min_version > p.max_version {
             return Err(WireError::BadValue("version range"));
         }

@@ -49,7 +49,10 @@ impl<'a> HeaderList<'a> {
             Self::Wire { bytes, count } => (&[], bytes, count),
         };
         let mut r = Reader::new(bytes);
-        slice.iter().copied().chain((0..count).map_while(move |_| read_header(&mut r).ok()))
+        slice
+            .iter()
+            .copied()
+            .chain((0..count).map_while(move |_| read_header(&mut r).ok()))
     }
 
     /// Number of fields.
@@ -71,7 +74,10 @@ impl<'a> HeaderList<'a> {
     }
 
     fn buffer_len(&self) -> usize {
-        2 + self.iter().map(|h| 1 + h.name.len() + 2 + h.value.len()).sum::<usize>()
+        2 + self
+            .iter()
+            .map(|h| 1 + h.name.len() + 2 + h.value.len())
+            .sum::<usize>()
     }
 
     fn read(r: &mut Reader<'a>) -> Result<Self, WireError> {
@@ -172,7 +178,11 @@ impl<'a> RequestHead<'a> {
         check_target(target)?;
         let headers = HeaderList::read(&mut r)?;
         r.finish()?;
-        Ok(Self { method, target, headers })
+        Ok(Self {
+            method,
+            target,
+            headers,
+        })
     }
 
     /// Bytes `emit` writes.
@@ -182,7 +192,9 @@ impl<'a> RequestHead<'a> {
 
     /// Encodes, checking what `parse` checks.
     pub fn emit(&self, buf: &mut [u8]) -> Result<usize, WireError> {
-        if self.method.is_empty() || self.method.len() > MAX_METHOD || !self.method.bytes().all(is_tchar)
+        if self.method.is_empty()
+            || self.method.len() > MAX_METHOD
+            || !self.method.bytes().all(is_tchar)
         {
             return Err(WireError::BadString("method"));
         }
@@ -201,7 +213,11 @@ fn check_target(t: &str) -> Result<(), WireError> {
     let ok = (t == "*" || t.starts_with('/'))
         && t.len() <= usize::from(u16::MAX)
         && t.bytes().all(|c| c.is_ascii_graphic());
-    if ok { Ok(()) } else { Err(WireError::BadString("target")) }
+    if ok {
+        Ok(())
+    } else {
+        Err(WireError::BadString("target"))
+    }
 }
 
 /// A response head, device to gateway.

@@ -122,7 +122,10 @@ impl<'a> ServiceList<'a> {
             Self::Wire { bytes, count } => (&[], bytes, count),
         };
         let mut r = Reader::new(bytes);
-        slice.iter().copied().chain((0..count).map_while(move |_| read_service(&mut r).ok()))
+        slice
+            .iter()
+            .copied()
+            .chain((0..count).map_while(move |_| read_service(&mut r).ok()))
     }
 
     /// Number of services.
@@ -145,7 +148,10 @@ impl<'a> ServiceList<'a> {
 
     /// The number and service with this name.
     pub fn by_name(&self, name: &str) -> Option<(u8, Service<'a>)> {
-        self.iter().enumerate().find(|(_, s)| s.name == name).map(|(i, s)| (i as u8, s))
+        self.iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+            .map(|(i, s)| (i as u8, s))
     }
 }
 
@@ -212,7 +218,11 @@ fn read_service<'a>(r: &mut Reader<'a>) -> Result<Service<'a>, WireError> {
     }
     let bytes = r.bytes(bytes_len)?;
     debug_assert!(r.pos() == start + bytes_len);
-    Ok(Service { name, kind, subprotocols: StrList::Wire { bytes, count } })
+    Ok(Service {
+        name,
+        kind,
+        subprotocols: StrList::Wire { bytes, count },
+    })
 }
 
 impl<'a> Hello<'a> {
@@ -249,9 +259,18 @@ impl<'a> Hello<'a> {
                 }
             }
         }
-        let services = ServiceList::Wire { bytes: &buf[start..r.pos()], count };
+        let services = ServiceList::Wire {
+            bytes: &buf[start..r.pos()],
+            count,
+        };
         r.finish()?;
-        Ok(Self { device_id, firmware, params, max_head, services })
+        Ok(Self {
+            device_id,
+            firmware,
+            params,
+            max_head,
+            services,
+        })
     }
 
     /// Bytes `emit` writes.

@@ -72,7 +72,11 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn finish(&self) -> Result<(), WireError> {
-        if self.pos == self.buf.len() { Ok(()) } else { Err(WireError::TrailingBytes) }
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(WireError::TrailingBytes)
+        }
     }
 }
 
@@ -91,7 +95,10 @@ impl<'a> Writer<'a> {
     }
 
     pub(crate) fn bytes(&mut self, b: &[u8]) -> Result<(), WireError> {
-        let end = self.pos.checked_add(b.len()).ok_or(WireError::BufferTooSmall)?;
+        let end = self
+            .pos
+            .checked_add(b.len())
+            .ok_or(WireError::BufferTooSmall)?;
         self.buf
             .get_mut(self.pos..end)
             .ok_or(WireError::BufferTooSmall)?
@@ -117,7 +124,10 @@ impl<'a> Writer<'a> {
     }
 
     pub(crate) fn varint(&mut self, v: u64) -> Result<(), WireError> {
-        let rest = self.buf.get_mut(self.pos..).ok_or(WireError::BufferTooSmall)?;
+        let rest = self
+            .buf
+            .get_mut(self.pos..)
+            .ok_or(WireError::BufferTooSmall)?;
         let n = varint::encode(v, rest).ok_or(if v > varint::MAX {
             WireError::BadValue("varint")
         } else {

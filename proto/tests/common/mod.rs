@@ -8,9 +8,11 @@ use std::collections::VecDeque;
 
 use proto::wire::{HeaderList, Params, Service, ServiceKind, ServiceList, StrList};
 use proto::{
-    Buffers, Code, Config, Event, Hello, Instant, MsgKind, PublicKey, SecretKey, Session,
-    StreamId, StreamKind, StreamSlot,
+    Buffers, Code, Config, Event, Hello, Instant, MsgKind, PublicKey, SecretKey, Session, StreamId,
+    StreamKind, StreamSlot,
 };
+
+pub mod raw;
 
 pub type Sess = Session<Vec<u8>, Vec<StreamSlot>>;
 
@@ -57,8 +59,16 @@ pub const GATEWAY_KEY: u8 = 0x22;
 
 pub static PROTOCOLS: [&str; 2] = ["readings.v1", "chat"];
 pub static SERVICES: [Service<'static>; 2] = [
-    Service { name: "web", kind: ServiceKind::Http, subprotocols: StrList::Slice(&PROTOCOLS) },
-    Service { name: "shell", kind: ServiceKind::Raw, subprotocols: StrList::Slice(&[]) },
+    Service {
+        name: "web",
+        kind: ServiceKind::Http,
+        subprotocols: StrList::Slice(&PROTOCOLS),
+    },
+    Service {
+        name: "shell",
+        kind: ServiceKind::Raw,
+        subprotocols: StrList::Slice(&[]),
+    },
 ];
 
 pub fn hello() -> Hello<'static> {
@@ -81,7 +91,11 @@ pub fn buffers(params: &Params, tx: usize, streams: usize) -> Buffers<Vec<u8>, V
 
 pub fn device_with(config: Config, rng: &mut Rng, timestamp: u64, now: Instant) -> Sess {
     let tx = usize::from(config.params.max_record);
-    let b = buffers(&config.params, tx, usize::from(config.params.max_streams) + 2);
+    let b = buffers(
+        &config.params,
+        tx,
+        usize::from(config.params.max_streams) + 2,
+    );
     Session::device(
         config,
         fixed_key(DEVICE_KEY),
@@ -104,16 +118,41 @@ pub fn gateway_with(config: Config, rng: &mut Rng, now: Instant) -> Sess {
 /// An event with its data copied out of the session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ev {
-    Authenticate { device: PublicKey, timestamp: u64 },
+    Authenticate {
+        device: PublicKey,
+        timestamp: u64,
+    },
     Connected,
-    Hello { device_id: String },
-    Opened { stream: StreamId, kind: StreamKind, service: u8 },
-    Data { stream: StreamId, msg: MsgKind, end_msg: bool, fin: bool, data: Vec<u8> },
-    Reset { stream: StreamId, code: Code, by_peer: bool },
-    Refused { stream: StreamId },
-    Credit { stream: StreamId },
+    Hello {
+        device_id: String,
+    },
+    Opened {
+        stream: StreamId,
+        kind: StreamKind,
+        service: u8,
+    },
+    Data {
+        stream: StreamId,
+        msg: MsgKind,
+        end_msg: bool,
+        fin: bool,
+        data: Vec<u8>,
+    },
+    Reset {
+        stream: StreamId,
+        code: Code,
+        by_peer: bool,
+    },
+    Refused {
+        stream: StreamId,
+    },
+    Credit {
+        stream: StreamId,
+    },
     Rtt(u64),
-    GoAway { code: Code },
+    GoAway {
+        code: Code,
+    },
     Closed(proto::CloseReason),
 }
 
@@ -121,12 +160,40 @@ pub fn own(ev: Event<'_>) -> Ev {
     match ev {
         Event::Authenticate { device, timestamp } => Ev::Authenticate { device, timestamp },
         Event::Connected { .. } => Ev::Connected,
-        Event::Hello(h) => Ev::Hello { device_id: h.device_id.to_string() },
-        Event::Opened { stream, kind, service } => Ev::Opened { stream, kind, service },
-        Event::Data { stream, msg, end_msg, fin, data } => {
-            Ev::Data { stream, msg, end_msg, fin, data: data.to_vec() }
-        }
-        Event::Reset { stream, code, by_peer } => Ev::Reset { stream, code, by_peer },
+        Event::Hello(h) => Ev::Hello {
+            device_id: h.device_id.to_string(),
+        },
+        Event::Opened {
+            stream,
+            kind,
+            service,
+        } => Ev::Opened {
+            stream,
+            kind,
+            service,
+        },
+        Event::Data {
+            stream,
+            msg,
+            end_msg,
+            fin,
+            data,
+        } => Ev::Data {
+            stream,
+            msg,
+            end_msg,
+            fin,
+            data: data.to_vec(),
+        },
+        Event::Reset {
+            stream,
+            code,
+            by_peer,
+        } => Ev::Reset {
+            stream,
+            code,
+            by_peer,
+        },
         Event::Refused { stream } => Ev::Refused { stream },
         Event::Credit { stream } => Ev::Credit { stream },
         Event::Rtt(d) => Ev::Rtt(d.as_millis() as u64),
@@ -233,6 +300,22 @@ impl Sim {
         events
     }
 
+    /// Delivers everything waiting for `side`.
+    pub fn deliver_all(&mut self, side: Side) -> Vec<Ev> {
+        let mut evs = Vec::new();
+        for _ in 0..10_000 {
+            let pipe = match side {
+                Side::Device => &self.to_device,
+                Side::Gateway => &self.to_gateway,
+            };
+            if pipe.is_empty() {
+                break;
+            }
+            evs.extend(self.deliver(side));
+        }
+        evs
+    }
+
     /// Runs flush and deliver on both sides until nothing moves; returns all events.
     pub fn settle(&mut self) -> (Vec<Ev>, Vec<Ev>) {
         let (mut de, mut ge) = (Vec::new(), Vec::new());
@@ -268,14 +351,21 @@ impl Sim {
     pub fn connect(&mut self) {
         let (de, ge) = self.settle();
         assert!(de.contains(&Ev::Connected), "device events: {de:?}");
-        assert!(ge.iter().any(|e| matches!(e, Ev::Hello { .. })), "gateway events: {ge:?}");
+        assert!(
+            ge.iter().any(|e| matches!(e, Ev::Hello { .. })),
+            "gateway events: {ge:?}"
+        );
         assert!(self.device.is_established() && self.gateway.is_established());
     }
 }
 
 /// Encoded request head for tests.
 pub fn request_head(method: &str, target: &str) -> Vec<u8> {
-    let h = proto::wire::RequestHead { method, target, headers: HeaderList::Slice(&[]) };
+    let h = proto::wire::RequestHead {
+        method,
+        target,
+        headers: HeaderList::Slice(&[]),
+    };
     let mut buf = vec![0; h.buffer_len()];
     let n = h.emit(&mut buf).unwrap();
     buf.truncate(n);

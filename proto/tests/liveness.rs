@@ -1,0 +1,153 @@
+//! Keepalive, RTT, timeouts, GOAWAY drain and CLOSE.
+
+mod common;
+
+use common::*;
+use proto::{CloseReason, Code, Config, MsgKind, StreamKind};
+
+#[test]
+fn keepalive_measures_rtt() {
+    let mut sim = Sim::new(20, Config::DEVICE, Config::GATEWAY);
+    sim.connect();
+    sim.advance(15_000);
+    sim.flush();
+    // 40 ms each way.
+    sim.advance(40);
+    let mut evs = sim.deliver(Side::Device);
+    evs.extend(sim.deliver(Side::Gateway));
+    sim.flush();
+    sim.advance(40);
+    let mut rtts = Vec::new();
+    for _ in 0..4 {
+        for side in [Side::Device, Side::Gateway] {
+            for e in sim.deliver(side) {
+                if let Ev::Rtt(ms) = e {
+                    rtts.push(ms);
+                }
+            }
+        }
+        sim.flush();
+    }
+    assert_eq!(rtts, vec![80, 80], "both sides measured the round trip");
+    assert_eq!(sim.gateway.rtt().map(|d| d.as_millis()), Some(80));
+}
+
+#[test]
+fn idle_timeout_ends_a_silent_link() {
+    let mut sim = Sim::new(21, Config::DEVICE, Config::GATEWAY);
+    sim.connect();
+    // The link goes dark: nothing is delivered any more.
+    let mut gw_closed = None;
+    for _ in 0..50 {
+        sim.advance(1000);
+        sim.flush();
+        sim.to_device.clear();
+        sim.to_gateway.clear();
+        while let Some(e) = sim.gateway.poll_event() {
+            if let proto::Event::Closed(r) = e {
+                gw_closed = Some(r);
+            }
+        }
+        if gw_closed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(gw_closed, Some(CloseReason::IdleTimeout));
+    assert!(sim.gateway.poll_timeout().is_none());
+}
+
+#[test]
+fn handshake_timeout() {
+    let mut sim = Sim::new(22, Config::DEVICE, Config::GATEWAY);
+    let deadline = sim.gateway.poll_timeout().unwrap();
+    sim.now = deadline;
+    sim.gateway.handle_timeout(deadline);
+    let e = sim.gateway.poll_event().map(own);
+    assert_eq!(e, Some(Ev::Closed(CloseReason::HandshakeTimeout)));
+    assert!(sim.gateway.is_closed());
+}
+
+#[test]
+fn goaway_drains_open_streams_then_closes() {
+    let mut sim = Sim::new(23, Config::DEVICE, Config::GATEWAY);
+    sim.connect();
+    let id = sim.gateway.open(StreamKind::Http, 0).unwrap();
+    sim.gateway
+        .send(id, MsgKind::Head, &request_head("GET", "/"), true, true)
+        .unwrap();
+    sim.settle();
+    sim.gateway.goaway(Code::SHUTDOWN);
+    assert_eq!(
+        sim.gateway.open(StreamKind::Http, 0),
+        Err(proto::StreamError::GoingAway)
+    );
+    let (de, _) = sim.settle();
+    assert!(de.contains(&Ev::GoAway {
+        code: Code::SHUTDOWN
+    }));
+    assert_eq!(
+        sim.device.open(StreamKind::Raw, 0),
+        Err(proto::StreamError::GoingAway)
+    );
+    assert!(
+        sim.gateway.is_established(),
+        "still serving the open stream"
+    );
+    sim.device
+        .send(id, MsgKind::Head, &[0, 200, 0, 0], true, true)
+        .unwrap();
+    let (de, ge) = sim.settle();
+    assert!(ge.iter().any(|e| matches!(e, Ev::Data { fin: true, .. })));
+    assert!(
+        ge.contains(&Ev::Closed(CloseReason::Local(Code::SHUTDOWN))),
+        "{ge:?}"
+    );
+    assert!(
+        de.contains(&Ev::Closed(CloseReason::Peer(Code::NO_ERROR))),
+        "{de:?}"
+    );
+    assert!(sim.gateway.is_closed() && sim.device.is_closed());
+}
+
+#[test]
+fn close_with_code_reaches_the_peer() {
+    let mut sim = Sim::new(24, Config::DEVICE, Config::GATEWAY);
+    sim.connect();
+    sim.gateway.close(Code::REVOKED);
+    let (de, ge) = sim.settle();
+    assert!(
+        de.contains(&Ev::Closed(CloseReason::Peer(Code::REVOKED))),
+        "{de:?}"
+    );
+    assert!(ge.contains(&Ev::Closed(CloseReason::Local(Code::REVOKED))));
+    assert!(sim.gateway.is_closed() && sim.device.is_closed());
+}
+
+#[test]
+fn eof_between_and_inside_records() {
+    let mut sim = Sim::new(25, Config::DEVICE, Config::GATEWAY);
+    sim.connect();
+    sim.device.handle_eof();
+    assert_eq!(
+        sim.device.poll_event().map(own),
+        Some(Ev::Closed(CloseReason::TransportClosed))
+    );
+
+    let mut sim = Sim::new(26, Config::DEVICE, Config::GATEWAY);
+    sim.connect();
+    let id = sim.gateway.open(StreamKind::Raw, 1).unwrap();
+    sim.gateway
+        .send(id, MsgKind::Bytes, b"hello", false, false)
+        .unwrap();
+    sim.flush();
+    let partial: Vec<u8> = sim.to_device.drain(..10).collect();
+    let now = sim.now;
+    assert_eq!(sim.device.handle_input(now, &partial), 10);
+    sim.device.handle_eof();
+    assert_eq!(
+        sim.device.poll_event().map(own),
+        Some(Ev::Closed(CloseReason::Error(
+            proto::SessionError::Truncated
+        )))
+    );
+}
