@@ -1,9 +1,25 @@
 //! # device-fw
 //!
-//! The device side of the link: a `no_std` runtime over `proto`, the sample
-//! controller application, and its builds for the STM32H5 and the host.
-//! Being built up in its own issue; today it re-exports the protocol core.
+//! The device side of the link, for the STM32H5 and for the host.
+//!
+//! ```text
+//!   sample app (web UI, readings over WebSocket, commands)
+//!        │  App trait: events in, sends out
+//!   link runtime (no_std, static memory): connect, session, reconnect
+//!        │  Platform + Transport traits
+//!   embassy-net TCP (STM32H5)   │   tokio TCP (device-sim)   │   in-memory (tests)
+//! ```
+//!
+//! ## Layout
+//!
+//! - [`app`]: the sample controller application and the [`app::Board`] it runs on.
+//! - [`link`]: the runtime that keeps one `proto` session alive and
+//!   dispatches its streams to an [`link::App`].
 
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod link;
 
 pub use proto;

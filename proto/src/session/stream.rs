@@ -54,26 +54,29 @@ pub struct StreamSlot {
 
 impl Default for StreamSlot {
     fn default() -> Self {
-        Self {
-            id: 0,
-            kind: StreamKind::Raw,
-            send_credit: 0,
-            recv_credit: 0,
-            unconsumed: 0,
-            to_return: 0,
-            tx: Direction::default(),
-            rx: Direction::default(),
-            local: false,
-            window_pending: false,
-            open_unsent: false,
-            reset: None,
-            notify: false,
-            blocked_since: None,
-        }
+        Self::EMPTY
     }
 }
 
 impl StreamSlot {
+    /// A free slot, for initializing tables in `const` context.
+    pub const EMPTY: Self = Self {
+        id: 0,
+        kind: StreamKind::Raw,
+        send_credit: 0,
+        recv_credit: 0,
+        unconsumed: 0,
+        to_return: 0,
+        tx: Direction::NEW,
+        rx: Direction::NEW,
+        local: false,
+        window_pending: false,
+        open_unsent: false,
+        reset: None,
+        notify: false,
+        blocked_since: None,
+    };
+
     pub(crate) fn new(id: StreamId, kind: StreamKind, local: bool, send: u32, recv: u32) -> Self {
         Self {
             id: id.get(),
@@ -113,6 +116,13 @@ pub(crate) struct Direction {
 }
 
 impl Direction {
+    pub(crate) const NEW: Self = Self {
+        head_done: false,
+        open_msg: None,
+        closed_ws: false,
+        fin: false,
+    };
+
     /// Whether a frame of `msg` may come next on a stream of `kind`.
     pub(crate) fn allows(&self, kind: StreamKind, msg: MsgKind) -> bool {
         if self.fin {
