@@ -13,13 +13,17 @@
 //! ## Layout
 //!
 //! - [`app`]: the sample controller application and the [`app::Board`] it runs on.
+//! - `host` (feature `host`): the tokio platform and a simulated board,
+//!   used by the `device-sim` binary and the tests.
 //! - [`link`]: the runtime that keeps one `proto` session alive and
 //!   dispatches its streams to an [`link::App`].
 
-#![cfg_attr(not(test), no_std)]
+#![cfg_attr(not(any(test, feature = "host")), no_std)]
 #![forbid(unsafe_code)]
 
 pub mod app;
+#[cfg(feature = "host")]
+pub mod host;
 pub mod link;
 
 pub use proto;

@@ -2,7 +2,7 @@
 
 use core::time::Duration;
 
-use embassy_futures::select::{Either3, select3};
+use embassy_futures::select::{Either4, select4};
 use embedded_io_async::{Read, Write};
 use proto::wire::Status;
 use proto::{Buffers, CloseReason, Event, Instant, SecretKey, Session, StreamSlot};
@@ -193,11 +193,11 @@ impl Driver<'_> {
                     wr.write(pending).await
                 }
             };
-            match select3(rd.read(input), write, P::sleep_until(deadline)).await {
-                Either3::First(Ok(0)) | Either3::First(Err(_)) => {
+            match select4(rd.read(input), write, P::sleep_until(deadline), app.wake()).await {
+                Either4::First(Ok(0)) | Either4::First(Err(_)) => {
                     session.handle_eof();
                 }
-                Either3::First(Ok(n)) => {
+                Either4::First(Ok(n)) => {
                     let now = P::now();
                     let mut off = 0;
                     loop {
@@ -209,9 +209,10 @@ impl Driver<'_> {
                         }
                     }
                 }
-                Either3::Second(Ok(n)) => self.out_pos += n,
-                Either3::Second(Err(_)) => session.handle_eof(),
-                Either3::Third(()) => session.handle_timeout(P::now()),
+                Either4::Second(Ok(n)) => self.out_pos += n,
+                Either4::Second(Err(_)) => session.handle_eof(),
+                Either4::Third(()) => session.handle_timeout(P::now()),
+                Either4::Fourth(()) => {}
             }
             let now = P::now();
             self.dispatch(app, session, now, &mut closed);

@@ -30,6 +30,8 @@ pub use driver::{Outcome, run, run_once};
 pub use memory::LinkMemory;
 pub use platform::{ConnectError, Platform, Transport};
 
+use core::future::Future;
+
 use proto::{
     Backoff, Code, Config, Hello, Instant, MsgKind, PublicKey, SecretKey, Session, StreamError,
     StreamId, StreamKind, StreamSlot,
@@ -97,19 +99,19 @@ where
         end_msg: bool,
         fin: bool,
     ) -> Result<usize, StreamError> {
-        Session::send(self, stream, msg, data, end_msg, fin)
+        Self::send(self, stream, msg, data, end_msg, fin)
     }
     fn capacity(&self, stream: StreamId) -> usize {
         self.send_capacity(stream)
     }
     fn consume(&mut self, stream: StreamId, n: usize) {
-        Session::consume(self, stream, n);
+        Self::consume(self, stream, n);
     }
     fn reset(&mut self, stream: StreamId, code: Code) {
-        let _ = Session::reset(self, stream, code);
+        let _ = Self::reset(self, stream, code);
     }
     fn open(&mut self, kind: StreamKind, service: u8) -> Result<StreamId, StreamError> {
-        Session::open(self, kind, service)
+        Self::open(self, kind, service)
     }
 }
 
@@ -171,4 +173,10 @@ pub trait App {
 
     /// When `poll` must run next even if nothing else happens.
     fn next_deadline(&self) -> Option<Instant>;
+
+    /// Resolves when something outside the link needs `poll` (an interrupt
+    /// signal on the device, a channel on the host). Never resolves by default.
+    fn wake(&mut self) -> impl Future<Output = ()> {
+        core::future::pending()
+    }
 }

@@ -145,8 +145,9 @@ pub enum Role {
 pub struct Buffers<B, S> {
     /// Receive buffer: at least `config.params.max_record` bytes.
     pub rx: B,
-    /// Transmit staging buffer: plaintext of one record (at least 256 bytes;
-    /// more than the peer's record size is not used).
+    /// Transmit staging buffer: one record, length prefix and tag included
+    /// (at least 256 bytes; more than the peer's record size is not used).
+    /// An output buffer of this size always holds what `poll_transmit` makes.
     pub tx: B,
     /// The stream table; its length caps the open streams both ways.
     pub streams: S,
@@ -357,7 +358,7 @@ where
         };
         let body_len = hello.buffer_len();
         let tx = s.tx.as_mut();
-        if body_len > usize::from(u16::MAX) || 3 + body_len > tx.len() {
+        if body_len > usize::from(u16::MAX) || 3 + body_len + RECORD_OVERHEAD > tx.len() {
             return Err(SetupError::Hello(WireError::BufferTooSmall));
         }
         let n = hello.emit(&mut tx[3..]).map_err(SetupError::Hello)?;
@@ -427,7 +428,8 @@ where
         self.stats
     }
 
-    /// Size `poll_transmit` needs for its output to carry a full record.
+    /// Size `poll_transmit` needs for its output to carry a full record
+    /// (never more than the staging buffer).
     pub fn max_transmit(&self) -> usize {
         self.tx_cap() + RECORD_OVERHEAD
     }
@@ -441,9 +443,16 @@ where
             .count()
     }
 
+    /// Plaintext one record may carry: bounded by the peer's record size and
+    /// by the staging buffer, which counts as a whole record (prefix and tag
+    /// included), so an output buffer of the same size always holds it.
     fn tx_cap(&self) -> usize {
-        let peer = usize::from(self.peer.max_record).saturating_sub(RECORD_OVERHEAD);
-        self.tx.as_ref().len().min(peer)
+        let peer = usize::from(self.peer.max_record);
+        self.tx
+            .as_ref()
+            .len()
+            .min(peer)
+            .saturating_sub(RECORD_OVERHEAD)
     }
 
     fn slot(&self, id: StreamId) -> Option<usize> {

@@ -1,0 +1,194 @@
+//! The host platform (feature `host`): tokio TCP, the OS's randomness, the
+//! wall clock for handshake timestamps, and a simulated board.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use embedded_io_async::{ErrorKind, ErrorType, Read, Write};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use crate::app::{Board, LEDS, Readings};
+use crate::link::{ConnectError, Platform, Transport};
+use proto::Instant;
+
+fn base() -> tokio::time::Instant {
+    static BASE: OnceLock<tokio::time::Instant> = OnceLock::new();
+    *BASE.get_or_init(tokio::time::Instant::now)
+}
+
+/// Dials a gateway over TCP with tokio.
+#[derive(Clone, Debug)]
+pub struct TokioPlatform {
+    /// The gateway's device-link address.
+    pub gateway: SocketAddr,
+    /// How long a dial may take. Default 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl TokioPlatform {
+    /// A platform dialing `gateway`.
+    pub fn new(gateway: SocketAddr) -> Self {
+        Self {
+            gateway,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A tokio TCP connection as a [`Transport`].
+pub struct TokioConn(TcpStream);
+
+impl TokioConn {
+    /// Wraps a connected stream.
+    pub fn new(stream: TcpStream) -> Self {
+        Self(stream)
+    }
+}
+
+/// An I/O error from tokio, as embedded-io sees it.
+#[derive(Debug)]
+pub struct IoError(pub std::io::Error);
+
+impl std::fmt::Display for IoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for IoError {}
+
+impl embedded_io_async::Error for IoError {
+    fn kind(&self) -> ErrorKind {
+        ErrorKind::Other
+    }
+}
+
+/// Read half.
+pub struct Reader<'a>(ReadHalf<'a>);
+/// Write half.
+pub struct Writer<'a>(WriteHalf<'a>);
+
+impl ErrorType for Reader<'_> {
+    type Error = IoError;
+}
+impl ErrorType for Writer<'_> {
+    type Error = IoError;
+}
+
+impl Read for Reader<'_> {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, IoError> {
+        self.0.read(buf).await.map_err(IoError)
+    }
+}
+
+impl Write for Writer<'_> {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, IoError> {
+        self.0.write(buf).await.map_err(IoError)
+    }
+    async fn flush(&mut self) -> Result<(), IoError> {
+        self.0.flush().await.map_err(IoError)
+    }
+}
+
+impl Transport for TokioConn {
+    type Reader<'a> = Reader<'a>;
+    type Writer<'a> = Writer<'a>;
+    fn split(&mut self) -> (Reader<'_>, Writer<'_>) {
+        let (r, w) = self.0.split();
+        (Reader(r), Writer(w))
+    }
+}
+
+impl Platform for TokioPlatform {
+    type Conn<'a> = TokioConn;
+
+    async fn connect(&mut self) -> Result<TokioConn, ConnectError> {
+        let dial = tokio::time::timeout(self.connect_timeout, TcpStream::connect(self.gateway));
+        match dial.await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(TokioConn(s))
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Err(ConnectError::Refused)
+            }
+            Ok(Err(_)) => Err(ConnectError::Other),
+            Err(_) => Err(ConnectError::Refused),
+        }
+    }
+
+    fn now() -> Instant {
+        Instant::from_millis(base().elapsed().as_millis() as u64)
+    }
+
+    async fn sleep_until(at: Instant) {
+        tokio::time::sleep_until(base() + Duration::from_millis(at.as_millis())).await;
+    }
+
+    fn fill_random(&mut self, buf: &mut [u8]) {
+        // The OS RNG does not fail on the platforms we run on; if it did, a
+        // handshake with a predictable ephemeral must not happen.
+        if getrandom::fill(buf).is_err() {
+            panic!("the operating system's random number generator failed");
+        }
+    }
+
+    fn timestamp(&mut self) -> u64 {
+        // Microseconds of wall-clock time: above anything a previous run sent.
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64)
+    }
+}
+
+/// A simulated board: a slowly drifting temperature, a button that is
+/// pressed now and then, LEDs and a setpoint that are only remembered.
+#[derive(Debug)]
+pub struct SimBoard {
+    seed: u64,
+    start: std::time::Instant,
+    /// LED states as last set.
+    pub leds: [bool; LEDS],
+    /// Setpoint as last set, in centidegrees.
+    pub setpoint: Option<i32>,
+}
+
+impl SimBoard {
+    /// A board whose readings follow `seed` (devices in a fleet differ).
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            start: std::time::Instant::now(),
+            leds: [false; LEDS],
+            setpoint: None,
+        }
+    }
+}
+
+impl Board for SimBoard {
+    fn readings(&mut self) -> Readings {
+        let t = self.start.elapsed().as_secs_f64();
+        let phase = (self.seed % 628) as f64 / 100.0;
+        let temp = 2150.0 + 180.0 * (t / 30.0 + phase).sin() + 15.0 * (t * 1.7).sin();
+        // The button is held for a second every seven, from a seed-dependent offset.
+        let cycle = (t + (self.seed % 7) as f64) % 7.0;
+        Readings {
+            temperature_centi: temp as i32,
+            button: cycle < 1.0,
+            presses: ((t + (self.seed % 7) as f64) / 7.0) as u32,
+        }
+    }
+
+    fn set_led(&mut self, index: usize, on: bool) {
+        if let Some(l) = self.leds.get_mut(index) {
+            *l = on;
+        }
+    }
+
+    fn set_setpoint(&mut self, centi: i32) {
+        self.setpoint = Some(centi);
+    }
+}
