@@ -1,4 +1,12 @@
 //! # e2e
 //!
 //! End-to-end scenarios against real peers, the load generator and the
-//! benchmarks. Filled in by the gateway, seed and benchmark issues.
+//! benchmarks.
+//!
+//! ## Layout
+//!
+//! - [`acceptor`]: a minimal gateway-role acceptor for device-side tests.
+//! - `tests/`: the scenarios (`device_sim.rs`: the `device-sim` binary
+//!   against the acceptor).
+
+pub mod acceptor;
