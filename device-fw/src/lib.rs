@@ -12,6 +12,7 @@
 //!
 //! ## Layout
 //!
+//! - [`budget`]: RAM budgets the build checks.
 //! - [`app`]: the sample controller application and the [`app::Board`] it runs on.
 //! - `host` (feature `host`): the tokio platform and a simulated board,
 //!   used by the `device-sim` binary and the tests.
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod budget;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod link;

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Parser;
+use device_fw::budget::DeviceLinkMemory;
 use device_fw::host::{
     DeviceSpec, Forward, SimApp, SimBoard, TokioPlatform, fleet, parse_key, registry_toml,
 };
-use device_fw::link::{Identity, LinkConfig, LinkMemory, run};
+use device_fw::link::{Identity, LinkConfig, run};
 use proto::{PublicKey, SecretKey};
 
 /// Simulated devices running the sample controller over the device link.
@@ -187,7 +188,7 @@ fn real_main(args: Args) -> Result<(), String> {
                     key: d.key,
                     gateway: gateway_key,
                 };
-                let mut mem = Box::new(LinkMemory::<1024, 4>::new());
+                let mut mem = Box::new(DeviceLinkMemory::new());
                 run(
                     &mut platform,
                     &mut app,
