@@ -1,7 +1,15 @@
 //! # gateway
 //!
-//! The cloud side of the device link. This crate is being built up issue by
-//! issue; for now it carries the shared device-link primitives from `proto`
-//! and the command-line entry point.
+//! The cloud side of the device link: TLS edge for browsers, device link
+//! listener, HTTP and WebSocket bridging with header normalization.
+//!
+//! ## Layout
+//!
+//! - `config`: the TOML configuration, typed once at load.
+//! - `keys`: the gateway's key file.
+//! - `cli`: command line and logging set-up.
+//! - `link`: the device link: listener, handshakes against the registry, one task per device session.
+
+pub mod link;
 
 pub use proto;

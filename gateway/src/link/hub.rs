@@ -1,0 +1,263 @@
+//! Who may connect, who is online, and the counters behind the metrics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use proto::{Code, Config, PublicKey, ServiceKind, StreamKind};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::session::Cmd;
+use super::stream::{DeviceStream, OpenError};
+
+/// A device the registry admits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Its id (routing name).
+    pub id: String,
+}
+
+/// Public keys → devices. Replaced as a whole on reload.
+#[derive(Clone, Debug, Default)]
+pub struct Registry {
+    by_key: HashMap<PublicKey, DeviceInfo>,
+}
+
+impl Registry {
+    /// A registry of `(key, device)` pairs.
+    pub fn new(devices: impl IntoIterator<Item = (PublicKey, DeviceInfo)>) -> Self {
+        Self {
+            by_key: devices.into_iter().collect(),
+        }
+    }
+
+    /// The device with this key.
+    pub fn lookup(&self, key: &PublicKey) -> Option<&DeviceInfo> {
+        self.by_key.get(key)
+    }
+
+    /// Number of devices.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+/// Link tunables.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkSettings {
+    /// Session limits and timers for the gateway role.
+    pub session: Config,
+    /// How long a drain may take on shutdown before sessions are closed.
+    pub drain_timeout: Duration,
+}
+
+impl Default for LinkSettings {
+    fn default() -> Self {
+        Self {
+            session: Config::GATEWAY,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A service as the device announced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Name.
+    pub name: String,
+    /// Kind.
+    pub kind: ServiceKind,
+    /// WebSocket subprotocols, in the device's order of preference.
+    pub subprotocols: Vec<String>,
+}
+
+/// An online device, for the bridge.
+#[derive(Clone, Debug)]
+pub struct DeviceHandle {
+    /// Device id.
+    pub id: String,
+    /// Firmware version from HELLO.
+    pub firmware: String,
+    /// Services from HELLO; the index is the service number.
+    pub services: Arc<Vec<ServiceInfo>>,
+    /// Largest request head the device accepts.
+    pub max_head: u16,
+    pub(crate) generation: u64,
+    pub(crate) cmd: mpsc::UnboundedSender<Cmd>,
+}
+
+impl DeviceHandle {
+    /// The number and description of the service called `name`.
+    pub fn service(&self, name: &str) -> Option<(u8, &ServiceInfo)> {
+        self.services
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.name == name)
+            .map(|(i, s)| (i as u8, s))
+    }
+
+    /// Opens a stream to service number `service`.
+    pub async fn open(&self, kind: StreamKind, service: u8) -> Result<DeviceStream, OpenError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Open {
+                kind,
+                service,
+                reply: tx,
+            })
+            .map_err(|_| OpenError::Offline)?;
+        rx.await.map_err(|_| OpenError::Offline)?
+    }
+
+    /// Ends the session with `code` (revocation, replacement).
+    pub fn close(&self, code: Code) {
+        let _ = self.cmd.send(Cmd::Close(code));
+    }
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    /// Handshakes that reached HELLO.
+    pub sessions_started: AtomicU64,
+    /// Handshakes refused: unknown or revoked key.
+    pub refused_unknown: AtomicU64,
+    /// Handshakes refused: timestamp not above the last accepted (replays).
+    pub refused_stale: AtomicU64,
+    /// Sessions that ended with a protocol error.
+    pub protocol_errors: AtomicU64,
+    /// Sessions that never finished their handshake (timeouts, garbage, bad keys).
+    pub handshake_failures: AtomicU64,
+    /// Sessions closed because a newer one of the same device took over.
+    pub replaced: AtomicU64,
+}
+
+/// The device link's shared state.
+pub struct Hub {
+    pub(crate) key: proto::SecretKey,
+    pub(crate) settings: LinkSettings,
+    registry: RwLock<Arc<Registry>>,
+    /// Highest handshake timestamp accepted per key: the replay floor.
+    floors: Mutex<HashMap<PublicKey, u64>>,
+    online: RwLock<HashMap<String, DeviceHandle>>,
+    generation: AtomicU64,
+    /// Counters.
+    pub stats: HubStats,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+impl Hub {
+    /// A hub with the gateway's static key.
+    pub fn new(key: proto::SecretKey, registry: Registry, settings: LinkSettings) -> Arc<Self> {
+        Arc::new(Self {
+            key,
+            settings,
+            registry: RwLock::new(Arc::new(registry)),
+            floors: Mutex::new(HashMap::new()),
+            online: RwLock::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            stats: HubStats::default(),
+            shutdown: watch::channel(false).0,
+        })
+    }
+
+    /// The gateway's public key (what devices pin).
+    pub fn public_key(&self) -> PublicKey {
+        self.key.public_key()
+    }
+
+    /// Replaces the registry; devices no longer in it are disconnected
+    /// with `REVOKED`, as are devices whose key changed.
+    pub fn set_registry(&self, registry: Registry) {
+        let registry = Arc::new(registry);
+        *self.registry.write().unwrap_or_else(|e| e.into_inner()) = registry.clone();
+        let online = self
+            .online
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for (id, handle) in online {
+            let still = registry.by_key.values().any(|d| d.id == id);
+            if !still {
+                handle.close(Code::REVOKED);
+            }
+        }
+    }
+
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Checks the replay floor and raises it: `Err(last)` when `timestamp`
+    /// is not above the last accepted one for `key`.
+    pub(crate) fn admit_timestamp(&self, key: &PublicKey, timestamp: u64) -> Result<(), u64> {
+        let mut floors = self.floors.lock().unwrap_or_else(|e| e.into_inner());
+        let last = floors.entry(*key).or_insert(0);
+        if timestamp <= *last {
+            return Err(*last);
+        }
+        *last = timestamp;
+        Ok(())
+    }
+
+    /// Registers a session whose HELLO arrived; an older session of the
+    /// same device is closed with `REPLACED`.
+    pub(crate) fn register(&self, mut handle: DeviceHandle) -> u64 {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        handle.generation = generation;
+        let old = self
+            .online
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(handle.id.clone(), handle);
+        if let Some(old) = old {
+            self.stats.replaced.fetch_add(1, Ordering::Relaxed);
+            old.close(Code::REPLACED);
+        }
+        self.stats.sessions_started.fetch_add(1, Ordering::Relaxed);
+        generation
+    }
+
+    /// Removes a session, unless a newer one already took its place.
+    pub(crate) fn unregister(&self, id: &str, generation: u64) {
+        let mut online = self.online.write().unwrap_or_else(|e| e.into_inner());
+        if online.get(id).is_some_and(|h| h.generation == generation) {
+            online.remove(id);
+        }
+    }
+
+    /// The online device with this id.
+    pub fn device(&self, id: &str) -> Option<DeviceHandle> {
+        self.online
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Ids of the devices online now.
+    pub fn online(&self) -> Vec<String> {
+        self.online
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Starts the drain: every session sends GOAWAY, finishes its streams
+    /// and closes (or is closed after the drain timeout); no new session is
+    /// accepted.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+}

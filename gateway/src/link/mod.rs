@@ -1,0 +1,34 @@
+//! The device link: the listener devices dial, the handshake against the
+//! registry, and one task per device session (STYLE 5).
+//!
+//! ```text
+//!  TcpListener ──accept──▶ session task (span: peer, device)
+//!                           │ proto::Session (gateway role)
+//!                           │   Authenticate → registry lookup + replay floor → accept / reject / refuse
+//!                           │   HELLO (key confirmation) → Hub::register (replaces an older session)
+//!                           │ select { socket read, pending write, commands, timer }
+//!  bridge ──Hub::device(id)──▶ DeviceHandle ──open()──▶ DeviceStream { send().await, recv().await }
+//! ```
+//!
+//! # Lifecycle of a session
+//!
+//! accepted → handshake (bounded by the handshake timeout) → registered after
+//! HELLO → serving → closed (peer, idle timeout, protocol error, replaced by a
+//! newer session of the same device, revoked, or drained on shutdown). Only
+//! a session that completed HELLO under fresh keys can displace another, so
+//! a replayed first message never disturbs a live device.
+//!
+//! # Memory
+//!
+//! Per stream and direction, at most one window of data is buffered: data
+//! from the device is not credited back until the bridge has taken it
+//! ([`DeviceStream::recv`] returns credit for the previous chunk), and a
+//! [`DeviceStream::send`] completes only once proto has taken all of it.
+
+mod hub;
+mod session;
+mod stream;
+
+pub use hub::{DeviceHandle, DeviceInfo, Hub, HubStats, LinkSettings, Registry, ServiceInfo};
+pub use session::serve;
+pub use stream::{DeviceStream, OpenError, StreamClosed, StreamEvent, StreamSender};

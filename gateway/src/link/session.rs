@@ -1,0 +1,429 @@
+//! One task per device session.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use proto::wire::Status;
+use proto::{
+    Buffers, CloseReason, Code, Event, Instant, MsgKind, SecretKey, Session, StreamError, StreamId,
+    StreamKind, StreamSlot,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::hub::{DeviceHandle, Hub, ServiceInfo};
+use super::stream::{DeviceStream, OpenError, StreamClosed, StreamEvent};
+
+/// What the bridge asks of a session task.
+#[derive(Debug)]
+pub(crate) enum Cmd {
+    Open {
+        kind: StreamKind,
+        service: u8,
+        reply: oneshot::Sender<Result<DeviceStream, OpenError>>,
+    },
+    Send {
+        stream: StreamId,
+        msg: MsgKind,
+        data: Vec<u8>,
+        end_msg: bool,
+        fin: bool,
+        done: oneshot::Sender<Result<(), StreamClosed>>,
+    },
+    Consume(StreamId, usize),
+    Reset(StreamId, Code),
+    Dropped {
+        stream: StreamId,
+        owed: usize,
+        reset: bool,
+    },
+    Close(Code),
+}
+
+/// A send waiting for credit.
+struct Outgoing {
+    msg: MsgKind,
+    data: Vec<u8>,
+    sent: usize,
+    end_msg: bool,
+    fin: bool,
+    done: oneshot::Sender<Result<(), StreamClosed>>,
+}
+
+#[derive(Default)]
+struct Streams {
+    to_bridge: HashMap<StreamId, mpsc::UnboundedSender<StreamEvent>>,
+    outgoing: HashMap<StreamId, VecDeque<Outgoing>>,
+}
+
+fn clock() -> Instant {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    Instant::from_millis(
+        BASE.get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64,
+    )
+}
+
+/// Accepts device connections until the hub shuts down.
+pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
+    let mut shutdown = hub.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((sock, peer)) => {
+                    let hub = hub.clone();
+                    let span = info_span!("device_link", %peer, device = tracing::field::Empty);
+                    tokio::spawn(run_session(sock, peer, hub).instrument(span));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    warn!("device link accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            () = shutting_down(&mut shutdown) => return,
+        }
+    }
+}
+
+type GwSession = Session<Vec<u8>, Vec<StreamSlot>>;
+
+/// Resolves once the hub's shutdown flag is set (never if the hub is gone).
+async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
+    let _ = sock.set_nodelay(true);
+    let cfg = hub.settings.session;
+    let mut eph = [0u8; 32];
+    if getrandom::fill(&mut eph).is_err() {
+        warn!("no randomness for an ephemeral key; dropping {peer}");
+        return;
+    }
+    let record = usize::from(cfg.params.max_record);
+    let buffers = Buffers {
+        rx: vec![0u8; record],
+        tx: vec![0u8; record],
+        streams: vec![StreamSlot::default(); usize::from(cfg.params.max_streams) + 64],
+    };
+    let mut s: GwSession = match Session::gateway(
+        cfg,
+        hub.key.clone(),
+        SecretKey::from_bytes(eph),
+        buffers,
+        clock(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("device link misconfigured: {e}");
+            return;
+        }
+    };
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let mut streams = Streams::default();
+    let mut registered: Option<(String, u64)> = None;
+    let mut authenticated: Option<String> = None;
+    let mut shutdown = hub.shutdown.subscribe();
+    let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut out = vec![0u8; record];
+    let (mut out_pos, mut out_len) = (0usize, 0usize);
+    let mut input = vec![0u8; record];
+    let (mut rd, mut wr) = sock.split();
+    let mut reason = None;
+
+    loop {
+        flush_outgoing(&mut s, &mut streams);
+        if out_pos == out_len {
+            out_pos = 0;
+            out_len = s.poll_transmit(clock(), &mut out).unwrap_or(0);
+        }
+        if s.is_closed() && out_pos == out_len {
+            break;
+        }
+        let wait = s.poll_timeout().map_or(Duration::from_secs(3600), |t| {
+            Duration::from_millis(t.as_millis().saturating_sub(clock().as_millis()))
+        });
+        let pending = &out[out_pos..out_len];
+        tokio::select! {
+            r = rd.read(&mut input) => {
+                let n = match r {
+                    Ok(0) | Err(_) => { s.handle_eof(); 0 }
+                    Ok(n) => n,
+                };
+                let mut off = 0;
+                loop {
+                    let k = s.handle_input(clock(), &input[off..n]);
+                    off += k;
+                    let any = handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut authenticated, &mut registered, &mut reason);
+                    if (off >= n || k == 0) && !any { break; }
+                }
+            }
+            w = wr.write(pending), if !pending.is_empty() => match w {
+                Ok(n) if n > 0 => out_pos += n,
+                _ => { s.handle_eof(); out_pos = out_len; }
+            },
+            c = cmd_rx.recv() => if let Some(c) = c { apply(&mut s, c, &cmd_tx, &mut streams) },
+            _ = tokio::time::sleep(wait) => s.handle_timeout(clock()),
+            () = shutting_down(&mut shutdown), if drain_deadline.is_none() => {
+                s.goaway(Code::SHUTDOWN);
+                drain_deadline = Some(tokio::time::Instant::now() + hub.settings.drain_timeout);
+            }
+            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {
+                s.close(Code::SHUTDOWN);
+                drain_deadline = None;
+            }
+        }
+        handle_events(
+            &mut s,
+            &hub,
+            &cmd_tx,
+            &mut streams,
+            &mut authenticated,
+            &mut registered,
+            &mut reason,
+        );
+    }
+    let _ = wr.flush().await;
+    for (_, tx) in streams.to_bridge.drain() {
+        let _ = tx.send(StreamEvent::Closed);
+    }
+    let online = registered.is_some();
+    if let Some((id, generation)) = registered {
+        hub.unregister(&id, generation);
+    }
+    match (reason, online) {
+        (Some(CloseReason::Local(Code::REFUSED)), false) => {}
+        (Some(r), false) => {
+            hub.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
+            debug!("device handshake failed: {r}");
+        }
+        (Some(CloseReason::Error(e)), true) => {
+            hub.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            warn!(error = e.name(), "device session failed: {e}");
+        }
+        (Some(r), true) => info!("device session ended: {r}"),
+        (None, _) => {}
+    }
+}
+
+fn handle_events(
+    s: &mut GwSession,
+    hub: &Hub,
+    cmd_tx: &mpsc::UnboundedSender<Cmd>,
+    streams: &mut Streams,
+    authenticated: &mut Option<String>,
+    registered: &mut Option<(String, u64)>,
+    reason: &mut Option<CloseReason>,
+) -> bool {
+    let mut any = false;
+    while let Some(ev) = s.poll_event() {
+        any = true;
+        match ev {
+            Event::Authenticate { device, timestamp } => {
+                let registry = hub.registry();
+                match registry.lookup(&device) {
+                    None => {
+                        hub.stats.refused_unknown.fetch_add(1, Ordering::Relaxed);
+                        info!(key = %device, "refused: unknown device key");
+                        s.refuse();
+                    }
+                    Some(info) => match hub.admit_timestamp(&device, timestamp) {
+                        Err(last) => {
+                            hub.stats.refused_stale.fetch_add(1, Ordering::Relaxed);
+                            info!(device = %info.id, timestamp, last, "refused: stale handshake timestamp (replay or clock reset)");
+                            s.reject(Status::StaleTimestamp, last);
+                        }
+                        Ok(()) => {
+                            if s.accept().is_ok() {
+                                *authenticated = Some(info.id.clone());
+                            }
+                        }
+                    },
+                }
+            }
+            Event::Hello(h) => {
+                // The HELLO names the device, but the key decides who it is.
+                let Some(id) = authenticated.clone() else {
+                    continue;
+                };
+                if h.device_id != id {
+                    warn!(claimed = h.device_id, registered = %id, "HELLO names another device; closing");
+                    s.close(Code::REFUSED);
+                    continue;
+                }
+                let services = h
+                    .services
+                    .iter()
+                    .map(|sv| ServiceInfo {
+                        name: sv.name.to_string(),
+                        kind: sv.kind,
+                        subprotocols: sv.subprotocols.iter().map(str::to_string).collect(),
+                    })
+                    .collect();
+                let claimed = id;
+                let (firmware, max_head) = (h.firmware.to_string(), h.max_head);
+                let handle = DeviceHandle {
+                    id: claimed.clone(),
+                    firmware,
+                    services: Arc::new(services),
+                    max_head,
+                    generation: 0,
+                    cmd: cmd_tx.clone(),
+                };
+                let generation = hub.register(handle);
+                tracing::Span::current().record("device", claimed.as_str());
+                info!("device online");
+                *registered = Some((claimed, generation));
+            }
+            Event::Opened { stream, .. } => {
+                // Device-initiated streams have no consumer at the gateway yet.
+                let _ = s.reset(stream, Code::REFUSED);
+            }
+            Event::Data {
+                stream,
+                msg,
+                end_msg,
+                fin,
+                data,
+            } => {
+                let n = data.len();
+                let ev = StreamEvent::Data {
+                    msg,
+                    data: data.to_vec(),
+                    end_msg,
+                    fin,
+                };
+                let delivered = streams
+                    .to_bridge
+                    .get(&stream)
+                    .is_some_and(|tx| tx.send(ev).is_ok());
+                if !delivered {
+                    s.consume(stream, n);
+                }
+                if fin {
+                    streams.to_bridge.remove(&stream);
+                }
+            }
+            Event::Reset { stream, code, .. } => {
+                if let Some(tx) = streams.to_bridge.remove(&stream) {
+                    let _ = tx.send(StreamEvent::Reset(code));
+                }
+                for o in streams.outgoing.remove(&stream).into_iter().flatten() {
+                    let _ = o.done.send(Err(StreamClosed));
+                }
+            }
+            Event::Closed(r) => *reason = Some(r),
+            Event::Refused { .. }
+            | Event::Credit { .. }
+            | Event::Rtt(_)
+            | Event::GoAway { .. }
+            | Event::Connected { .. } => {}
+        }
+    }
+    any
+}
+
+fn apply(s: &mut GwSession, cmd: Cmd, cmd_tx: &mpsc::UnboundedSender<Cmd>, streams: &mut Streams) {
+    match cmd {
+        Cmd::Open {
+            kind,
+            service,
+            reply,
+        } => {
+            let r = match s.open(kind, service) {
+                Ok(id) => {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    streams.to_bridge.insert(id, tx);
+                    Ok(DeviceStream::new(id, cmd_tx.clone(), rx))
+                }
+                Err(StreamError::GoingAway) => Err(OpenError::GoingAway),
+                Err(StreamError::Limit | StreamError::Blocked) => Err(OpenError::Busy),
+                Err(_) => Err(OpenError::Offline),
+            };
+            let _ = reply.send(r);
+        }
+        Cmd::Send {
+            stream,
+            msg,
+            data,
+            end_msg,
+            fin,
+            done,
+        } => {
+            streams
+                .outgoing
+                .entry(stream)
+                .or_default()
+                .push_back(Outgoing {
+                    msg,
+                    data,
+                    sent: 0,
+                    end_msg,
+                    fin,
+                    done,
+                });
+        }
+        Cmd::Consume(stream, n) => s.consume(stream, n),
+        Cmd::Reset(stream, code) => {
+            let _ = s.reset(stream, code);
+            streams.to_bridge.remove(&stream);
+            for o in streams.outgoing.remove(&stream).into_iter().flatten() {
+                let _ = o.done.send(Err(StreamClosed));
+            }
+        }
+        Cmd::Dropped {
+            stream,
+            owed,
+            reset,
+        } => {
+            s.consume(stream, owed);
+            if reset {
+                let _ = s.reset(stream, Code::CANCEL);
+            }
+            streams.to_bridge.remove(&stream);
+            streams.outgoing.remove(&stream);
+        }
+        Cmd::Close(code) => s.close(code),
+    }
+}
+
+/// Hands queued sends to the session within credit, oldest first per stream.
+fn flush_outgoing(s: &mut GwSession, streams: &mut Streams) {
+    streams.outgoing.retain(|stream, queue| {
+        while let Some(o) = queue.front_mut() {
+            match s.send(*stream, o.msg, &o.data[o.sent..], o.end_msg, o.fin) {
+                Ok(n) => {
+                    o.sent += n;
+                    if o.sent < o.data.len() {
+                        return true;
+                    }
+                    if let Some(done) = queue.pop_front() {
+                        let _ = done.done.send(Ok(()));
+                    }
+                }
+                Err(StreamError::Blocked) => return true,
+                Err(_) => {
+                    for o in queue.drain(..) {
+                        let _ = o.done.send(Err(StreamClosed));
+                    }
+                    return false;
+                }
+            }
+        }
+        false
+    });
+}
