@@ -6,10 +6,12 @@
 //! ## Layout
 //!
 //! - `config`: the TOML configuration, typed once at load.
+//! - `edge`: listeners (MSS clamp), later TLS and HTTP.
 //! - `keys`: the gateway's key file.
 //! - `cli`: command line and logging set-up.
 //! - `link`: the device link: listener, handshakes against the registry, one task per device session.
 
+pub mod edge;
 pub mod link;
 
 pub use proto;
