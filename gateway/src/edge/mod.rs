@@ -3,5 +3,7 @@
 //! ## Layout
 //!
 //! - [`listener`]: socket2 listeners with the MSS clamp, keepalive and dual stack.
+//! - [`tls`]: rustls acceptor: ALPN, resumption, SNI, reload, handshake deadline, local CA.
 
 pub mod listener;
+pub mod tls;

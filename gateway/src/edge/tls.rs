@@ -1,0 +1,291 @@
+//! TLS for browsers: rustls with TLS 1.2 and 1.3, ALPN `h2` and
+//! `http/1.1`, session tickets and a session cache for resumption, SNI
+//! certificate selection, certificates swapped at run time, and a handshake
+//! deadline whose expiry is its own outcome ("TCP up, TLS stalled": the
+//! signature of the PMTU black hole of seed 000).
+//!
+//! Certificates are ECDSA P-256 when the gateway makes them (the demo's
+//! local CA): a small certificate flight is the other half of the remedy
+//! for seed 000.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// Why TLS set-up or a handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file could not be read or parsed.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The key does not fit the certificate, or rustls refused it.
+    #[error("certificate {path}: {reason}")]
+    Key {
+        /// The certificate file.
+        path: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// TCP connected but the handshake did not finish in time.
+    #[error("TLS handshake did not finish within {0:?} (TCP up, TLS stalled)")]
+    Stalled(Duration),
+    /// The handshake failed (client error, protocol mismatch, reset).
+    #[error("TLS handshake failed: {0}")]
+    Handshake(io::Error),
+}
+
+impl TlsError {
+    /// A short label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Stalled(_) => "stalled",
+            Self::Handshake(_) => "failed",
+            Self::File { .. } | Self::Key { .. } => "config",
+        }
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its key, as loaded.
+#[derive(Clone, Debug)]
+pub struct CertPair {
+    /// The rustls form.
+    pub key: Arc<CertifiedKey>,
+    /// DNS names the leaf covers (for SNI selection; `*.x` wildcards kept as is).
+    pub names: Vec<String>,
+}
+
+impl CertPair {
+    /// Loads PEM files: the chain (leaf first) and its private key.
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let file_err = |p: &Path, reason: String| TlsError::File {
+            path: p.display().to_string(),
+            reason,
+        };
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .map_err(|e| file_err(cert, e.to_string()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| file_err(cert, e.to_string()))?;
+        if chain.is_empty() {
+            return Err(file_err(cert, "no certificate in file".into()));
+        }
+        let der = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+        Self::from_der(chain, der, &cert.display().to_string())
+    }
+
+    /// From DER parts (used by the demo and tests).
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        label: &str,
+    ) -> Result<Self, TlsError> {
+        let key_err = |reason: String| TlsError::Key {
+            path: label.to_string(),
+            reason,
+        };
+        let names = leaf_names(&chain[0]).map_err(key_err)?;
+        let signing = provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| key_err(e.to_string()))?;
+        let ck = CertifiedKey::new(chain, signing);
+        ck.keys_match()
+            .map_err(|e| key_err(format!("key does not match the certificate: {e}")))?;
+        Ok(Self {
+            key: Arc::new(ck),
+            names,
+        })
+    }
+}
+
+/// The DNS subject alternative names of a certificate (for choosing a
+/// certificate by SNI; verification is the client's business).
+fn leaf_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    let ee = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    Ok(ee.valid_dns_names().map(str::to_ascii_lowercase).collect())
+}
+
+/// Picks a certificate by SNI: exact name, then a `*.` wildcard one label
+/// up, then the first certificate. Swappable at run time.
+#[derive(Debug)]
+pub struct CertResolver {
+    inner: RwLock<Certs>,
+}
+
+#[derive(Debug, Default)]
+struct Certs {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl CertResolver {
+    /// A resolver over `pairs` (the first is the default).
+    pub fn new(pairs: Vec<CertPair>) -> Arc<Self> {
+        let r = Arc::new(Self {
+            inner: RwLock::new(Certs::default()),
+        });
+        r.replace(pairs);
+        r
+    }
+
+    /// Swaps in new certificates; handshakes in progress keep the old ones.
+    pub fn replace(&self, pairs: Vec<CertPair>) {
+        let mut certs = Certs {
+            default: pairs.first().map(|p| p.key.clone()),
+            ..Certs::default()
+        };
+        for p in pairs {
+            for n in &p.names {
+                certs
+                    .by_name
+                    .entry(n.clone())
+                    .or_insert_with(|| p.key.clone());
+            }
+        }
+        *self.inner.write().unwrap_or_else(|e| e.into_inner()) = certs;
+    }
+
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let certs = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = sni.map(str::to_ascii_lowercase) {
+            if let Some(k) = certs.by_name.get(&name) {
+                return Some(k.clone());
+            }
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(k) = certs.by_name.get(&format!("*.{parent}"))
+            {
+                return Some(k.clone());
+            }
+        }
+        certs.default.clone()
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.pick(hello.server_name())
+    }
+}
+
+/// The acceptor with its handshake deadline.
+#[derive(Clone)]
+pub struct Tls {
+    acceptor: TlsAcceptor,
+    /// Certificates, swappable.
+    pub resolver: Arc<CertResolver>,
+    /// Deadline for a handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Tls {
+    /// TLS 1.2 and 1.3, ALPN h2 then http/1.1, stateless tickets plus a
+    /// 4096-entry session cache.
+    pub fn new(resolver: Arc<CertResolver>, handshake_timeout: Duration) -> Self {
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .unwrap_or_else(|e| unreachable!("ring supports TLS 1.2 and 1.3: {e}"))
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = ServerSessionMemoryCache::new(4096);
+        if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+            config.ticketer = t;
+        }
+        config.send_tls13_tickets = 2;
+        Self {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            resolver,
+            handshake_timeout,
+        }
+    }
+
+    /// Runs the handshake on an accepted connection within the deadline.
+    pub async fn accept(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, TlsError> {
+        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)).await {
+            Err(_) => Err(TlsError::Stalled(self.handshake_timeout)),
+            Ok(Err(e)) => Err(TlsError::Handshake(e)),
+            Ok(Ok(s)) => Ok(s),
+        }
+    }
+}
+
+/// A local certificate authority and a leaf it signed, in PEM.
+#[derive(Debug, Clone)]
+pub struct LocalCa {
+    /// The CA certificate (to trust in browsers or `curl --cacert`).
+    pub ca_pem: String,
+    /// The leaf chain: leaf then CA.
+    pub chain_pem: String,
+    /// The leaf's private key (PKCS#8).
+    pub key_pem: String,
+}
+
+/// Makes an ECDSA P-256 CA and a leaf for `names` (valid 90 days).
+pub fn local_ca(names: &[String]) -> Result<LocalCa, rcgen::Error> {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "devlink gateway local CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut leaf_params = rcgen::CertificateParams::new(names.to_vec())?;
+    leaf_params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().cloned().unwrap_or_default(),
+    );
+    let now = std::time::SystemTime::now();
+    leaf_params.not_before = now.into();
+    leaf_params.not_after = (now + Duration::from_secs(90 * 86_400)).into();
+    leaf_params.use_authority_key_identifier_extension = true;
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
+    Ok(LocalCa {
+        ca_pem: ca.pem(),
+        chain_pem: format!("{}{}", leaf.pem(), ca.pem()),
+        key_pem: leaf_key.serialize_pem(),
+    })
+}
+
+impl LocalCa {
+    /// The leaf as a certificate pair.
+    pub fn pair(&self) -> Result<CertPair, TlsError> {
+        let chain = CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Key {
+                path: "generated".into(),
+                reason: e.to_string(),
+            })?;
+        let key =
+            PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| TlsError::Key {
+                path: "generated".into(),
+                reason: e.to_string(),
+            })?;
+        CertPair::from_der(chain, key, "generated")
+    }
+}
