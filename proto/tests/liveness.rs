@@ -151,3 +151,24 @@ fn eof_between_and_inside_records() {
         )))
     );
 }
+
+#[test]
+fn close_and_msg1_wait_for_a_buffer_large_enough() {
+    // Found by reading the code during fuzzing: a small buffer lost the CLOSE.
+    let mut sim = Sim::new(27, Config::DEVICE, Config::GATEWAY);
+    sim.connect();
+    sim.gateway.close(Code::REVOKED);
+    let now = sim.now;
+    let mut small = [0u8; 8];
+    assert_eq!(sim.gateway.poll_transmit(now, &mut small), None);
+    assert!(!sim.gateway.is_closed(), "the CLOSE is still owed");
+    let (de, _) = sim.settle();
+    assert!(de.contains(&Ev::Closed(CloseReason::Peer(Code::REVOKED))), "{de:?}");
+
+    // A device whose first buffer cannot hold msg1 sends it later.
+    let mut sim = Sim::new(28, Config::DEVICE, Config::GATEWAY);
+    let mut tiny = [0u8; 64];
+    assert_eq!(sim.device.poll_transmit(sim.now, &mut tiny), None);
+    assert!(!sim.device.is_closed());
+    sim.connect();
+}

@@ -33,7 +33,8 @@ where
                     .ok()
                     .and_then(|n| hs.write_message(&p[..n], out.get_mut(3..)?).ok());
                 let Some(len) = written else {
-                    self.closed_unsent();
+                    // Only a buffer too small for msg1 gets here: wait for a larger one.
+                    self.phase = Phase::DeviceInit(hs, init);
                     return None;
                 };
                 out[..2].copy_from_slice(&((len + 1) as u16).to_be_bytes());
@@ -58,10 +59,12 @@ where
             }
             Phase::Closing(code) => {
                 let close = FrameRepr::Close { code };
-                let Some(len) = out.get_mut(2..).and_then(|b| close.emit(b).ok()) else {
+                if out.len() < close.buffer_len() + RECORD_OVERHEAD {
+                    // Too small for the CLOSE record: keep it for a larger buffer.
                     self.phase = Phase::Closing(code);
                     return None;
-                };
+                }
+                let len = close.emit(&mut out[2..]).ok()?;
                 // After CLOSE nothing more is sent, whatever happens.
                 self.seal(out, len)?
             }
@@ -90,13 +93,6 @@ where
         self.stats.records_sent += 1;
         self.stats.bytes_sent += n as u64;
         Some(n)
-    }
-
-    fn closed_unsent(&mut self) {
-        self.phase = Phase::Closed;
-        if self.close_event.is_none() {
-            self.close_event = Some(super::CloseReason::Local(Code::INTERNAL));
-        }
     }
 
     /// Encrypts the `len` plaintext bytes at `out[2..]`, writing the length
