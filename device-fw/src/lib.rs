@@ -16,6 +16,7 @@
 //! - [`app`]: the sample controller application and the [`app::Board`] it runs on.
 //! - `host` (feature `host`): the tokio platform and a simulated board,
 //!   used by the `device-sim` binary and the tests.
+//! - [`provision`]: the provisioning block in flash (gateway address and keys).
 //! - [`link`]: the runtime that keeps one `proto` session alive and
 //!   dispatches its streams to an [`link::App`].
 
@@ -27,5 +28,6 @@ pub mod budget;
 #[cfg(feature = "host")]
 pub mod host;
 pub mod link;
+pub mod provision;
 
 pub use proto;

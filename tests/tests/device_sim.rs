@@ -244,3 +244,52 @@ async fn unreachable_gateway_is_retried_with_backoff_and_bad_options_are_explain
         assert!(stderr.contains(msg), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn provisioning_block_for_the_firmware() {
+    let dir = std::env::temp_dir().join(format!("device-sim-prov-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key_file, out) = (dir.join("dev.key"), dir.join("prov.bin"));
+    let key = SecretKey::from_bytes([0x5a; 32]);
+    std::fs::write(&key_file, hex(&key.to_bytes())).unwrap();
+    let gateway = SecretKey::from_bytes(GATEWAY_KEY).public_key();
+    let args = |gw: &str| {
+        vec![
+            "--gateway".to_string(),
+            gw.to_string(),
+            "--gateway-key".into(),
+            gateway.to_string(),
+            "--key-file".into(),
+            key_file.display().to_string(),
+            "--id".into(),
+            "plc-9".into(),
+            "--write-provisioning".into(),
+            out.display().to_string(),
+        ]
+    };
+    let st = Command::new(device_sim())
+        .args(args("127.0.0.1:7000"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    let p = device_fw::provision::Provisioning::parse(&bytes).unwrap();
+    assert_eq!(
+        (p.gateway_ip, p.gateway_port, p.device_id),
+        ([127, 0, 0, 1], 7000, "plc-9")
+    );
+    assert_eq!((p.device_key, p.gateway_key), (key.to_bytes(), gateway.0));
+    let st = Command::new(device_sim())
+        .args(args("[::1]:7000"))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(st.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("IPv4"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

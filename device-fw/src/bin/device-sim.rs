@@ -20,6 +20,7 @@ use device_fw::host::{
     DeviceSpec, Forward, SimApp, SimBoard, TokioPlatform, fleet, parse_key, registry_toml,
 };
 use device_fw::link::{Identity, LinkConfig, run};
+use device_fw::provision::{self, Provisioning};
 use proto::{PublicKey, SecretKey};
 
 /// Simulated devices running the sample controller over the device link.
@@ -53,6 +54,10 @@ struct Args {
     /// Only write the registry file, then exit.
     #[arg(long, requires = "write_registry")]
     registry_only: bool,
+    /// Write the flash provisioning block of the (single) device, with the
+    /// gateway's IPv4 address and key, to this file, then exit.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["count", "seed"])]
+    write_provisioning: Option<PathBuf>,
     /// Bridge a raw service to a local TCP server: SERVICE=HOST:PORT (repeatable).
     #[arg(long, value_name = "SERVICE=HOST:PORT")]
     forward: Vec<String>,
@@ -143,6 +148,32 @@ fn main() -> ExitCode {
     }
 }
 
+fn write_provisioning(
+    path: &PathBuf,
+    gateway: SocketAddr,
+    key: PublicKey,
+    d: &DeviceSpec,
+) -> Result<(), String> {
+    let SocketAddr::V4(v4) = gateway else {
+        return Err("--write-provisioning: the firmware dials IPv4 addresses; give --gateway as a.b.c.d:port".into());
+    };
+    let block = Provisioning {
+        gateway_ip: v4.ip().octets(),
+        gateway_port: v4.port(),
+        device_id: &d.id,
+        device_key: d.key.to_bytes(),
+        gateway_key: key.0,
+    };
+    let mut buf = [0u8; provision::MAX_LEN];
+    let n = block
+        .encode(&mut buf)
+        .map_err(|e| format!("--write-provisioning: {e}"))?;
+    std::fs::write(path, &buf[..n])
+        .map_err(|e| format!("--write-provisioning {}: {e}", path.display()))?;
+    println!("wrote {n} bytes for {} to {}", d.id, path.display());
+    Ok(())
+}
+
 fn real_main(args: Args) -> Result<(), String> {
     let gateway_key =
         PublicKey(parse_key(&args.gateway_key).map_err(|e| format!("--gateway-key: {e}"))?);
@@ -165,6 +196,9 @@ fn real_main(args: Args) -> Result<(), String> {
         }
     }
     let gateway = resolve(&args.gateway, "--gateway")?;
+    if let Some(path) = &args.write_provisioning {
+        return write_provisioning(path, gateway, gateway_key, &devices[0]);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,0 +1,76 @@
+//! The link runtime's platform on embassy: TCP through embassy-net, the
+//! hardware RNG, embassy-time.
+
+use device_fw::link::{ConnectError, Platform, Transport};
+use embassy_net::Stack;
+use embassy_net::tcp::{TcpReader, TcpSocket, TcpWriter};
+use embassy_stm32::peripherals::RNG;
+use embassy_stm32::rng::Rng;
+use embassy_time::{Duration, Timer};
+use proto::Instant;
+
+/// Socket buffers for the one gateway connection.
+pub(crate) const SOCKET_BUFFER: usize = 2048;
+
+pub(crate) struct NetPlatform {
+    pub(crate) stack: Stack<'static>,
+    pub(crate) rx: &'static mut [u8; SOCKET_BUFFER],
+    pub(crate) tx: &'static mut [u8; SOCKET_BUFFER],
+    pub(crate) rng: Rng<'static, RNG>,
+    pub(crate) gateway: (embassy_net::Ipv4Address, u16),
+}
+
+pub(crate) struct TcpConn<'a>(TcpSocket<'a>);
+
+impl Transport for TcpConn<'_> {
+    type Reader<'b>
+        = TcpReader<'b>
+    where
+        Self: 'b;
+    type Writer<'b>
+        = TcpWriter<'b>
+    where
+        Self: 'b;
+
+    fn split(&mut self) -> (TcpReader<'_>, TcpWriter<'_>) {
+        self.0.split()
+    }
+}
+
+impl Platform for NetPlatform {
+    type Conn<'a> = TcpConn<'a>;
+
+    async fn connect(&mut self) -> Result<TcpConn<'_>, ConnectError> {
+        if !self.stack.is_config_up() {
+            return Err(ConnectError::NoNetwork);
+        }
+        let mut socket = TcpSocket::new(self.stack, &mut self.rx[..], &mut self.tx[..]);
+        // Liveness is the session's job (PING, idle timeout); this only bounds the dial.
+        socket.set_timeout(Some(Duration::from_secs(10)));
+        socket
+            .connect(self.gateway)
+            .await
+            .map_err(|_| ConnectError::Refused)?;
+        socket.set_timeout(None);
+        Ok(TcpConn(socket))
+    }
+
+    fn now() -> Instant {
+        Instant::from_millis(embassy_time::Instant::now().as_millis())
+    }
+
+    async fn sleep_until(at: Instant) {
+        Timer::at(embassy_time::Instant::from_millis(at.as_millis())).await;
+    }
+
+    fn fill_random(&mut self, buf: &mut [u8]) {
+        self.rng.fill_bytes(buf);
+    }
+
+    fn timestamp(&mut self) -> u64 {
+        // No real-time clock: microseconds of uptime. After a reboot the
+        // gateway answers StaleTimestamp with the last value it accepted and
+        // the runtime continues above it (one extra round trip per boot).
+        embassy_time::Instant::now().as_micros()
+    }
+}
