@@ -9,9 +9,11 @@
 //! - `edge`: listeners (MSS clamp), later TLS and HTTP.
 //! - `keys`: the gateway's key file.
 //! - `cli`: command line and logging set-up.
+//! - `normalize`: Origin, subprotocols, Host, Forwarded and hop-by-hop rules toward devices.
 //! - `link`: the device link: listener, handshakes against the registry, one task per device session.
 
 pub mod edge;
 pub mod link;
+pub mod normalize;
 
 pub use proto;
