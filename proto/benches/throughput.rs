@@ -8,19 +8,37 @@ use std::time::{Duration, Instant as Clock};
 
 use proto::noise::CipherState;
 use proto::wire::{Params, ServiceList};
-use proto::{Buffers, Config, Event, Hello, Instant, MsgKind, SecretKey, Session, StreamId, StreamKind, StreamSlot};
+use proto::{
+    Buffers, Config, Event, Hello, Instant, MsgKind, SecretKey, Session, StreamId, StreamKind,
+    StreamSlot,
+};
 
 type Sess = Session<Vec<u8>, Vec<StreamSlot>>;
 
 const RECORD: u16 = 16 * 1024 + 18 + 16;
 
 fn big() -> Config {
-    let params = Params { max_record: RECORD, max_streams: 4, stream_window: (1 << 31) - 1, conn_window: (1 << 31) - 1 };
-    Config { params, stall_timeout: None, ..Config::GATEWAY }
+    let params = Params {
+        max_record: RECORD,
+        max_streams: 4,
+        stream_window: (1 << 31) - 1,
+        conn_window: (1 << 31) - 1,
+    };
+    Config {
+        params,
+        stall_timeout: None,
+        ..Config::GATEWAY
+    }
 }
 
 fn hello() -> Hello<'static> {
-    Hello { device_id: "bench", firmware: "1", params: big().params, max_head: 1024, services: ServiceList::Slice(&[]) }
+    Hello {
+        device_id: "bench",
+        firmware: "1",
+        params: big().params,
+        max_head: 1024,
+        services: ServiceList::Slice(&[]),
+    }
 }
 
 fn pair(config: Config, seed: u8) -> (Sess, Sess) {
@@ -42,7 +60,14 @@ fn pair(config: Config, seed: u8) -> (Sess, Sess) {
         now,
     )
     .unwrap();
-    let mut gw = Session::gateway(config, gw_key, SecretKey::from_bytes([seed ^ 0x5a; 32]), bufs(), now).unwrap();
+    let mut gw = Session::gateway(
+        config,
+        gw_key,
+        SecretKey::from_bytes([seed ^ 0x5a; 32]),
+        bufs(),
+        now,
+    )
+    .unwrap();
     let mut out = vec![0u8; usize::from(config.params.max_record)];
     loop {
         let mut moved = false;
@@ -110,7 +135,9 @@ fn session_throughput(size: usize) -> (Duration, Duration, u64) {
     while start.elapsed() < Duration::from_millis(1200) {
         let t = Clock::now();
         let sent = dev.send(id, MsgKind::Bytes, &msg, false, false).unwrap();
-        let n = dev.poll_transmit(Instant::from_millis(0), &mut out).unwrap();
+        let n = dev
+            .poll_transmit(Instant::from_millis(0), &mut out)
+            .unwrap();
         seal += t.elapsed();
         assert_eq!(sent, size);
         let t = Clock::now();
@@ -142,14 +169,27 @@ fn aead(size: usize) -> (f64, f64) {
         n += 1;
     }
     let bytes = (n * size as u64) as f64;
-    (bytes / seal.as_secs_f64() / 1e6, bytes / open.as_secs_f64() / 1e6)
+    (
+        bytes / seal.as_secs_f64() / 1e6,
+        bytes / open.as_secs_f64() / 1e6,
+    )
 }
 
 fn main() {
-    println!("proto micro-benchmarks (one core, release, {})", if cfg!(target_feature = "avx2") { "avx2 at compile time" } else { "runtime CPU detection" });
+    println!(
+        "proto micro-benchmarks (one core, release, {})",
+        if cfg!(target_feature = "avx2") {
+            "avx2 at compile time"
+        } else {
+            "runtime CPU detection"
+        }
+    );
     println!();
     println!("record path through sessions (device -> gateway, one stream):");
-    println!("{:>8} {:>14} {:>14} {:>16} {:>12}", "payload", "seal+frame", "open+parse", "seal+open", "records/s");
+    println!(
+        "{:>8} {:>14} {:>14} {:>16} {:>12}",
+        "payload", "seal+frame", "open+parse", "seal+open", "records/s"
+    );
     for size in [64usize, 16 * 1024] {
         let (seal, open, records) = session_throughput(size);
         let bytes = (records * size as u64) as f64;
@@ -166,7 +206,13 @@ fn main() {
     println!("raw ChaCha20-Poly1305 (CipherState), the floor:");
     for size in [64usize, 16 * 1024] {
         let (s, o) = aead(size);
-        println!("{:>8} seal {:>7.0} MB/s  open {:>7.0} MB/s  seal+open {:>7.0} MB/s", size, s, o, 1.0 / (1.0 / s + 1.0 / o));
+        println!(
+            "{:>8} seal {:>7.0} MB/s  open {:>7.0} MB/s  seal+open {:>7.0} MB/s",
+            size,
+            s,
+            o,
+            1.0 / (1.0 / s + 1.0 / o)
+        );
     }
     println!();
     let start = Clock::now();
@@ -184,10 +230,20 @@ fn main() {
     let session = size_of::<Session<[u8; 1024], [StreamSlot; 4]>>();
     let bare = size_of::<Session<&mut [u8], &mut [StreamSlot]>>();
     println!("device-role session at 1 KiB records and 4 streams:");
-    println!("  Session<[u8; 1024], [StreamSlot; 4]>      {session} bytes (receive + staging buffers and stream table inside)");
-    println!("  plus the caller's 1 KiB output buffer      {} bytes", session + 1024);
+    println!(
+        "  Session<[u8; 1024], [StreamSlot; 4]>      {session} bytes (receive + staging buffers and stream table inside)"
+    );
+    println!(
+        "  plus the caller's 1 KiB output buffer      {} bytes",
+        session + 1024
+    );
     println!("  Session without its buffers               {bare} bytes");
-    println!("  StreamSlot                                {} bytes", size_of::<StreamSlot>());
+    println!(
+        "  StreamSlot                                {} bytes",
+        size_of::<StreamSlot>()
+    );
     println!();
-    println!("wire sizes: msg1 109 bytes, msg2 73 bytes (checked in tests/vectors.rs), record overhead 18, DATA header 4 (stream < 64) to 7");
+    println!(
+        "wire sizes: msg1 109 bytes, msg2 73 bytes (checked in tests/vectors.rs), record overhead 18, DATA header 4 (stream < 64) to 7"
+    );
 }

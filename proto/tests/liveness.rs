@@ -163,7 +163,10 @@ fn close_and_msg1_wait_for_a_buffer_large_enough() {
     assert_eq!(sim.gateway.poll_transmit(now, &mut small), None);
     assert!(!sim.gateway.is_closed(), "the CLOSE is still owed");
     let (de, _) = sim.settle();
-    assert!(de.contains(&Ev::Closed(CloseReason::Peer(Code::REVOKED))), "{de:?}");
+    assert!(
+        de.contains(&Ev::Closed(CloseReason::Peer(Code::REVOKED))),
+        "{de:?}"
+    );
 
     // A device whose first buffer cannot hold msg1 sends it later.
     let mut sim = Sim::new(28, Config::DEVICE, Config::GATEWAY);
