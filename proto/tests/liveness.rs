@@ -175,3 +175,62 @@ fn close_and_msg1_wait_for_a_buffer_large_enough() {
     assert!(!sim.device.is_closed());
     sim.connect();
 }
+
+#[test]
+fn hello_goes_first_even_when_control_frames_are_due() {
+    // Found while writing SPEC.md: a PING requested right after Connected
+    // went ahead of the HELLO, and the gateway refused the session.
+    let mut sim = Sim::new(29, Config::DEVICE, Config::GATEWAY);
+    sim.flush();
+    sim.deliver_all(Side::Gateway);
+    sim.flush();
+    let de = sim.deliver_all(Side::Device);
+    assert!(de.contains(&Ev::Connected));
+    sim.device.ping();
+    sim.device.goaway(Code::SHUTDOWN);
+    let (_, ge) = sim.settle();
+    assert!(ge.iter().any(|e| matches!(e, Ev::Hello { .. })), "{ge:?}");
+    assert!(
+        ge.contains(&Ev::GoAway {
+            code: Code::SHUTDOWN
+        }),
+        "{ge:?}"
+    );
+}
+
+#[test]
+fn a_drain_sends_the_last_data_before_closing() {
+    // Found while writing SPEC.md: the session closed with the final bytes
+    // still staged, and the peer got only CLOSE.
+    let mut sim = Sim::new(30, Config::DEVICE, Config::GATEWAY);
+    sim.connect();
+    let id = sim.gateway.open(StreamKind::Raw, 1).unwrap();
+    sim.settle();
+    sim.device
+        .send(id, MsgKind::Bytes, b"", false, true)
+        .unwrap();
+    sim.settle();
+    sim.gateway.goaway(Code::SHUTDOWN);
+    sim.settle();
+    assert_eq!(
+        sim.gateway.send(id, MsgKind::Bytes, b"final", false, true),
+        Ok(5)
+    );
+    let (de, _) = sim.settle();
+    let got: Vec<u8> = de
+        .iter()
+        .filter_map(|e| {
+            if let Ev::Data { data, .. } = e {
+                Some(data.clone())
+            } else {
+                None
+            }
+        })
+        .flatten()
+        .collect();
+    assert_eq!(got, b"final");
+    assert!(
+        de.contains(&Ev::Closed(CloseReason::Peer(Code::NO_ERROR))),
+        "{de:?}"
+    );
+}

@@ -239,6 +239,9 @@ pub struct Session<B, S> {
     peer_goaway: bool,
 
     pending: Option<Pending>,
+    /// Device role: the HELLO is staged and not yet sent. Nothing may go
+    /// before it, control frames included.
+    hello_unsent: bool,
     close_event: Option<CloseReason>,
     close_reported: bool,
     stats: Stats,
@@ -301,6 +304,7 @@ where
             goaway_sent: false,
             peer_goaway: false,
             pending: None,
+            hello_unsent: false,
             close_event: None,
             close_reported: false,
             stats: Stats::default(),
@@ -366,6 +370,7 @@ where
         frame.emit(&mut tx[..3]).map_err(SetupError::Hello)?;
         tx[1..3].copy_from_slice(&(n as u16).to_be_bytes());
         s.tx_len = 3 + n;
+        s.hello_unsent = true;
         Ok(s)
     }
 
@@ -766,7 +771,12 @@ where
 
     /// After a GOAWAY this side sent, closes once no stream is left.
     fn maybe_drained(&mut self) {
-        if self.goaway_sent && matches!(self.phase, Phase::Open) && self.open_streams() == 0 {
+        // Staged frames (the last data, a FIN) go out before the CLOSE.
+        if self.goaway_sent
+            && matches!(self.phase, Phase::Open)
+            && self.open_streams() == 0
+            && self.tx_len == 0
+        {
             let code = self.goaway_due.unwrap_or(Code::NO_ERROR);
             self.end(CloseReason::Local(code), Code::NO_ERROR);
         }

@@ -118,6 +118,22 @@ where
             len: 0,
             full: false,
         };
+        if self.hello_unsent {
+            // The device's first record carries the HELLO first (key
+            // confirmation); control frames wait for the next record.
+            if self.tx_len > w.buf.len() {
+                return 0;
+            }
+            w.buf[..self.tx_len].copy_from_slice(&self.tx.as_ref()[..self.tx_len]);
+            w.len = self.tx_len;
+            self.tx_len = 0;
+            self.hello_unsent = false;
+            // Any OPEN staged behind the HELLO went out with it.
+            for slot in self.streams.as_mut() {
+                slot.open_unsent = false;
+            }
+            return w.len;
+        }
 
         if let Some(token) = self.pong_due
             && w.put(&FrameRepr::Pong { token })
