@@ -80,9 +80,10 @@ impl Board for NucleoBoard {
     }
 }
 
-/// Temperature in centidegrees from raw ADC samples, with the factory
-/// calibration (`ts_cal1` at 30 °C, `ts_cal2` at 130 °C, measured at
-/// VDDA = 3.3 V) and VREFINT to correct for the actual supply.
+/// Temperature in centidegrees from raw 12-bit ADC samples, with the
+/// factory calibration (`ts_cal1` at 30 °C, `ts_cal2` at 130 °C, measured at
+/// VDDA = 3.3 V) rather than the datasheet's typical slope, and VREFINT to
+/// correct for the actual supply.
 pub(crate) fn temperature_centi(ts: u16, vrefint: u16, cal: &Calibration) -> i32 {
     if vrefint == 0 || cal.ts_cal2 <= cal.ts_cal1 {
         return 0;
@@ -103,7 +104,9 @@ pub(crate) struct Calibration {
 impl Calibration {
     /// Reads the values the factory wrote to the engineering bytes
     /// (RM0481: TS_CAL1 at 0x08FF_F814, TS_CAL2 at 0x08FF_F818,
-    /// VREFINT_CAL at 0x08FF_F810, 16 bits each).
+    /// VREFINT_CAL at 0x08FF_F810, 16 bits each). embassy-stm32 0.6 does not
+    /// expose them for the H5 (its metapac has no `DESIG` calibration
+    /// registers for this family), hence the raw reads.
     pub(crate) fn read() -> Self {
         // SAFETY: fixed, always-mapped read-only system memory addresses
         // documented in the reference manual; aligned u16 reads.

@@ -55,6 +55,8 @@ async fn sensor_task(adc: Peri<'static, ADC1>) -> ! {
     let mut ts = adc.enable_temperature();
     let mut vref = adc.enable_vrefint();
     let cal = Calibration::read();
+    // The sensor's start-up time (datasheet: tens of µs) before the first sample.
+    Timer::after_millis(1).await;
     loop {
         // The sensor needs a long sampling time (datasheet: ≥ 5 µs).
         let t = adc.blocking_read(&mut ts, SampleTime::CYCLES640_5);
@@ -91,14 +93,17 @@ async fn main(spawner: Spawner) -> ! {
     static PROVISION: StaticCell<[u8; MAX_LEN]> = StaticCell::new();
     let block = PROVISION.init([0u8; MAX_LEN]);
     let mut flash = Flash::new_blocking(p.FLASH);
-    let read = flash.blocking_read(board::PROVISION_OFFSET, &mut block[..]);
-    let prov = match (read, Provisioning::parse(&block[..])) {
-        (Ok(()), Ok(prov)) => prov,
-        (_, Err(e)) => {
+    if let Err(e) = flash.blocking_read(board::PROVISION_OFFSET, &mut block[..]) {
+        // Only a range error, checked before any byte is copied: the block
+        // stays zeroed and is refused below as "not a provisioning block".
+        defmt::error!("reading the provisioning sector failed: {}", e);
+    }
+    let prov = match Provisioning::parse(&block[..]) {
+        Ok(prov) => prov,
+        Err(e) => {
             let [_, _, red] = leds;
             unprovisioned(red, e).await
         }
-        (Err(_), Ok(_)) => unreachable!("a failed read leaves zeros, which do not parse"),
     };
     log::info!(
         "device {} for gateway {:?}:{}",
