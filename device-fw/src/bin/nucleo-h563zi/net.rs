@@ -3,7 +3,7 @@
 
 use device_fw::link::{ConnectError, Platform, Transport};
 use embassy_net::Stack;
-use embassy_net::tcp::{TcpReader, TcpSocket, TcpWriter};
+use embassy_net::tcp::{self, TcpReader, TcpSocket, TcpWriter};
 use embassy_stm32::peripherals::RNG;
 use embassy_stm32::rng::Rng;
 use embassy_time::{Duration, Timer};
@@ -47,10 +47,13 @@ impl Platform for NetPlatform {
         let mut socket = TcpSocket::new(self.stack, &mut self.rx[..], &mut self.tx[..]);
         // Liveness is the session's job (PING, idle timeout); this only bounds the dial.
         socket.set_timeout(Some(Duration::from_secs(10)));
-        socket
-            .connect(self.gateway)
-            .await
-            .map_err(|_| ConnectError::Refused)?;
+        socket.connect(self.gateway).await.map_err(|e| match e {
+            tcp::ConnectError::ConnectionReset | tcp::ConnectError::TimedOut => {
+                ConnectError::Refused
+            }
+            tcp::ConnectError::NoRoute => ConnectError::NoNetwork,
+            tcp::ConnectError::InvalidState => ConnectError::Other,
+        })?;
         socket.set_timeout(None);
         Ok(TcpConn(socket))
     }
