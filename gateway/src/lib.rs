@@ -12,7 +12,10 @@
 //! - `normalize`: Origin, subprotocols, Host, Forwarded and hop-by-hop rules toward devices.
 //! - `link`: the device link: listener, handshakes against the registry, one task per device session.
 
+pub mod cli;
+pub mod config;
 pub mod edge;
+pub mod keys;
 pub mod link;
 pub mod normalize;
 

@@ -1,0 +1,373 @@
+//! The configuration file as written: serde structs that mirror the TOML,
+//! `deny_unknown_fields` everywhere, values kept as written (with their
+//! spans) so that [`super::load`] can check them all and report every
+//! problem with its line. Each option's default is documented here, where
+//! it is defined, and applied during conversion into the runtime types of
+//! [`super::settings`] and [`super::device`].
+//!
+//! Durations are strings in humantime form (`"10s"`, `"1m 30s"`,
+//! `"250ms"`). Sizes are a number of bytes or a string with a unit
+//! (`"64KiB"`, `"1 MiB"`, `"16384"`; `KiB`/`MiB`/`GiB` are powers of 1024,
+//! `KB`/`MB`/`GB` powers of 1000).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use serde_spanned::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// `[gateway]`: identity and files. Required.
+    pub gateway: GatewaySection,
+    /// `[[listen]]`: browser-facing listeners. At least one is required.
+    #[serde(default)]
+    pub listen: Vec<ListenSection>,
+    /// `[tls]`: certificates for the TLS listeners.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// `[http]`: HTTP limits and timeouts.
+    #[serde(default)]
+    pub http: HttpSection,
+    /// `[websocket]`: WebSocket limits.
+    #[serde(default)]
+    pub websocket: WebSocketSection,
+    /// `[link]`: the listener devices dial.
+    #[serde(default)]
+    pub link: LinkSection,
+    /// `[metrics]`: Prometheus and health endpoints.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+    /// `[[device]]`: devices (more may come from `gateway.devices_file`).
+    #[serde(default)]
+    pub device: Vec<DeviceSection>,
+}
+
+/// A devices file (`gateway.devices_file`): `[[device]]` entries only, the
+/// format `device-sim --write-registry` writes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesFile {
+    /// The devices.
+    #[serde(default)]
+    pub device: Vec<DeviceSection>,
+}
+
+/// `[gateway]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// The public DNS name. Devices are reached at `https://<device>.<domain>/`
+    /// (recommended: a device UI's absolute paths keep working) and at
+    /// `https://<domain>/d/<device>/`. Required.
+    pub domain: Spanned<String>,
+    /// The port browsers use for HTTPS, when something in front maps ports
+    /// (a container, a load balancer), 1 to 65535. Default: each TLS
+    /// listener's own port. Used for the default allowed origins.
+    pub public_port: Option<Spanned<i64>>,
+    /// Base for the relative paths in this file (key, devices file,
+    /// certificates). A relative `data_dir` is itself relative to this
+    /// file's directory. Default: this file's directory.
+    pub data_dir: Option<Spanned<String>>,
+    /// The gateway's X25519 private key: 64 hex digits (`gateway keygen
+    /// --out FILE` makes one). Default `"gateway.key"`.
+    pub key_file: Option<Spanned<String>>,
+    /// A file of more `[[device]]` entries (see [`DevicesFile`]). Default: none.
+    pub devices_file: Option<Spanned<String>>,
+    /// How long a graceful shutdown (SIGTERM) waits for in-flight requests
+    /// and device sessions before closing them. Default `"10s"`.
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+/// `[[listen]]`: one browser-facing listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenSection {
+    /// `IP:PORT`, e.g. `"[::]:443"` (IPv6 and IPv4) or `"0.0.0.0:443"`. Required.
+    pub address: Spanned<String>,
+    /// Serve HTTPS (true) or plain HTTP (false). Default `true`.
+    pub tls: Option<bool>,
+    /// The MSS clamp (`TCP_MAXSEG`), 536 to 8960. Default 1360: segments
+    /// fit WireGuard over IPv6 (MTU 1420), PPPoE and most tunnels even when
+    /// ICMP "fragmentation needed" is filtered (seed 000).
+    pub mss: Option<Spanned<i64>>,
+    /// Idle time before TCP keepalive probes. Default `"60s"`.
+    pub tcp_keepalive: Option<Spanned<String>>,
+    /// Pending-connection backlog, 1 to 65535. Default 4096.
+    pub backlog: Option<Spanned<i64>>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificate chains and keys (PEM). The one whose names match the
+    /// client's SNI is used; the first one otherwise. Required when a
+    /// listener has `tls = true`. Default: none.
+    #[serde(default)]
+    pub certificates: Vec<CertificateSection>,
+    /// A TLS handshake not finished after this is dropped and counted as
+    /// "TCP up, TLS stalled". Default `"10s"`.
+    pub handshake_timeout: Option<Spanned<String>>,
+}
+
+/// One certificate: `{ cert = "fullchain.pem", key = "privkey.pem" }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateSection {
+    /// The chain, leaf first (PEM). Required.
+    pub cert: Spanned<String>,
+    /// Its private key (PEM, PKCS#8, PKCS#1 or SEC1). Required.
+    pub key: Spanned<String>,
+}
+
+/// `[http]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// A request head must arrive within this. Default `"10s"`.
+    pub header_timeout: Option<Spanned<String>>,
+    /// A connection with no request in flight is closed after this. Default `"60s"`.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// A device that has not answered within this gets a 504. Default `"30s"`.
+    pub response_timeout: Option<Spanned<String>>,
+    /// Largest request head, 8 KiB to 1 MiB (larger: 431). Default 16 KiB.
+    pub max_header_bytes: Option<Spanned<Size>>,
+    /// Most header fields in a request, 1 to 1024 (more: 431). Default 100.
+    pub max_headers: Option<Spanned<i64>>,
+    /// HTTP/2 streams a client may have open, 1 to 10000. Default 100.
+    pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    /// HTTP/2 streams reset by the client before the gateway took them
+    /// (rapid reset), 1 to 10000. Default 20.
+    pub h2_max_pending_resets: Option<Spanned<i64>>,
+    /// HTTP/2 streams the gateway may reset because of client errors
+    /// before the connection is closed, 1 to 100000. Default 1024.
+    pub h2_max_local_error_resets: Option<Spanned<i64>>,
+}
+
+/// `[websocket]`. The limits sit below tungstenite's defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSection {
+    /// Largest message (larger: close 1009), 1 KiB to 64 MiB. Default 1 MiB.
+    pub max_message: Option<Spanned<Size>>,
+    /// Largest frame, 1 KiB to `max_message`. Default 64 KiB.
+    pub max_frame: Option<Spanned<Size>>,
+    /// Bytes queued toward one browser before the device is slowed down,
+    /// 4 KiB to 64 MiB. Default 128 KiB.
+    pub write_buffer: Option<Spanned<Size>>,
+    /// The gateway pings browsers this often. Default `"20s"`.
+    pub ping_interval: Option<Spanned<String>>,
+}
+
+/// `[link]`: the listener devices dial. Session values default to
+/// `proto::Config::GATEWAY`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkSection {
+    /// `IP:PORT`. Default `"[::]:7000"`.
+    pub address: Option<Spanned<String>>,
+    /// The MSS clamp, 536 to 8960. Default 1360.
+    pub mss: Option<Spanned<i64>>,
+    /// The handshake (through the device's HELLO) must finish within this. Default `"10s"`.
+    pub handshake_timeout: Option<Spanned<String>>,
+    /// A PING goes to each device this often. Default `"15s"`.
+    pub keepalive: Option<Spanned<String>>,
+    /// A session with nothing received for this long ends; longer than
+    /// `keepalive`. Default `"45s"`.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// A stream waiting for credit longer than this is reset; `"off"`
+    /// disables. Default `"60s"`.
+    pub stall_timeout: Option<Spanned<String>>,
+    /// Largest record the gateway receives, length prefix and tag included,
+    /// 512 to 65535. Default 16402 (16 KiB of payload).
+    pub max_record: Option<Spanned<Size>>,
+    /// Streams a device may open toward the gateway, 0 to 65535. Default 16.
+    pub max_streams: Option<Spanned<i64>>,
+    /// Credit per stream from device to gateway, 1 byte to 2 GiB - 1. Default 256 KiB.
+    pub stream_window: Option<Spanned<Size>>,
+    /// Credit for a whole session, 1 byte to 2 GiB - 1. Default 1 MiB.
+    pub conn_window: Option<Spanned<Size>>,
+}
+
+/// `[metrics]`: Prometheus `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `IP:PORT`. Default `"127.0.0.1:9100"` (loopback: scrape it locally or through a tunnel).
+    pub address: Option<Spanned<String>>,
+    /// Devices with their own per-device series, 0 to 100000; the rest
+    /// are aggregated. Default 1000.
+    pub max_device_series: Option<Spanned<i64>>,
+}
+
+/// `[[device]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSection {
+    /// The routing name: `<id>.<domain>` and `/d/<id>/`. A DNS label: 1 to
+    /// 63 of `a-z`, `0-9`, `-`, not starting or ending with `-`. Required.
+    pub id: Spanned<String>,
+    /// A name for people (the landing page). Default: the id.
+    pub name: Option<String>,
+    /// The device's X25519 public key, 64 hex digits. Required for
+    /// `upstream = "link"`.
+    pub public_key: Option<Spanned<String>>,
+    /// Reachable without login. Default `false`.
+    #[serde(default)]
+    pub public: bool,
+    /// How the gateway reaches the device. Default `"link"`.
+    pub upstream: Option<Spanned<UpstreamSection>>,
+    /// Origins (`scheme://host[:port]`) browsers may come from; anything
+    /// else is refused with 403 before the device is contacted. Default:
+    /// the gateway's own origins for this device, `https://<id>.<domain>`
+    /// and `https://<domain>` (with the port where it is not the default).
+    pub allowed_origins: Option<Vec<Spanned<String>>>,
+    /// `[device.normalize]`: what the device receives.
+    #[serde(default)]
+    pub normalize: NormalizeSection,
+    /// `[[device.service]]`: which device service answers which paths.
+    /// Default: none, every path goes to the first HTTP service the device
+    /// announces.
+    #[serde(default)]
+    pub service: Vec<ServiceSection>,
+}
+
+/// `upstream = "link"` or `upstream = { direct = { address = "10.0.0.5:80" } }`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum UpstreamSection {
+    /// The device dials the gateway's link listener.
+    Link,
+    /// The gateway connects to a server at a fixed address (a site VPN).
+    Direct(DirectSection),
+}
+
+/// A direct upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectSection {
+    /// `IP:PORT` of the device's server. Required.
+    pub address: Spanned<String>,
+    /// Speak TLS to it. Default `false`.
+    #[serde(default)]
+    pub tls: bool,
+    /// SHA-256 of the device's certificate (DER), 64 hex digits, `:`
+    /// separators allowed (`openssl x509 -fingerprint -sha256`). Required
+    /// with `tls = true`: device certificates are self-signed, there is no
+    /// CA to check them against.
+    pub pinned_cert_sha256: Option<Spanned<String>>,
+    /// SNI sent with `tls = true`. Default: the normalized Host.
+    pub server_name: Option<Spanned<String>>,
+    /// The MSS clamp toward the device, 536 to 8960. Default 1360.
+    pub mss: Option<Spanned<i64>>,
+}
+
+/// `[device.normalize]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormalizeSection {
+    /// The Host the device expects (its virtual-host name). Default: the device id.
+    pub host: Option<Spanned<String>>,
+    /// A port to append to Host, 1 to 65535; 80 is never appended (seed
+    /// 004: a strict host check compares it). Default: none.
+    pub port: Option<Spanned<i64>>,
+    /// Origin toward the device, after validation. Default `"rewrite"`.
+    pub origin: Option<Spanned<OriginSection>>,
+    /// WebSocket subprotocols toward the device. Default `"negotiate"`.
+    pub subprotocol: Option<Spanned<SubprotocolSection>>,
+}
+
+/// `origin = "rewrite" | "keep" | "strip" | { set = "http://x" }`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum OriginSection {
+    /// `http://<host>[:port]`, what the device's own page would send.
+    Rewrite,
+    /// The browser's (validated) Origin.
+    Keep,
+    /// None (servers that refuse foreign origins, seed 003).
+    Strip,
+    /// This origin.
+    Set(String),
+}
+
+/// `subprotocol = "negotiate" | "strip" | { map = { "chat" = "lws-mirror-protocol" } }`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum SubprotocolSection {
+    /// Only a protocol the browser offered and the device announced (seed 001).
+    Negotiate,
+    /// Never one toward the device (servers that refuse any, seed 003).
+    Strip,
+    /// Browser name → device name; other names negotiate as themselves.
+    Map(BTreeMap<String, String>),
+}
+
+/// `[[device.service]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    /// The service's name as the device announces it. Required.
+    pub name: Spanned<String>,
+    /// Requests whose path is this or below it go to the service (the
+    /// longest match wins; the path is forwarded unchanged). Default `"/"`.
+    pub path: Option<Spanned<String>>,
+    /// How browsers reach it. Default `"http"`.
+    pub expose: Option<Spanned<ExposeSection>>,
+}
+
+/// `expose = "http" | "websocket"`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum ExposeSection {
+    /// HTTP and WebSocket requests: structured for an HTTP service; for a
+    /// raw service the gateway speaks HTTP/1.1 over the byte stream (an
+    /// existing server adopting it as a socket, seed 004).
+    Http,
+    /// A raw service as a WebSocket whose binary messages are its bytes.
+    Websocket,
+}
+
+/// A size as written: bytes, or a string with a unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Size {
+    /// An integer.
+    Bytes(i64),
+    /// A string such as `"64KiB"`.
+    Text(String),
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bytes(n) => write!(f, "{n}"),
+            Self::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: bytes as an integer, or a string such as \"64KiB\"")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
+                Ok(Size::Bytes(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size::Bytes(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                Ok(Size::Text(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}

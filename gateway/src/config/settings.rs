@@ -1,0 +1,522 @@
+//! The runtime form of everything but the devices: checked values in the
+//! types the gateway uses (`SocketAddr`, `Duration`, keys, loaded
+//! certificates), built once from [`super::file`]. Defaults are the
+//! `Default` impls here, and the same values are documented on the file's
+//! fields.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use proto::{PublicKey, SecretKey};
+use serde_spanned::Spanned;
+
+use super::Secret;
+use super::error::{ErrorKind, Location};
+use super::file;
+use super::value::Ctx;
+use crate::edge::listener::{DEFAULT_MSS, MAX_MSS, MIN_MSS, SocketOptions};
+use crate::edge::tls::CertPair;
+use crate::keys::{self, KeyError};
+
+/// `[gateway]`: identity and files.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    /// The public DNS name, lower case.
+    pub domain: String,
+    /// The HTTPS port browsers use when it is not the TLS listeners' own. Default: none.
+    pub public_port: Option<u16>,
+    /// Base of relative paths. Default: the configuration file's directory.
+    pub data_dir: PathBuf,
+    /// The key file, resolved. Default `<data_dir>/gateway.key`.
+    pub key_file: PathBuf,
+    /// The gateway's static private key.
+    pub key: Secret<SecretKey>,
+    /// Its public key, which devices pin.
+    pub public_key: PublicKey,
+    /// The devices file, resolved, if any. Default: none.
+    pub devices_file: Option<PathBuf>,
+    /// Graceful shutdown deadline. Default 10 s.
+    pub drain_timeout: Duration,
+}
+
+/// Default `[gateway] drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[[listen]]`: a browser-facing listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listener {
+    /// Where it binds.
+    pub address: SocketAddr,
+    /// HTTPS (true, the default) or plain HTTP.
+    pub tls: bool,
+    /// MSS clamp (default 1360), TCP keepalive (60 s), backlog (4096).
+    pub socket: SocketOptions,
+}
+
+impl Listener {
+    /// `https` or `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// Loaded certificates, in file order. Default: none.
+    pub certificates: Vec<Certificate>,
+    /// Handshake deadline. Default 10 s.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Self {
+            certificates: Vec::new(),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Tls {
+    /// The certificate pairs, for `edge::tls::CertResolver::new`.
+    pub fn pairs(&self) -> Vec<CertPair> {
+        self.certificates.iter().map(|c| c.pair.clone()).collect()
+    }
+}
+
+/// A certificate, loaded and checked against its key.
+#[derive(Clone, Debug)]
+pub struct Certificate {
+    /// The chain file, resolved (for reloads).
+    pub cert: PathBuf,
+    /// The key file, resolved.
+    pub key: PathBuf,
+    /// As loaded.
+    pub pair: CertPair,
+}
+
+/// `[http]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http {
+    /// Request head deadline. Default 10 s.
+    pub header_timeout: Duration,
+    /// Idle connection deadline. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Time a device has to answer before a 504. Default 30 s.
+    pub response_timeout: Duration,
+    /// Largest request head in bytes (8 KiB to 1 MiB: hyper needs 8 KiB). Default 16 KiB.
+    pub max_header_bytes: usize,
+    /// Most header fields. Default 100.
+    pub max_headers: usize,
+    /// HTTP/2 concurrent streams per connection. Default 100.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 pending-accept resets (hyper's `max_pending_accept_reset_streams`). Default 20.
+    pub h2_max_pending_resets: usize,
+    /// HTTP/2 locally caused resets (hyper's `max_local_error_reset_streams`). Default 1024.
+    pub h2_max_local_error_resets: usize,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            response_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            h2_max_concurrent_streams: 100,
+            h2_max_pending_resets: 20,
+            h2_max_local_error_resets: 1024,
+        }
+    }
+}
+
+/// `[websocket]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebSocket {
+    /// Largest message. Default 1 MiB.
+    pub max_message: usize,
+    /// Largest frame. Default 64 KiB.
+    pub max_frame: usize,
+    /// Bytes queued toward one browser. Default 128 KiB.
+    pub write_buffer: usize,
+    /// Ping interval toward browsers. Default 20 s.
+    pub ping_interval: Duration,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        Self {
+            max_message: 1 << 20,
+            max_frame: 64 << 10,
+            write_buffer: 128 << 10,
+            ping_interval: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `[link]`: the device listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// Where it binds. Default `[::]:7000`.
+    pub address: SocketAddr,
+    /// MSS clamp (default 1360) and TCP options.
+    pub socket: SocketOptions,
+    /// Session limits and timers. Default `proto::Config::GATEWAY`.
+    pub session: proto::Config,
+}
+
+/// Default `[link] address`.
+pub const DEFAULT_LINK_ADDRESS: &str = "[::]:7000";
+
+/// `[metrics]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    /// Where it binds. Default `127.0.0.1:9100`.
+    pub address: SocketAddr,
+    /// Per-device series cap. Default 1000.
+    pub max_device_series: usize,
+}
+
+/// Default `[metrics] address`.
+pub const DEFAULT_METRICS_ADDRESS: &str = "127.0.0.1:9100";
+/// Default `[metrics] max_device_series`.
+pub const DEFAULT_MAX_DEVICE_SERIES: usize = 1000;
+
+const MSS_RANGE: std::ops::RangeInclusive<u64> = MIN_MSS as u64..=MAX_MSS as u64;
+
+/// A listening address with where it was written, for conflict checks.
+pub(crate) struct Bound {
+    pub(crate) what: String,
+    pub(crate) address: SocketAddr,
+    pub(crate) at: Location,
+}
+
+pub(crate) fn gateway(
+    ctx: &mut Ctx<'_>,
+    raw: &file::GatewaySection,
+    config_dir: &Path,
+) -> Option<Gateway> {
+    let mut domain = ctx.host_name("domain", &raw.domain);
+    if domain
+        .as_deref()
+        .is_some_and(|d| d.starts_with('[') || d.parse::<std::net::IpAddr>().is_ok())
+    {
+        let reason = "must be a DNS name: devices are reached at <device>.<domain>";
+        ctx.invalid(&raw.domain, "domain", raw.domain.get_ref(), reason);
+        domain = None;
+    }
+    let public_port = raw
+        .public_port
+        .as_ref()
+        .map(|p| ctx.int("public_port", Some(p), 443, 1..=65535) as u16);
+    let data_dir = data_dir(raw, config_dir);
+    let key_file = data_dir.join(raw.key_file.as_ref().map_or("gateway.key", |k| k.get_ref()));
+    let devices_file = raw
+        .devices_file
+        .as_ref()
+        .map(|f| data_dir.join(f.get_ref()));
+    let drain_timeout = ctx.duration(raw.drain_timeout.as_ref(), DEFAULT_DRAIN_TIMEOUT);
+    let key = match keys::read_key_file(&key_file) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            let reason = match e {
+                KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                    format!(
+                        "not found (make one with `gateway keygen --out {}`)",
+                        key_file.display()
+                    )
+                }
+                KeyError::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            };
+            let kind = ErrorKind::KeyFile {
+                path: key_file.clone(),
+                reason,
+            };
+            ctx.error(raw.key_file.as_ref().map(Spanned::span), kind);
+            None
+        }
+    };
+    let key = key?;
+    Some(Gateway {
+        domain: domain?,
+        public_port,
+        data_dir,
+        key_file,
+        public_key: key.expose().public_key(),
+        key,
+        devices_file,
+        drain_timeout,
+    })
+}
+
+/// `data_dir`, resolved against the configuration file's directory
+/// (which it defaults to).
+pub(crate) fn data_dir(raw: &file::GatewaySection, config_dir: &Path) -> PathBuf {
+    raw.data_dir.as_ref().map_or_else(
+        || config_dir.to_path_buf(),
+        |d| config_dir.join(d.get_ref()),
+    )
+}
+
+pub(crate) fn listener(
+    ctx: &mut Ctx<'_>,
+    raw: &file::ListenSection,
+    bound: &mut Vec<Bound>,
+) -> Option<Listener> {
+    let defaults = SocketOptions::default();
+    let socket = SocketOptions {
+        mss: ctx.int("mss", raw.mss.as_ref(), u64::from(DEFAULT_MSS), MSS_RANGE) as u32,
+        keepalive: ctx.duration(raw.tcp_keepalive.as_ref(), defaults.keepalive),
+        backlog: ctx.int("backlog", raw.backlog.as_ref(), 4096, 1..=65535) as i32,
+    };
+    let address = ctx.address(&raw.address)?;
+    let tls = raw.tls.unwrap_or(true);
+    bound.push(Bound {
+        what: format!("listener {address}"),
+        address,
+        at: ctx.locate(&raw.address),
+    });
+    Some(Listener {
+        address,
+        tls,
+        socket,
+    })
+}
+
+pub(crate) fn tls(ctx: &mut Ctx<'_>, raw: &file::TlsSection, data_dir: &Path) -> Tls {
+    let mut certificates = Vec::new();
+    for c in &raw.certificates {
+        let cert = data_dir.join(c.cert.get_ref());
+        let key = data_dir.join(c.key.get_ref());
+        match CertPair::load(&cert, &key) {
+            Ok(pair) => certificates.push(Certificate { cert, key, pair }),
+            Err(e) => ctx.error_at(&c.cert, ErrorKind::Certificate(e.to_string())),
+        }
+    }
+    Tls {
+        certificates,
+        handshake_timeout: ctx.duration(
+            raw.handshake_timeout.as_ref(),
+            Tls::default().handshake_timeout,
+        ),
+    }
+}
+
+pub(crate) fn http(ctx: &mut Ctx<'_>, raw: &file::HttpSection) -> Http {
+    let d = Http::default();
+    Http {
+        header_timeout: ctx.duration(raw.header_timeout.as_ref(), d.header_timeout),
+        idle_timeout: ctx.duration(raw.idle_timeout.as_ref(), d.idle_timeout),
+        response_timeout: ctx.duration(raw.response_timeout.as_ref(), d.response_timeout),
+        max_header_bytes: ctx.size(
+            "max_header_bytes",
+            raw.max_header_bytes.as_ref(),
+            d.max_header_bytes as u64,
+            8 << 10..=1 << 20,
+        ) as usize,
+        max_headers: ctx.int(
+            "max_headers",
+            raw.max_headers.as_ref(),
+            d.max_headers as u64,
+            1..=1024,
+        ) as usize,
+        h2_max_concurrent_streams: ctx.int(
+            "h2_max_concurrent_streams",
+            raw.h2_max_concurrent_streams.as_ref(),
+            u64::from(d.h2_max_concurrent_streams),
+            1..=10_000,
+        ) as u32,
+        h2_max_pending_resets: ctx.int(
+            "h2_max_pending_resets",
+            raw.h2_max_pending_resets.as_ref(),
+            d.h2_max_pending_resets as u64,
+            1..=10_000,
+        ) as usize,
+        h2_max_local_error_resets: ctx.int(
+            "h2_max_local_error_resets",
+            raw.h2_max_local_error_resets.as_ref(),
+            d.h2_max_local_error_resets as u64,
+            1..=100_000,
+        ) as usize,
+    }
+}
+
+pub(crate) fn websocket(ctx: &mut Ctx<'_>, raw: &file::WebSocketSection) -> WebSocket {
+    let d = WebSocket::default();
+    let max_message = ctx.size(
+        "max_message",
+        raw.max_message.as_ref(),
+        d.max_message as u64,
+        1 << 10..=64 << 20,
+    );
+    let max_frame = ctx.size(
+        "max_frame",
+        raw.max_frame.as_ref(),
+        d.max_frame as u64,
+        1 << 10..=64 << 20,
+    );
+    if max_frame > max_message {
+        let at = raw.max_frame.as_ref().or(raw.max_message.as_ref());
+        ctx.error(
+            at.map(Spanned::span),
+            ErrorKind::Conflict(format!(
+                "max_frame ({max_frame} bytes) is larger than max_message ({max_message} bytes)"
+            )),
+        );
+    }
+    WebSocket {
+        max_message: max_message as usize,
+        max_frame: max_frame as usize,
+        write_buffer: ctx.size(
+            "write_buffer",
+            raw.write_buffer.as_ref(),
+            d.write_buffer as u64,
+            4 << 10..=64 << 20,
+        ) as usize,
+        ping_interval: ctx.duration(raw.ping_interval.as_ref(), d.ping_interval),
+    }
+}
+
+pub(crate) fn link(
+    ctx: &mut Ctx<'_>,
+    raw: &file::LinkSection,
+    bound: &mut Vec<Bound>,
+) -> Option<Link> {
+    let d = proto::Config::GATEWAY;
+    let window = 1..=u64::from(proto::wire::MAX_WINDOW);
+    let params = proto::wire::Params {
+        max_record: ctx.size(
+            "max_record",
+            raw.max_record.as_ref(),
+            u64::from(d.params.max_record),
+            u64::from(proto::wire::MIN_RECORD)..=u64::from(u16::MAX),
+        ) as u16,
+        max_streams: ctx.int(
+            "max_streams",
+            raw.max_streams.as_ref(),
+            u64::from(d.params.max_streams),
+            0..=u64::from(u16::MAX),
+        ) as u16,
+        stream_window: ctx.size(
+            "stream_window",
+            raw.stream_window.as_ref(),
+            u64::from(d.params.stream_window),
+            window.clone(),
+        ) as u32,
+        conn_window: ctx.size(
+            "conn_window",
+            raw.conn_window.as_ref(),
+            u64::from(d.params.conn_window),
+            window,
+        ) as u32,
+    };
+    let keepalive = ctx.duration(raw.keepalive.as_ref(), d.keepalive);
+    let idle_timeout = ctx.duration(raw.idle_timeout.as_ref(), d.idle_timeout);
+    if keepalive >= idle_timeout {
+        let at = raw.keepalive.as_ref().or(raw.idle_timeout.as_ref());
+        ctx.error(
+            at.map(Spanned::span),
+            ErrorKind::Conflict(format!(
+                "keepalive ({}) must be shorter than idle_timeout ({}), or sessions end between pings",
+                humantime::format_duration(keepalive),
+                humantime::format_duration(idle_timeout)
+            )),
+        );
+    }
+    let session = proto::Config {
+        params,
+        keepalive,
+        idle_timeout,
+        handshake_timeout: ctx.duration(raw.handshake_timeout.as_ref(), d.handshake_timeout),
+        stall_timeout: ctx.duration_or_off(raw.stall_timeout.as_ref(), d.stall_timeout),
+    };
+    let socket = SocketOptions {
+        mss: ctx.int("mss", raw.mss.as_ref(), u64::from(DEFAULT_MSS), MSS_RANGE) as u32,
+        ..SocketOptions::default()
+    };
+    let address = ctx.address_or(raw.address.as_ref(), DEFAULT_LINK_ADDRESS)?;
+    bound.push(Bound {
+        what: format!("[link] address {address}"),
+        address,
+        at: ctx.src.locate(raw.address.as_ref().map(Spanned::span)),
+    });
+    Some(Link {
+        address,
+        socket,
+        session,
+    })
+}
+
+pub(crate) fn metrics(
+    ctx: &mut Ctx<'_>,
+    raw: &file::MetricsSection,
+    bound: &mut Vec<Bound>,
+) -> Option<Metrics> {
+    let max_device_series = ctx.int(
+        "max_device_series",
+        raw.max_device_series.as_ref(),
+        DEFAULT_MAX_DEVICE_SERIES as u64,
+        0..=100_000,
+    ) as usize;
+    let address = ctx.address_or(raw.address.as_ref(), DEFAULT_METRICS_ADDRESS)?;
+    bound.push(Bound {
+        what: format!("[metrics] address {address}"),
+        address,
+        at: ctx.src.locate(raw.address.as_ref().map(Spanned::span)),
+    });
+    Some(Metrics {
+        address,
+        max_device_series,
+    })
+}
+
+/// Two listeners that cannot both bind: the same port on the same address,
+/// or on a wildcard that covers the other (`[::]` covers IPv4 too: the
+/// listeners are dual-stack). Port 0 (chosen by the system) never conflicts.
+pub(crate) fn check_conflicts(ctx: &mut Ctx<'_>, bound: &[Bound]) {
+    for (i, b) in bound.iter().enumerate() {
+        let Some(first) = bound[..i].iter().find(|a| overlaps(a.address, b.address)) else {
+            continue;
+        };
+        ctx.errors.push(super::ConfigError {
+            at: b.at.clone(),
+            kind: ErrorKind::AddressConflict {
+                what: b.what.clone(),
+                address: b.address,
+                other: first.what.clone(),
+                first: first.at.clone(),
+            },
+        });
+    }
+}
+
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let covers =
+        |w: SocketAddr, x: SocketAddr| w.ip().is_unspecified() && (w.is_ipv6() || x.is_ipv4());
+    a.ip() == b.ip() || covers(a, b) || covers(b, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_addresses() {
+        let o = |a: &str, b: &str| overlaps(a.parse().unwrap(), b.parse().unwrap());
+        assert!(o("[::]:443", "0.0.0.0:443"));
+        assert!(o("[::]:443", "127.0.0.1:443"));
+        assert!(o("0.0.0.0:443", "10.0.0.1:443"));
+        assert!(o("10.0.0.1:443", "10.0.0.1:443"));
+        assert!(!o("0.0.0.0:443", "[::1]:443"));
+        assert!(!o("10.0.0.1:443", "10.0.0.2:443"));
+        assert!(!o("[::]:443", "[::]:80"));
+        assert!(!o("127.0.0.1:0", "127.0.0.1:0"));
+    }
+}

@@ -1,0 +1,334 @@
+//! The `gateway` binary: exit codes and output of `check-config`,
+//! `keygen`, `run`, `demo` and `--version`, and the example configuration.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use gateway::keys;
+use proto::SecretKey;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "gw-cli-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn certs(&self) {
+        let ca = gateway::edge::tls::local_ca(&[
+            "gw.example.com".to_string(),
+            "*.gw.example.com".to_string(),
+        ])
+        .unwrap();
+        self.write("tls/fullchain.pem", &ca.chain_pem);
+        self.write("tls/privkey.pem", &ca.key_pem);
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn gateway(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8(b.to_vec()).unwrap()
+}
+
+/// The hex value of `name = "..."` in TOML output.
+fn toml_value(out: &str, name: &str) -> String {
+    let prefix = format!("{name} = \"");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {out:?}"));
+    line[prefix.len()..line.len() - 1].to_string()
+}
+
+#[test]
+fn version_and_help() {
+    let out = gateway(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = gateway(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for needle in [
+        "run",
+        "check-config",
+        "keygen",
+        "demo",
+        "--log-format",
+        "RUST_LOG",
+    ] {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+    let out = gateway(&["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn keygen_to_stdout_prints_a_matching_pair() {
+    let out = gateway(&["keygen"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    let private = keys::parse_hex32(&toml_value(&stdout, "private_key")).unwrap();
+    let public = keys::parse_public_key(&toml_value(&stdout, "public_key")).unwrap();
+    assert_eq!(SecretKey::from_bytes(private).public_key(), public);
+    // The output is TOML.
+    let parsed: toml::Table = toml::from_str(&stdout).unwrap();
+    assert_eq!(parsed.len(), 2);
+}
+
+#[cfg(unix)]
+#[test]
+fn keygen_writes_a_private_file_and_never_overwrites_it() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = TempDir::new("keygen");
+    let file = dir.path().join("gateway.key");
+    let f = file.to_str().unwrap();
+    let out = gateway(&["keygen", "--out", f]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&format!("private key written to {f} (mode 0600)")));
+    let public = keys::parse_public_key(&toml_value(&stdout, "public_key")).unwrap();
+
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let content = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(content.len(), 65);
+    assert!(content.ends_with('\n'));
+    let key = keys::read_key_file(&file).unwrap();
+    assert_eq!(key.expose().public_key(), public);
+    // No temporary file left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+
+    let again = gateway(&["keygen", "--out", f]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("exists; refusing to overwrite"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), content);
+
+    // --force replaces it, still 0600 even if the old file was not.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let forced = gateway(&["keygen", "--out", f, "--force"]);
+    assert!(forced.status.success());
+    let new_public =
+        keys::parse_public_key(&toml_value(&text(&forced.stdout), "public_key")).unwrap();
+    assert_ne!(new_public, public);
+    assert_eq!(
+        keys::read_key_file(&file).unwrap().expose().public_key(),
+        new_public
+    );
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // --force alone is a usage error.
+    assert_eq!(gateway(&["keygen", "--force"]).status.code(), Some(2));
+}
+
+const GOOD: &str = r#"[gateway]
+domain = "gw.example.com"
+
+[[listen]]
+address = "127.0.0.1:0"
+
+[tls]
+certificates = [{ cert = "tls/fullchain.pem", key = "tls/privkey.pem" }]
+
+[[device]]
+id = "plc-7"
+public_key = "1111111111111111111111111111111111111111111111111111111111111111"
+"#;
+
+fn good_dir(name: &str) -> TempDir {
+    let dir = TempDir::new(name);
+    dir.certs();
+    keys::write_key_file(
+        &dir.path().join("gateway.key"),
+        &keys::generate().unwrap(),
+        false,
+    )
+    .unwrap();
+    dir.write("gateway.toml", GOOD);
+    dir
+}
+
+#[test]
+fn check_config_accepts_a_good_file_with_a_summary() {
+    let dir = good_dir("check-ok");
+    let file = dir.path().join("gateway.toml");
+    let out = gateway(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    for needle in [
+        "https 127.0.0.1:0 (mss 1360)",
+        "device link on [::]:7000",
+        "metrics on 127.0.0.1:9100",
+        "1 device(s)",
+        "gateway public key ",
+    ] {
+        assert!(stdout.contains(needle), "{needle} missing from {stdout}");
+    }
+}
+
+#[test]
+fn check_config_lists_every_error_with_its_place() {
+    let dir = good_dir("check-bad");
+    let bad = GOOD
+        .replace("127.0.0.1:0", "127.0.0.1")
+        .replace("\"plc-7\"", "\"PLC 7\"");
+    let file = dir.write("gateway.toml", &bad);
+    let f = file.to_str().unwrap();
+    let out = gateway(&["check-config", f]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    let stderr = text(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with(&format!("{f}:5:11: invalid socket address \"127.0.0.1\"")),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with(&format!("{f}:11:6: invalid device id \"PLC 7\"")),
+        "{stderr}"
+    );
+    assert_eq!(lines[2], format!("{f}: 2 errors"));
+
+    // A syntax error.
+    let file = dir.write("gateway.toml", "[gateway]\ndomain = \"x\"\nlisten = [\n");
+    let out = gateway(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with(&format!("{f}:3:11: unclosed array")),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A file that is not there.
+    let out = gateway(&["check-config", "/nonexistent/gateway.toml"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read /nonexistent/gateway.toml"));
+}
+
+#[test]
+fn run_and_demo_say_they_are_not_in_this_build() {
+    let dir = good_dir("run");
+    let file = dir.path().join("gateway.toml");
+    let out = gateway(&["run", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("not implemented yet in this build"));
+
+    // A bad configuration stops `run` before that, with exit code 1.
+    dir.write("gateway.toml", "[gateway]\ndomain = \"x\"\n");
+    let out = gateway(&["run", "--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no [[listen]] section"));
+
+    let out = gateway(&["demo", "--data-dir", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`gateway demo` is not implemented yet"));
+    let out = gateway(&["demo", "--https-port", "7000"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--link-port 7000 is also given as --https-port"));
+}
+
+#[test]
+fn logs_can_be_json() {
+    let dir = good_dir("json");
+    let file = dir.path().join("gateway.toml");
+    let out = gateway(&[
+        "--log-format",
+        "json",
+        "run",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    let stderr = text(&out.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("configuration"))
+        .unwrap_or_else(|| panic!("no log line in {stderr}"));
+    assert!(
+        line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":\"INFO\""),
+        "{line}"
+    );
+    // Invalid RUST_LOG is a usage error.
+    let out = Command::new(BIN)
+        .args(["check-config", file.to_str().unwrap()])
+        .env("RUST_LOG", "gateway=loud")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("RUST_LOG"));
+}
+
+#[test]
+fn the_example_configuration_is_accepted() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let main = std::fs::read_to_string(examples.join("gateway.toml")).unwrap();
+    let devices = std::fs::read_to_string(examples.join("devices.toml")).unwrap();
+    let dir = TempDir::new("example");
+    // Its data_dir is /var/lib/devlink-gateway: point it here, with a key and certificates.
+    let line = "data_dir = \"/var/lib/devlink-gateway\"";
+    assert!(main.contains(line));
+    let main = main.replace(line, &format!("data_dir = {:?}", dir.path()));
+    let file = dir.write("gateway.toml", &main);
+    dir.write("devices.toml", &devices);
+    dir.certs();
+    keys::write_key_file(
+        &dir.path().join("gateway.key"),
+        &keys::generate().unwrap(),
+        false,
+    )
+    .unwrap();
+    let out = gateway(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("6 device(s) (5 on the link, 1 direct, 1 public)"),
+        "{stdout}"
+    );
+    // And the library agrees on the details.
+    let c = gateway::config::load(&file).unwrap();
+    let hvac = c.devices.get("hvac-2").unwrap();
+    assert_eq!(hvac.policy.host, "hvac-2.local");
+    assert_eq!(hvac.services.len(), 2);
+    assert!(c.devices.get("pump-12").is_some());
+}
