@@ -1,57 +1,17 @@
 //! The `gateway` binary: exit codes and output of `check-config`,
 //! `keygen`, `run`, `demo` and `--version`, and the example configuration.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use gateway::keys;
 use proto::SecretKey;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gateway");
 
-struct TempDir(PathBuf);
+mod common;
 
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "gw-cli-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    fn certs(&self) {
-        let ca = gateway::edge::tls::local_ca(&[
-            "gw.example.com".to_string(),
-            "*.gw.example.com".to_string(),
-        ])
-        .unwrap();
-        self.write("tls/fullchain.pem", &ca.chain_pem);
-        self.write("tls/privkey.pem", &ca.key_pem);
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::TempDir;
 
 fn gateway(args: &[&str]) -> Output {
     Command::new(BIN)

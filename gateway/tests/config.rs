@@ -3,7 +3,6 @@
 //! column, all at once.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gateway::config::{
@@ -14,66 +13,24 @@ use gateway::keys;
 use gateway::normalize::{OriginPolicy, SubprotocolPolicy};
 use proto::PublicKey;
 
-/// A directory under the system's temp dir, removed on drop.
-struct TempDir(PathBuf);
+mod common;
 
-impl TempDir {
-    fn new(name: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "gw-config-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
+use common::TempDir;
 
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-
-    /// A gateway key at `gateway.key`; returns its public key.
-    fn key(&self) -> PublicKey {
-        let k = keys::generate().unwrap();
-        keys::write_key_file(&self.0.join("gateway.key"), &k, false).unwrap();
-        k.public_key()
-    }
-
-    /// A certificate for gw.example.com at tls/fullchain.pem and tls/privkey.pem.
-    fn certs(&self) {
-        let ca = gateway::edge::tls::local_ca(&[
-            "gw.example.com".to_string(),
-            "*.gw.example.com".to_string(),
-        ])
-        .unwrap();
-        self.write("tls/fullchain.pem", &ca.chain_pem);
-        self.write("tls/privkey.pem", &ca.key_pem);
-    }
-
+trait Load {
     /// Writes `text` as gateway.toml (with a key and certificates) and loads it.
+    fn load(&self, text: &str) -> Result<Config, ConfigErrors>;
+}
+
+impl Load for TempDir {
     fn load(&self, text: &str) -> Result<Config, ConfigErrors> {
-        if !self.0.join("gateway.key").exists() {
+        if !self.path().join("gateway.key").exists() {
             self.key();
         }
-        if !self.0.join("tls").exists() {
+        if !self.path().join("tls").exists() {
             self.certs();
         }
         config::load(self.write("gateway.toml", text))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
