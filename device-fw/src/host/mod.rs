@@ -7,13 +7,16 @@
 //! - this module: [`TokioPlatform`] and its [`TokioConn`] transport;
 //! - `board`: [`SimBoard`];
 //! - `forward`: [`SimApp`], the sample controller plus raw services bridged to TCP;
+//! - `echo`: [`EchoApp`], a device with fixed echo routes for gateway tests and benchmarks;
 //! - `fleet`: keys and ids derived from a seed, and the registry file for the gateway.
 
 mod board;
+mod echo;
 mod fleet;
 mod forward;
 
 pub use board::SimBoard;
+pub use echo::{EchoApp, EchoOptions};
 pub use fleet::{DeviceSpec, fleet, parse_key, registry_toml};
 pub use forward::{Forward, SimApp};
 
