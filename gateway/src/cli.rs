@@ -2,8 +2,7 @@
 //! command. `main.rs` only parses and calls [`execute`].
 //!
 //! Exit codes: 0 success; 1 a failure (configuration errors, a key file
-//! that exists); 2 a usage error (clap) or a command this build cannot run
-//! yet ([`NotImplemented`]).
+//! that exists, a port in use); 2 a usage error (clap, `RUST_LOG`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,7 +13,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
 use crate::config::{self, Config};
-use crate::keys;
+use crate::server::{Listeners, Server, StartError};
+use crate::{demo, keys};
 
 /// Exit code for failures.
 pub const EXIT_FAILURE: u8 = 1;
@@ -124,16 +124,6 @@ pub struct DemoArgs {
     pub metrics_port: u16,
 }
 
-/// A command whose code is not part of this build.
-#[derive(Debug, thiserror::Error)]
-#[error("`gateway {command}` is not implemented yet in this build: {missing} is missing")]
-pub struct NotImplemented {
-    /// The command.
-    pub command: &'static str,
-    /// What it needs.
-    pub missing: &'static str,
-}
-
 /// Why logging could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum LoggingError {
@@ -178,11 +168,7 @@ pub fn execute(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gateway: {e:#}");
-            if e.is::<NotImplemented>() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::from(EXIT_FAILURE)
-            }
+            ExitCode::from(EXIT_FAILURE)
         }
     }
 }
@@ -258,21 +244,79 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Serves `config` until SIGTERM.
-async fn serve(_config: Config) -> anyhow::Result<()> {
-    Err(NotImplemented {
-        command: "run",
-        missing: "the serving core (edge HTTP, bridge, link listener wiring)",
-    }
-    .into())
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::start(&config).await?;
+    wait_for_stop().await;
+    tracing::info!("stopping: draining connections and device sessions");
+    server.shutdown().await;
+    Ok(())
 }
 
-/// Runs the demo: local CA, key, in-process simulated device.
-async fn serve_demo(_args: &DemoArgs) -> anyhow::Result<()> {
-    Err(NotImplemented {
-        command: "demo",
-        missing: "the serving core and the in-process simulated device",
+async fn serve_demo(args: &DemoArgs) -> anyhow::Result<()> {
+    use std::net::{Ipv4Addr, SocketAddr};
+
+    use crate::edge::listener::{self, SocketOptions};
+    let opts = SocketOptions::default();
+    let bind = |port: u16, what: &'static str| {
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        listener::bind(address, &opts).map_err(|source| StartError::Bind {
+            what,
+            address,
+            source,
+        })
+    };
+    let https = bind(args.https_port, "browsers")?;
+    let link = bind(args.link_port, "the device link")?;
+    let ports = demo::Ports {
+        https: https.local_addr()?.port(),
+        link: link.local_addr()?.port(),
+        metrics: args.metrics_port,
+    };
+    let files = demo::prepare(&args.data_dir, ports)?;
+    let config = demo::load(&files)?;
+    let server = Server::start_on(
+        &config,
+        Listeners {
+            link,
+            edges: vec![https],
+        },
+    )?;
+    let device_key = keys::read_key_file(&files.device_key)?.into_inner();
+    let device = tokio::spawn(demo::run_device(
+        demo::dial_address(server.link_addr),
+        device_key,
+        config.gateway.public_key,
+    ));
+    println!(
+        "{}",
+        demo::banner(
+            &files,
+            server.edge_addrs[0],
+            server.link_addr,
+            &config.gateway.public_key
+        )
+    );
+    wait_for_stop().await;
+    tracing::info!("stopping the demo");
+    device.abort();
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn wait_for_stop() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
     }
-    .into())
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

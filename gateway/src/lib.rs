@@ -6,17 +6,23 @@
 //! ## Layout
 //!
 //! - `config`: the TOML configuration, typed once at load.
-//! - `edge`: listeners (MSS clamp), later TLS and HTTP.
+//! - `edge`: listeners (MSS clamp), TLS, the HTTP accept loop.
+//! - `bridge`: routing, checks, and HTTP and WebSocket exchanges with devices.
+//! - `server`: a configuration turned into listeners and tasks.
+//! - `demo`: `gateway demo`: generated CA, key and configuration, and an in-process device.
 //! - `keys`: the gateway's key file.
 //! - `cli`: command line and logging set-up.
 //! - `normalize`: Origin, subprotocols, Host, Forwarded and hop-by-hop rules toward devices.
 //! - `link`: the device link: listener, handshakes against the registry, one task per device session.
 
+pub mod bridge;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod edge;
 pub mod keys;
 pub mod link;
 pub mod normalize;
+pub mod server;
 
 pub use proto;

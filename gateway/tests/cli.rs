@@ -126,6 +126,9 @@ domain = "gw.example.com"
 [[listen]]
 address = "127.0.0.1:0"
 
+[link]
+address = "127.0.0.1:0"
+
 [tls]
 certificates = [{ cert = "tls/fullchain.pem", key = "tls/privkey.pem" }]
 
@@ -158,7 +161,7 @@ fn check_config_accepts_a_good_file_with_a_summary() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     for needle in [
         "https 127.0.0.1:0 (mss 1360)",
-        "device link on [::]:7000",
+        "device link on 127.0.0.1:0",
         "metrics on 127.0.0.1:9100",
         "1 device(s)",
         "gateway public key ",
@@ -171,7 +174,7 @@ fn check_config_accepts_a_good_file_with_a_summary() {
 fn check_config_lists_every_error_with_its_place() {
     let dir = good_dir("check-bad");
     let bad = GOOD
-        .replace("127.0.0.1:0", "127.0.0.1")
+        .replacen("127.0.0.1:0", "127.0.0.1", 1)
         .replace("\"plc-7\"", "\"PLC 7\"");
     let file = dir.write("gateway.toml", &bad);
     let f = file.to_str().unwrap();
@@ -186,7 +189,7 @@ fn check_config_lists_every_error_with_its_place() {
         "{stderr}"
     );
     assert!(
-        lines[1].starts_with(&format!("{f}:11:6: invalid device id \"PLC 7\"")),
+        lines[1].starts_with(&format!("{f}:14:6: invalid device id \"PLC 7\"")),
         "{stderr}"
     );
     assert_eq!(lines[2], format!("{f}: 2 errors"));
@@ -207,23 +210,126 @@ fn check_config_lists_every_error_with_its_place() {
     assert!(text(&out.stderr).contains("cannot read /nonexistent/gateway.toml"));
 }
 
+/// A gateway process, stopped with SIGTERM (by its id) when dropped.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(l);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The first output line containing `needle` (within 20 s).
+    fn wait_line(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        panic!("no line with {needle:?} in {seen:#?}");
+    }
+
+    /// SIGTERM, then the exit code.
+    fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().unwrap();
+        status.code()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[test]
-fn run_and_demo_say_they_are_not_in_this_build() {
+fn run_serves_until_sigterm_and_exits_zero() {
     let dir = good_dir("run");
     let file = dir.path().join("gateway.toml");
-    let out = gateway(&["run", "--config", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("not implemented yet in this build"));
+    let gw = Running::start(&["run", "--config", file.to_str().unwrap()]);
+    gw.wait_line("device link listening");
+    let line = gw.wait_line("browsers listening");
+    assert!(line.contains("127.0.0.1:"), "{line}");
+    assert_eq!(gw.stop(), Some(0));
 
-    // A bad configuration stops `run` before that, with exit code 1.
+    // A bad configuration stops `run` before it binds anything, with exit code 1.
     dir.write("gateway.toml", "[gateway]\ndomain = \"x\"\n");
     let out = gateway(&["run", "--config", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("no [[listen]] section"));
+}
 
-    let out = gateway(&["demo", "--data-dir", dir.path().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("`gateway demo` is not implemented yet"));
+#[test]
+fn demo_serves_its_device_and_reuses_its_files() {
+    let dir = TempDir::new("demo");
+    let data = dir.path().join("data");
+    let args = [
+        "demo",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--https-port",
+        "0",
+        "--link-port",
+        "0",
+    ];
+    let gw = Running::start(&args);
+    let open = gw.wait_line("Open:");
+    assert!(open.contains("https://demo.localhost:"), "{open}");
+    gw.wait_line("device online");
+    for f in [
+        "ca.pem",
+        "cert.pem",
+        "cert.key",
+        "gateway.key",
+        "device.key",
+        "gateway.toml",
+    ] {
+        assert!(data.join(f).exists(), "{f} missing");
+    }
+    let ca = std::fs::read_to_string(data.join("ca.pem")).unwrap();
+    assert_eq!(gw.stop(), Some(0));
+    // The written configuration passes the same checks as any other.
+    let out = gateway(&["check-config", data.join("gateway.toml").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // A second run keeps the CA a browser may already trust.
+    let gw = Running::start(&args);
+    gw.wait_line("device online");
+    assert_eq!(gw.stop(), Some(0));
+    assert_eq!(std::fs::read_to_string(data.join("ca.pem")).unwrap(), ca);
+
     let out = gateway(&["demo", "--https-port", "7000"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--link-port 7000 is also given as --https-port"));
@@ -233,22 +339,19 @@ fn run_and_demo_say_they_are_not_in_this_build() {
 fn logs_can_be_json() {
     let dir = good_dir("json");
     let file = dir.path().join("gateway.toml");
-    let out = gateway(&[
+    let gw = Running::start(&[
         "--log-format",
         "json",
         "run",
         "--config",
         file.to_str().unwrap(),
     ]);
-    let stderr = text(&out.stderr);
-    let line = stderr
-        .lines()
-        .find(|l| l.contains("configuration"))
-        .unwrap_or_else(|| panic!("no log line in {stderr}"));
+    let line = gw.wait_line("configuration");
     assert!(
         line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":\"INFO\""),
         "{line}"
     );
+    assert_eq!(gw.stop(), Some(0));
     // Invalid RUST_LOG is a usage error.
     let out = Command::new(BIN)
         .args(["check-config", file.to_str().unwrap()])

@@ -112,7 +112,9 @@ impl DeviceHandle {
                 reply: tx,
             })
             .map_err(|_| OpenError::Offline)?;
-        rx.await.map_err(|_| OpenError::Offline)?
+        let mut stream = rx.await.map_err(|_| OpenError::Offline)??;
+        stream.set_device(&self.id);
+        Ok(stream)
     }
 
     /// Ends the session with `code` (revocation, replacement).
@@ -252,6 +254,11 @@ impl Hub {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// Whether [`Hub::shutdown`] was called.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
     }
 
     /// Starts the drain: every session sends GOAWAY, finishes its streams

@@ -49,6 +49,7 @@ pub struct StreamClosed;
 #[derive(Debug)]
 pub struct DeviceStream {
     id: StreamId,
+    device: String,
     cmd: mpsc::UnboundedSender<Cmd>,
     rx: mpsc::UnboundedReceiver<StreamEvent>,
     /// Bytes handed out by the last `recv`, whose credit is still owed.
@@ -64,6 +65,7 @@ impl DeviceStream {
     ) -> Self {
         Self {
             id,
+            device: String::new(),
             cmd,
             rx,
             owed: 0,
@@ -74,6 +76,15 @@ impl DeviceStream {
     /// The stream id.
     pub fn id(&self) -> StreamId {
         self.id
+    }
+
+    /// The id of the device it goes to.
+    pub fn device(&self) -> &str {
+        &self.device
+    }
+
+    pub(crate) fn set_device(&mut self, device: &str) {
+        device.clone_into(&mut self.device);
     }
 
     /// The next event. Receiving returns the credit of the previous chunk,
@@ -159,5 +170,10 @@ impl StreamSender {
             })
             .map_err(|_| StreamClosed)?;
         rx.await.map_err(|_| StreamClosed)?
+    }
+
+    /// Aborts the stream (the browser side failed).
+    pub fn reset(&self, code: Code) {
+        let _ = self.cmd.send(Cmd::Reset(self.id, code));
     }
 }

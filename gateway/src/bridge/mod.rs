@@ -1,0 +1,494 @@
+//! From a browser request to a device stream and back.
+//!
+//! ```text
+//!  hyper request ─▶ route (host / path) ─▶ device config ─▶ checks that need no device:
+//!                   Origin (403), WebSocket handshake (400/426), limits (431)
+//!               ─▶ online? (502 at once) ─▶ service ─▶ normalized head ─▶ open stream
+//!               ─▶ exchange: request body ⇉ device, response head (504 after the
+//!                  response timeout) ─▶ response body ⇇ device
+//!               ─▶ or WebSocket: 101 (HTTP/1.1) / 200 (HTTP/2 extended CONNECT),
+//!                  then whole messages both ways (module `ws`)
+//! ```
+//!
+//! Every answer the gateway makes itself says which side failed, with a
+//! stable label (`x-gateway-error` and JSON `error`): `device_offline`,
+//! `device_timeout`, `device_reset`, `bad_device_response` for the device;
+//! `origin_foreign`, `origin_missing`, `headers_too_large` and the like for
+//! the browser.
+//!
+//! # Memory
+//!
+//! Bodies are streamed: per direction at most one device window plus one
+//! chunk is held (request chunks wait for device credit; response chunks
+//! are credited back only once hyper has taken them). WebSocket messages
+//! are whole, so at most `max_message` per direction and connection.
+//!
+//! # Upstreams
+//!
+//! The bridge talks to a [`DeviceStream`] for every upstream kind; the
+//! raw-bytes stream kind and `direct` upstreams (a later step) plug in at
+//! [`Bridge::device_request`], where the stream is opened.
+//!
+//! ## Layout
+//!
+//! - `route`: host- and path-based routing.
+//! - `exchange`: the HTTP exchange over a device stream.
+//! - `ws`: the WebSocket bridge.
+//! - `page`: error pages and the landing page.
+
+mod exchange;
+pub mod page;
+pub mod route;
+mod ws;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use proto::{ServiceKind, StreamKind};
+use tracing::{debug, info};
+
+use crate::config::{self, Device, Devices, ServiceChoice, Upstream};
+use crate::link::{DeviceHandle, Hub, OpenError};
+use crate::normalize::{self, Incoming as Inbound};
+use page::ErrorPage;
+use route::{DeviceTarget, Route};
+
+pub use ws::close_code_for_link_end;
+
+/// Response bodies: streamed from a device or made by the gateway.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// The connection a request came in on.
+#[derive(Clone, Copy, Debug)]
+pub struct Conn {
+    /// The browser's address.
+    pub client: SocketAddr,
+    /// `https` or `http`.
+    pub scheme: &'static str,
+}
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct BridgeStats {
+    /// Requests answered, by class: 1xx..5xx.
+    pub responses: [AtomicU64; 5],
+    /// Requests refused before the device was contacted.
+    pub refused: AtomicU64,
+    /// Device offline answers (502).
+    pub offline: AtomicU64,
+    /// Device timeouts (504).
+    pub timeouts: AtomicU64,
+    /// WebSocket sessions opened.
+    pub ws_opened: AtomicU64,
+    /// WebSocket sessions now open.
+    pub ws_open: AtomicU64,
+    /// WebSocket messages browser → device.
+    pub ws_messages_up: AtomicU64,
+    /// WebSocket messages device → browser.
+    pub ws_messages_down: AtomicU64,
+    /// Origin rejected.
+    pub origin_rejected: AtomicU64,
+    /// Subprotocol lists changed toward the device.
+    pub subprotocol_rewritten: AtomicU64,
+}
+
+/// The bridge: routing, checks and the exchanges.
+pub struct Bridge {
+    hub: Arc<Hub>,
+    devices: RwLock<Arc<Devices>>,
+    domain: String,
+    http: config::Http,
+    websocket: config::WebSocket,
+    /// Counters.
+    pub stats: BridgeStats,
+}
+
+impl Bridge {
+    /// A bridge to the devices of `hub`, configured by `devices`.
+    pub fn new(
+        hub: Arc<Hub>,
+        devices: Devices,
+        domain: String,
+        http: config::Http,
+        websocket: config::WebSocket,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            hub,
+            devices: RwLock::new(Arc::new(devices)),
+            domain,
+            http,
+            websocket,
+            stats: BridgeStats::default(),
+        })
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// Replaces the device configuration (reload).
+    pub fn set_devices(&self, devices: Devices) {
+        *self.devices.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(devices);
+    }
+
+    fn devices(&self) -> Arc<Devices> {
+        self.devices
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Answers one request (hyper's service function).
+    pub async fn handle(
+        self: Arc<Self>,
+        conn: Conn,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, Infallible> {
+        let headers = req.headers().clone();
+        let resp = match self.dispatch(conn, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(status = e.status.as_u16(), error = e.label, "{}", e.message);
+                if e.status.is_server_error() {
+                    info!(status = e.status.as_u16(), error = e.label, "{}", e.message);
+                }
+                e.render(&headers)
+            }
+        };
+        let class = usize::from(resp.status().as_u16() / 100).clamp(1, 5) - 1;
+        self.stats.responses[class].fetch_add(1, Ordering::Relaxed);
+        Ok(resp)
+    }
+
+    async fn dispatch(
+        self: &Arc<Self>,
+        conn: Conn,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ErrorPage> {
+        let host = route::request_host(
+            req.uri(),
+            req.headers().get(header::HOST).map(HeaderValue::as_bytes),
+        );
+        match route::route(&self.domain, host.as_deref(), req.uri()) {
+            Route::Device(target) => self.device_request(conn, req, target).await,
+            Route::Redirect(location) => Ok(page::redirect(&location)),
+            Route::Gateway { path } if path == "/" && req.method() == Method::GET => {
+                Ok(self.landing())
+            }
+            Route::Gateway { path } => Err(ErrorPage::new(
+                404,
+                "not_found",
+                format!(
+                    "Nothing here: {path}. Devices are at /d/<device>/ or <device>.{}.",
+                    self.domain
+                ),
+            )),
+            Route::ForeignHost(h) => Err(self.refuse(ErrorPage::new(
+                421,
+                "unknown_host",
+                format!("This gateway does not serve {h}."),
+            ))),
+            Route::NoHost => {
+                Err(self.refuse(ErrorPage::new(400, "no_host", "The request names no host.")))
+            }
+        }
+    }
+
+    fn refuse(&self, e: ErrorPage) -> ErrorPage {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        e
+    }
+
+    fn landing(&self) -> Response<Body> {
+        let devices = self.devices();
+        let rows: Vec<page::DeviceRow<'_>> = devices
+            .iter()
+            .map(|d| page::DeviceRow {
+                id: &d.id,
+                name: &d.name,
+                online: self.hub.device(&d.id).is_some(),
+            })
+            .collect();
+        page::landing(&self.domain, &rows)
+    }
+
+    async fn device_request(
+        self: &Arc<Self>,
+        conn: Conn,
+        mut req: Request<Incoming>,
+        target: DeviceTarget,
+    ) -> Result<Response<Body>, ErrorPage> {
+        let devices = self.devices();
+        let Some(device) = devices.get(&target.device) else {
+            return Err(self.refuse(ErrorPage::new(
+                404,
+                "unknown_device",
+                format!("There is no device named {}.", target.device),
+            )));
+        };
+        let websocket = ws::handshake_kind(&req).map_err(|e| self.refuse(e))?;
+        if req.method() == Method::CONNECT && websocket.is_none() {
+            return Err(self.refuse(ErrorPage::new(
+                405,
+                "connect_refused",
+                "CONNECT is only accepted for WebSockets (RFC 8441).",
+            )));
+        }
+        normalize::check_origin(
+            req.headers(),
+            &device.policy.allowed_origins,
+            websocket.is_some(),
+        )
+        .map_err(|r| {
+            self.stats.origin_rejected.fetch_add(1, Ordering::Relaxed);
+            self.refuse(ErrorPage::new(r.status(), r.label(), r.to_string()))
+        })?;
+        if let Upstream::Direct(d) = &device.upstream {
+            return Err(ErrorPage::new(
+                502,
+                "upstream_unavailable",
+                format!(
+                    "Device {} is configured as a direct upstream ({}), which this build does not serve yet.",
+                    device.id, d.address
+                ),
+            ));
+        }
+        let Some(handle) = self.hub.device(&device.id) else {
+            self.stats.offline.fetch_add(1, Ordering::Relaxed);
+            return Err(offline(device));
+        };
+        let (service, announced) = pick_service(device, &handle, &target.path)?;
+        let choice = websocket.as_ref().map(|_| {
+            let offered = normalize::offered_subprotocols(req.headers());
+            let c = normalize::choose_subprotocol(&offered, &announced, &device.policy.subprotocol);
+            if offered.first() != c.device.as_ref() {
+                self.stats
+                    .subprotocol_rewritten
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            c
+        });
+        let head = self.request_head(conn, &req, device, &target, choice.as_ref(), &handle)?;
+        let kind = if websocket.is_some() {
+            StreamKind::WebSocket
+        } else {
+            StreamKind::Http
+        };
+        let stream = handle
+            .open(kind, service)
+            .await
+            .map_err(|e| open_error(device, e))?;
+        let timeout = self.http.response_timeout;
+        match (websocket, choice) {
+            (Some(hs), Some(choice)) => {
+                let upgrade = hyper::upgrade::on(&mut req);
+                ws::bridge(
+                    self.clone(),
+                    stream,
+                    head,
+                    hs,
+                    choice.browser,
+                    upgrade,
+                    timeout,
+                )
+                .await
+            }
+            _ => exchange::exchange(self.clone(), stream, head, req.into_body(), timeout).await,
+        }
+    }
+
+    fn request_head(
+        &self,
+        conn: Conn,
+        req: &Request<Incoming>,
+        device: &Device,
+        target: &DeviceTarget,
+        choice: Option<&normalize::SubprotocolChoice>,
+        handle: &DeviceHandle,
+    ) -> Result<Vec<u8>, ErrorPage> {
+        let public_host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            })
+            .unwrap_or_default();
+        let inbound = Inbound {
+            headers: req.headers(),
+            client: conn.client,
+            public_host: &public_host,
+            scheme: conn.scheme,
+        };
+        let rejected = |r: normalize::Rejection| {
+            self.refuse(ErrorPage::new(r.status(), r.label(), r.to_string()))
+        };
+        let mut fields = normalize::device_headers(
+            &inbound,
+            &device.policy,
+            choice.and_then(|c| c.device.as_deref()),
+        )
+        .map_err(rejected)?;
+        if let Some(prefix) = &target.prefix {
+            fields.push((
+                HeaderName::from_static("x-forwarded-prefix"),
+                prefix.as_bytes().to_vec(),
+            ));
+        }
+        // An HTTP/2 extended CONNECT is, toward the device, the GET of RFC 6455.
+        let method = if choice.is_some() {
+            "GET"
+        } else {
+            req.method().as_str()
+        };
+        let head =
+            normalize::encode_request_head(method, &target.target, &fields).map_err(rejected)?;
+        if head.len() > usize::from(handle.max_head) {
+            return Err(self.refuse(ErrorPage::new(
+                431,
+                "headers_too_large",
+                format!(
+                    "The request head is {} bytes after normalization; device {} accepts at most {}.",
+                    head.len(),
+                    device.id,
+                    handle.max_head
+                ),
+            )));
+        }
+        Ok(head)
+    }
+}
+
+fn offline(device: &Device) -> ErrorPage {
+    ErrorPage::new(
+        502,
+        "device_offline",
+        format!(
+            "Device {} is offline: it is not connected to the gateway.",
+            device.name
+        ),
+    )
+}
+
+fn open_error(device: &Device, e: OpenError) -> ErrorPage {
+    match e {
+        OpenError::Offline => offline(device),
+        OpenError::Busy => ErrorPage::new(
+            503,
+            "device_busy",
+            format!(
+                "Device {} is serving as many requests as it can; try again.",
+                device.name
+            ),
+        ),
+        OpenError::GoingAway => ErrorPage::new(
+            503,
+            "device_going_away",
+            format!(
+                "Device {} is reconnecting; try again in a moment.",
+                device.name
+            ),
+        ),
+    }
+}
+
+/// The service number for `path`, and its announced subprotocols.
+fn pick_service(
+    device: &Device,
+    handle: &DeviceHandle,
+    path: &str,
+) -> Result<(u8, Vec<String>), ErrorPage> {
+    let found = match device.service_for(path) {
+        ServiceChoice::FirstHttp => handle
+            .services
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.kind == ServiceKind::Http)
+            .map(|(i, s)| (i as u8, s)),
+        ServiceChoice::Route(r) => handle.service(&r.name),
+        ServiceChoice::None => {
+            return Err(ErrorPage::new(
+                404,
+                "no_service",
+                format!("No service of device {} serves {path}.", device.name),
+            ));
+        }
+    };
+    let Some((number, service)) = found else {
+        return Err(ErrorPage::new(
+            502,
+            "service_unavailable",
+            format!(
+                "Device {} does not announce the service for {path}.",
+                device.name
+            ),
+        ));
+    };
+    if service.kind != ServiceKind::Http {
+        return Err(ErrorPage::new(
+            502,
+            "service_kind",
+            format!(
+                "Service {} of device {} is a raw service, which this build does not bridge yet.",
+                service.name, device.name
+            ),
+        ));
+    }
+    Ok((number, service.subprotocols.clone()))
+}
+
+/// Hop-by-hop and framing fields never copied from a device's response.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+/// Builds a response from a device's head.
+fn response_from_head(
+    head: &proto::wire::ResponseHead<'_>,
+    device: &str,
+) -> Result<Response<()>, ErrorPage> {
+    let bad = |what: String| {
+        ErrorPage::new(
+            502,
+            "bad_device_response",
+            format!("Device {device} sent an invalid response: {what}."),
+        )
+    };
+    let status =
+        StatusCode::from_u16(head.status).map_err(|_| bad(format!("status {}", head.status)))?;
+    let mut resp = Response::new(());
+    *resp.status_mut() = status;
+    let mut map = HeaderMap::with_capacity(head.headers.len());
+    for h in head.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| bad(format!("header name {:?}", h.name)))?;
+        if hop_by_hop(&name) {
+            continue;
+        }
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| bad(format!("value of {}", h.name)))?;
+        map.append(name, value);
+    }
+    *resp.headers_mut() = map;
+    Ok(resp)
+}

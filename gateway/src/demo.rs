@@ -1,0 +1,212 @@
+//! `gateway demo`: the whole product on one machine with no set-up.
+//!
+//! Into a data directory (created once, reused on later runs so a trusted
+//! CA stays trusted) it writes a local ECDSA P-256 CA and a certificate for
+//! `localhost`, `demo.localhost` and `127.0.0.1`, the gateway's key, a key
+//! for the simulated device and a `gateway.toml` naming all of them. The
+//! configuration is then loaded exactly as `gateway run` loads one, and a
+//! device running the `device-fw` sample application (the same code as the
+//! firmware, on the host platform) dials the link listener in-process.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use device_fw::budget::DeviceLinkMemory;
+use device_fw::host::{SimApp, SimBoard, TokioPlatform};
+use device_fw::link::{Identity, LinkConfig};
+use proto::{PublicKey, SecretKey};
+
+use crate::config::{self, Config};
+use crate::edge::tls::local_ca;
+use crate::keys;
+
+/// The simulated device's id.
+pub const DEVICE_ID: &str = "demo";
+
+/// Ports the demo listens on (0 picks a free one).
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    /// HTTPS for browsers.
+    pub https: u16,
+    /// The device link.
+    pub link: u16,
+    /// Metrics.
+    pub metrics: u16,
+}
+
+/// The files of a demo data directory.
+#[derive(Clone, Debug)]
+pub struct DemoFiles {
+    /// The directory.
+    pub dir: PathBuf,
+    /// The configuration written for these ports.
+    pub config: PathBuf,
+    /// The CA to trust.
+    pub ca: PathBuf,
+    /// The device's key file.
+    pub device_key: PathBuf,
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Creates what is missing in `dir` and (re)writes the configuration for
+/// `ports`.
+pub fn prepare(dir: &Path, ports: Ports) -> anyhow::Result<DemoFiles> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+    }
+    let gateway_key = dir.join("gateway.key");
+    if !gateway_key.exists() {
+        keys::write_key_file(&gateway_key, &keys::generate()?, false)?;
+    }
+    let device_key = dir.join("device.key");
+    if !device_key.exists() {
+        keys::write_key_file(&device_key, &keys::generate()?, false)?;
+    }
+    let device = keys::read_key_file(&device_key)?.into_inner();
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("cert.key"),
+    );
+    if !(ca.exists() && cert.exists() && key.exists()) {
+        let names = [
+            "localhost".to_string(),
+            format!("{DEVICE_ID}.localhost"),
+            "127.0.0.1".to_string(),
+        ];
+        let made = local_ca(&names).context("cannot make the demo certificate authority")?;
+        write_private(&key, &made.key_pem)?;
+        fs::write(&cert, &made.chain_pem)
+            .with_context(|| format!("cannot write {}", cert.display()))?;
+        fs::write(&ca, &made.ca_pem).with_context(|| format!("cannot write {}", ca.display()))?;
+    }
+    let config = dir.join("gateway.toml");
+    let text = format!(
+        r#"# Written by `gateway demo` on every start; edit a copy for `gateway run`.
+[gateway]
+domain = "localhost"
+key_file = "gateway.key"
+
+[[listen]]
+address = "127.0.0.1:{https}"
+tls = true
+
+[tls]
+certificates = [{{ cert = "cert.pem", key = "cert.key" }}]
+
+[link]
+address = "127.0.0.1:{link}"
+
+[metrics]
+address = "127.0.0.1:{metrics}"
+
+[[device]]
+id = "{DEVICE_ID}"
+name = "Demo controller (simulated)"
+public_key = "{public}"
+public = true
+"#,
+        https = ports.https,
+        link = ports.link,
+        metrics = ports.metrics,
+        public = device.public_key(),
+    );
+    fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
+    Ok(DemoFiles {
+        dir: dir.to_path_buf(),
+        config,
+        ca,
+        device_key,
+    })
+}
+
+/// Loads the demo configuration the way `gateway run` would.
+pub fn load(files: &DemoFiles) -> anyhow::Result<Config> {
+    config::load(&files.config).map_err(|e| anyhow::anyhow!("demo configuration: {e}"))
+}
+
+/// Runs the simulated device against `link` until the task is dropped.
+pub async fn run_device(link: SocketAddr, device: SecretKey, gateway: PublicKey) {
+    let mut platform = TokioPlatform::new(link);
+    let mut app = SimApp::new(
+        SimBoard::new(u64::from_le_bytes(
+            gateway.as_bytes()[..8].try_into().unwrap_or([0; 8]),
+        )),
+        DEVICE_ID,
+        concat!("demo-", env!("CARGO_PKG_VERSION")),
+        Vec::new(),
+        None,
+    );
+    let identity = Identity {
+        key: device,
+        gateway,
+    };
+    let mut memory = Box::new(DeviceLinkMemory::new());
+    device_fw::link::run(
+        &mut platform,
+        &mut app,
+        &identity,
+        &LinkConfig::DEFAULT,
+        &mut memory,
+    )
+    .await;
+}
+
+/// The device link address a local device dials (the listener may be on
+/// an unspecified address).
+pub fn dial_address(bound: SocketAddr) -> SocketAddr {
+    if bound.ip().is_unspecified() {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, bound.port()))
+    } else {
+        bound
+    }
+}
+
+/// What the demo prints once it serves.
+pub fn banner(
+    files: &DemoFiles,
+    https: SocketAddr,
+    link: SocketAddr,
+    gateway: &PublicKey,
+) -> String {
+    let port = https.port();
+    format!(
+        "\
+gateway demo is running.
+
+  Open:        https://{DEVICE_ID}.localhost:{port}/      (host-based routing)
+               https://localhost:{port}/d/{DEVICE_ID}/    (path-based routing)
+  Login:       none: the demo device is public (access control comes with users)
+  Trust:       the local CA {ca}
+               curl --cacert {ca} https://localhost:{port}/d/{DEVICE_ID}/api/status
+               browsers: import it as an authority, or accept the warning once
+  Device link: {link} (gateway key {gateway}); more devices:
+               device-sim --gateway {link} --gateway-key {gateway} ...
+  Files:       {dir} (configuration: {config})
+
+Stop with Ctrl-C.
+",
+        ca = files.ca.display(),
+        dir = files.dir.display(),
+        config = files.config.display(),
+    )
+}

@@ -1,0 +1,219 @@
+//! The browser-facing accept loop: TCP (MSS clamped at the listener) →
+//! TLS within the handshake deadline → hyper, HTTP/1.1 or HTTP/2 by ALPN
+//! (or by preface on plain listeners), with upgrades for WebSockets.
+//!
+//! # Lifecycle of a connection
+//!
+//! accepted (options applied) → TLS handshake (a stall past the deadline is
+//! counted as `stalled`: TCP up, TLS never finished, the mark of a path MTU
+//! black hole) → HTTP served → closed by the client, by hyper's header
+//! timeout, by an idle timeout, or drained on shutdown (HTTP/2 GOAWAY,
+//! HTTP/1.1 closes after the response in flight).
+//!
+//! # Limits (from `[http]`)
+//!
+//! HTTP/1.1: request head `max_header_bytes` and `max_headers` (431 past
+//! either), `header_timeout` for every request head, which also bounds an
+//! idle keep-alive connection (hyper starts the header timer while it waits
+//! for the next request). HTTP/2: `h2_max_concurrent_streams`, header list
+//! `max_header_bytes`, `h2_max_pending_resets` and
+//! `h2_max_local_error_resets` (rapid-reset defences), keepalive pings
+//! every `idle_timeout / 2`, and the connection closed when it has had no
+//! open stream for `idle_timeout`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::{Instrument as _, debug, info_span, warn};
+
+use super::listener::{SocketOptions, tune_accepted};
+use super::tls::{Tls, TlsError};
+use crate::bridge::{Bridge, Conn};
+use crate::config;
+
+/// Counters for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct EdgeStats {
+    /// TCP connections accepted.
+    pub accepted: AtomicU64,
+    /// TLS handshakes completed.
+    pub tls_ok: AtomicU64,
+    /// TLS handshakes that failed (bad client, protocol mismatch).
+    pub tls_failed: AtomicU64,
+    /// TCP up, TLS never finished within the deadline.
+    pub tls_stalled: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections that ended with an HTTP error (header timeout, bad request, reset).
+    pub http_errors: AtomicU64,
+}
+
+/// One browser-facing listener.
+pub struct Edge {
+    /// The bound socket.
+    pub listener: TcpListener,
+    /// TLS, or plain HTTP when `None`.
+    pub tls: Option<Tls>,
+    /// Options applied to accepted sockets.
+    pub socket: SocketOptions,
+}
+
+/// Serves browsers on `edge` until `shutdown` turns true; connections then
+/// drain (see the module docs).
+pub async fn serve(
+    edge: Edge,
+    bridge: Arc<Bridge>,
+    http: config::Http,
+    stats: Arc<EdgeStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = Arc::new(builder(&http));
+    let tls = edge.tls.map(Arc::new);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = edge.listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopping(&mut shutdown) => return,
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = tune_accepted(&tcp, &edge.socket) {
+            debug!(%peer, "socket options not applied: {e}");
+        }
+        let conn = Connection {
+            bridge: bridge.clone(),
+            builder: builder.clone(),
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            idle: http.idle_timeout,
+        };
+        let tls = tls.clone();
+        let span = info_span!("conn", %peer);
+        tokio::spawn(conn.run(tcp, peer, tls).instrument(span));
+    }
+}
+
+/// Resolves once the shutdown flag is set (never if the sender is gone).
+async fn stopping(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn builder(http: &config::Http) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.header_timeout)
+        .max_buf_size(http.max_header_bytes.max(8192))
+        .max_headers(http.max_headers);
+    b.http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(http.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(http.h2_max_pending_resets)
+        .max_local_error_reset_streams(http.h2_max_local_error_resets)
+        .keep_alive_interval(http.idle_timeout / 2)
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+struct Connection {
+    bridge: Arc<Bridge>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stats: Arc<EdgeStats>,
+    shutdown: watch::Receiver<bool>,
+    idle: Duration,
+}
+
+impl Connection {
+    async fn run(self, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<Tls>>) {
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        match tls {
+            Some(tls) => match tls.accept(tcp).await {
+                Ok(stream) => {
+                    self.stats.tls_ok.fetch_add(1, Ordering::Relaxed);
+                    self.http(stream, peer, "https").await;
+                }
+                Err(e @ TlsError::Stalled(_)) => {
+                    self.stats.tls_stalled.fetch_add(1, Ordering::Relaxed);
+                    warn!(outcome = e.outcome(), "{e}");
+                }
+                Err(e) => {
+                    self.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                    debug!(outcome = e.outcome(), "{e}");
+                }
+            },
+            None => self.http(tcp, peer, "http").await,
+        }
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn http<I>(&self, io: I, client: SocketAddr, scheme: &'static str)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let bridge = self.bridge.clone();
+        let conn_info = Conn { client, scheme };
+        let active = Arc::new(AtomicU64::new(0));
+        let counter = active.clone();
+        let service = service_fn(move |req| {
+            let bridge = bridge.clone();
+            let active = counter.clone();
+            active.fetch_add(1, Ordering::Relaxed);
+            async move {
+                let r = bridge.handle(conn_info, req).await;
+                active.fetch_sub(1, Ordering::Relaxed);
+                r
+            }
+        });
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        let mut shutdown = self.shutdown.clone();
+        let mut idle_since = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(self.idle.min(Duration::from_secs(5)));
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        self.stats.http_errors.fetch_add(1, Ordering::Relaxed);
+                        debug!("connection ended: {e}");
+                    }
+                    return;
+                }
+                () = stopping(&mut shutdown), if !draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tick.tick(), if !draining => {
+                    // Responses in flight keep a connection busy; streams
+                    // (bodies, WebSockets) carry on outside this counter.
+                    if active.load(Ordering::Relaxed) > 0 {
+                        idle_since = tokio::time::Instant::now();
+                    } else if idle_since.elapsed() >= self.idle {
+                        debug!("idle for {:?}; closing", self.idle);
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}
