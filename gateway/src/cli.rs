@@ -245,8 +245,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 /// Serves `config` until SIGTERM.
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let stop = stop_signal();
     let server = Server::start(&config).await?;
-    wait_for_stop().await;
+    stop.await;
     tracing::info!("stopping: draining connections and device sessions");
     server.shutdown().await;
     Ok(())
@@ -265,6 +266,7 @@ async fn serve_demo(args: &DemoArgs) -> anyhow::Result<()> {
             source,
         })
     };
+    let stop = stop_signal();
     let https = bind(args.https_port, "browsers")?;
     let link = bind(args.link_port, "the device link")?;
     let ports = demo::Ports {
@@ -296,27 +298,29 @@ async fn serve_demo(args: &DemoArgs) -> anyhow::Result<()> {
             &config.gateway.public_key
         )
     );
-    wait_for_stop().await;
+    stop.await;
     tracing::info!("stopping the demo");
     device.abort();
     server.shutdown().await;
     Ok(())
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn wait_for_stop() {
+/// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when
+/// this is called, so call it before announcing that the gateway serves.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[cfg(test)]

@@ -351,6 +351,7 @@ fn logs_can_be_json() {
         line.starts_with('{') && line.ends_with('}') && line.contains("\"level\":\"INFO\""),
         "{line}"
     );
+    gw.wait_line("browsers listening");
     assert_eq!(gw.stop(), Some(0));
     // Invalid RUST_LOG is a usage error.
     let out = Command::new(BIN)
