@@ -307,7 +307,7 @@ async fn serve_demo(args: &DemoArgs) -> anyhow::Result<()> {
 
 /// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when
 /// this is called, so call it before announcing that the gateway serves.
-fn stop_signal() -> impl std::future::Future<Output = ()> {
+fn stop_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
     async move {
