@@ -24,7 +24,9 @@
 //! Routes other than `/echo` and `/upload` answer as soon as the head is
 //! complete; a body still arriving is discarded.
 //!
-//! WebSocket streams: `/ws-refuse` is answered 403; any other target 101,
+//! WebSocket streams: `/ws-refuse` is answered 403; any other target 101
+//! (`/ws-head` then sends the upgrade request as received, the JSON of
+//! `/head`, as its first text message),
 //! naming the first offered `sec-websocket-protocol` that is in
 //! [`EchoOptions::subprotocols`]. Text and binary messages come back with
 //! the same kind, frame by frame. A text message that is exactly
@@ -576,7 +578,7 @@ impl EchoApp {
             .flat_map(|h| h.value.split(|&c| c == b','))
             .map(|p| p.trim_ascii())
             .find(|p| self.protocols.iter().any(|ours| ours.as_bytes() == *p));
-        match chosen {
+        let accepted = match chosen {
             Some(p) => {
                 let headers = [Header {
                     name: "sec-websocket-protocol",
@@ -585,7 +587,18 @@ impl EchoApp {
                 ex.head(101, &headers, false)
             }
             None => ex.head(101, &[], false),
+        };
+        if accepted && path == "/ws-head" {
+            // What the device received, as the first message (tests of normalization).
+            ex.push(
+                MsgKind::Text,
+                head_json(req).into_bytes(),
+                true,
+                false,
+                false,
+            );
         }
+        accepted
     }
 
     /// Forgets `stream`, returning the credit of what it held.

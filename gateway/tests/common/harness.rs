@@ -354,3 +354,78 @@ fn json_str(s: &str) -> (String, &str) {
     }
     panic!("unterminated JSON string");
 }
+
+/// Any byte stream a WebSocket client can run on.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+pub type WsClient = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
+
+/// A refused WebSocket handshake: status and body.
+#[derive(Debug)]
+pub struct Refused {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Gw {
+    /// Opens a WebSocket to `host` + `target` over HTTP/1.1 Upgrade
+    /// (`version` 1) or HTTP/2 extended CONNECT (2), with extra `headers`
+    /// (Origin, Sec-WebSocket-Protocol); returns the socket and the
+    /// subprotocol the gateway answered.
+    pub async fn ws(
+        &self,
+        version: u8,
+        host: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(WsClient, Option<String>), Refused> {
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        let mut client = self.client(version, host).await;
+        let mut b = if version == 1 {
+            Request::builder()
+                .method("GET")
+                .uri(target)
+                .header("host", host)
+                .header("connection", "Upgrade")
+                .header("upgrade", "websocket")
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        } else {
+            Request::builder()
+                .method("CONNECT")
+                .uri(format!("https://{host}{target}"))
+                .extension(hyper::ext::Protocol::from_static("websocket"))
+        };
+        b = b.header("sec-websocket-version", "13");
+        for (n, v) in headers {
+            b = b.header(*n, *v);
+        }
+        let resp = client.send(b.body(empty()).unwrap()).await.unwrap();
+        let ok = if version == 1 { 101 } else { 200 };
+        if resp.status() != ok {
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            return Err(Refused {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        if version == 1 {
+            assert_eq!(
+                resp.headers()["sec-websocket-accept"],
+                "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+            );
+        }
+        assert!(resp.headers().get("sec-websocket-extensions").is_none());
+        let p = resp
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_string());
+        let upgraded = hyper::upgrade::on(resp).await.unwrap();
+        drop(client);
+        let boxed: Box<dyn Io> = Box::new(hyper_util::rt::TokioIo::new(upgraded));
+        let ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(boxed, Role::Client, None).await;
+        Ok((ws, p))
+    }
+}

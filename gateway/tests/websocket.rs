@@ -1,0 +1,325 @@
+//! WebSockets through the gateway, over HTTP/1.1 Upgrade and HTTP/2
+//! extended CONNECT, to a real device runtime: echo, subprotocols, close
+//! codes both ways, Origin checks, limits and the link dying under a
+//! live socket.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::harness::{DOMAIN, Dev, Gw, WsClient, head_headers, link_config};
+use futures_util::{SinkExt as _, StreamExt as _};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn host(id: &str) -> String {
+    format!("{id}.{DOMAIN}")
+}
+
+fn origin(gw: &Gw, id: &str) -> String {
+    format!("https://{}:{}", host(id), gw.addr.port())
+}
+
+async fn next(ws: &mut WsClient) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("no message within 10 s")
+        .expect("socket ended")
+        .expect("socket failed")
+}
+
+async fn close_of(ws: &mut WsClient) -> CloseFrame {
+    loop {
+        match next(ws).await {
+            Message::Close(Some(f)) => return f,
+            Message::Close(None) => panic!("close without a code"),
+            _ => continue,
+        }
+    }
+}
+
+/// The headers the device received, from `/ws-head`'s first message.
+async fn device_saw(ws: &mut WsClient) -> Vec<(String, String)> {
+    match next(ws).await {
+        Message::Text(t) => head_headers(t.as_bytes()),
+        m => panic!("expected the head as text, got {m:?}"),
+    }
+}
+
+fn get<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn messages_pings_and_close_codes_over_h1_and_h2() {
+    let gw = Gw::start("", &[Dev("plc", "")]).await;
+    let _dev = gw
+        .echo("plc", &["echo.v1"], link_config(4096, 16384, 1024))
+        .await;
+    let o = origin(&gw, "plc");
+    for v in [1u8, 2] {
+        let (mut ws, proto) = gw
+            .ws(
+                v,
+                &host("plc"),
+                "/ws-head",
+                &[("origin", &o), ("sec-websocket-protocol", "chat, echo.v1")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(proto.as_deref(), Some("echo.v1"), "h{v}");
+        let saw = device_saw(&mut ws).await;
+        assert_eq!(get(&saw, "host"), Some("plc"));
+        assert_eq!(get(&saw, "origin"), Some("http://plc"));
+        assert_eq!(get(&saw, "sec-websocket-protocol"), Some("echo.v1"));
+        for gone in [
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "upgrade",
+            "connection",
+        ] {
+            assert_eq!(get(&saw, gone), None, "{gone} reached the device");
+        }
+
+        ws.send(Message::text("hello")).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text("hello"));
+        // Browsers send a message as one frame: up to max_frame (64 KiB).
+        let big: Vec<u8> = (0..65_000u32).map(|i| (i % 256) as u8).collect();
+        ws.send(Message::binary(big.clone())).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::binary(big));
+        // Pings are answered by the gateway.
+        ws.send(Message::Ping(Bytes::from_static(b"are you there")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut ws).await,
+            Message::Pong(Bytes::from_static(b"are you there"))
+        );
+
+        // The device closes with its own code and reason.
+        ws.send(Message::text("close:4001:bye")).await.unwrap();
+        let f = close_of(&mut ws).await;
+        assert_eq!(
+            (u16::from(f.code), f.reason.as_str()),
+            (4001, "bye"),
+            "h{v}"
+        );
+
+        // The browser closes: its code reaches the device, whose echo comes back.
+        let (mut ws, _) = gw
+            .ws(v, &host("plc"), "/ws", &[("origin", &o)])
+            .await
+            .unwrap();
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(4100),
+            reason: "done".into(),
+        })))
+        .await
+        .unwrap();
+        let f = close_of(&mut ws).await;
+        assert_eq!(u16::from(f.code), 4100);
+    }
+    let stats = &gw.server().bridge.stats;
+    assert_eq!(stats.ws_opened.load(Ordering::Relaxed), 4);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn origin_is_checked_before_the_device_is_contacted() {
+    let gw = Gw::start("", &[Dev("plc", "")]).await;
+    let dev = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
+    for v in [1u8, 2] {
+        for (headers, why) in [
+            (vec![("origin", "https://evil.example")], "foreign"),
+            (vec![], "missing"),
+            (vec![("origin", "https://plc.gw.example.com")], "wrong port"),
+        ] {
+            let before = dev.requests.load(Ordering::Relaxed);
+            let r = gw.ws(v, &host("plc"), "/ws", &headers).await;
+            let refused = r
+                .err()
+                .unwrap_or_else(|| panic!("{why} origin accepted (h{v})"));
+            assert_eq!(refused.status, 403, "{why}: {}", refused.body);
+            assert!(refused.body.contains("origin"), "{}", refused.body);
+            assert_eq!(
+                dev.requests.load(Ordering::Relaxed),
+                before,
+                "{why}: device contacted"
+            );
+        }
+        // Path-based routing: the gateway's own origin.
+        let own = format!("https://{DOMAIN}:{}", gw.addr.port());
+        let (mut ws, _) = gw
+            .ws(v, DOMAIN, "/d/plc/ws", &[("origin", &own)])
+            .await
+            .unwrap();
+        ws.send(Message::text("x")).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text("x"));
+    }
+    assert!(
+        gw.server()
+            .bridge
+            .stats
+            .origin_rejected
+            .load(Ordering::Relaxed)
+            >= 6
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn subprotocol_and_host_policies() {
+    let gw = Gw::start(
+        "",
+        &[
+            Dev("neg", ""),
+            Dev("strip", "[device.normalize]\nsubprotocol = \"strip\"\nhost = \"lws.local\"\nport = 8080\norigin = \"keep\""),
+            Dev(
+                "map",
+                "[device.normalize]\nsubprotocol = { map = { \"ui\" = \"lws-mirror-protocol\" } }\nport = 80\norigin = { set = \"http://10.0.0.5\" }",
+            ),
+        ],
+    )
+    .await;
+    let _a = gw
+        .echo(
+            "neg",
+            &["echo.v1", "echo.v2"],
+            link_config(4096, 16384, 1024),
+        )
+        .await;
+    let _b = gw
+        .echo("strip", &["echo.v1"], link_config(4096, 16384, 1024))
+        .await;
+    let _c = gw
+        .echo(
+            "map",
+            &["lws-mirror-protocol"],
+            link_config(4096, 16384, 1024),
+        )
+        .await;
+    let cases: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+        // device, offered, browser gets, device gets
+        (
+            "neg",
+            "unknown, echo.v2, echo.v1",
+            Some("echo.v2"),
+            Some("echo.v2"),
+        ),
+        ("neg", "only-unknown", None, None),
+        ("strip", "echo.v1", Some("echo.v1"), None),
+        ("map", "ui", Some("ui"), Some("lws-mirror-protocol")),
+        (
+            "map",
+            "lws-mirror-protocol",
+            Some("lws-mirror-protocol"),
+            Some("lws-mirror-protocol"),
+        ),
+    ];
+    for v in [1u8, 2] {
+        for (id, offered, browser, device) in cases {
+            let o = origin(&gw, id);
+            let (mut ws, got) = gw
+                .ws(
+                    v,
+                    &host(id),
+                    "/ws-head",
+                    &[("origin", &o), ("sec-websocket-protocol", offered)],
+                )
+                .await
+                .unwrap_or_else(|r| panic!("{id} {offered}: refused {r:?}"));
+            assert_eq!(got.as_deref(), *browser, "h{v} {id} {offered}");
+            let saw = device_saw(&mut ws).await;
+            assert_eq!(
+                get(&saw, "sec-websocket-protocol"),
+                *device,
+                "h{v} {id} {offered}"
+            );
+            let (want_host, want_origin) = match *id {
+                "neg" => ("neg", Some("http://neg".to_string())),
+                "strip" => ("lws.local:8080", Some(o.clone())),
+                _ => ("map", Some("http://10.0.0.5".to_string())),
+            };
+            assert_eq!(get(&saw, "host"), Some(want_host));
+            assert_eq!(get(&saw, "origin").map(str::to_string), want_origin);
+            assert_eq!(get(&saw, "x-forwarded-host"), Some(host(id).as_str()));
+            assert_eq!(get(&saw, "x-forwarded-proto"), Some("https"));
+        }
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn device_refusal_is_passed_back_and_oversized_messages_close_1009() {
+    let gw = Gw::start(
+        "[websocket]\nmax_message = \"64KiB\"\nmax_frame = \"64KiB\"\n",
+        &[Dev("plc", "")],
+    )
+    .await;
+    let _dev = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
+    let o = origin(&gw, "plc");
+    for v in [1u8, 2] {
+        let r = gw
+            .ws(v, &host("plc"), "/ws-refuse", &[("origin", &o)])
+            .await;
+        let refused = r.err().expect("refusal accepted");
+        assert_eq!(refused.status, 403);
+        assert_eq!(refused.body, "upgrade refused\n");
+
+        let (mut ws, _) = gw
+            .ws(v, &host("plc"), "/ws", &[("origin", &o)])
+            .await
+            .unwrap();
+        ws.send(Message::binary(vec![1u8; 60_000])).await.unwrap();
+        assert!(matches!(next(&mut ws).await, Message::Binary(b) if b.len() == 60_000));
+        let _ = ws.send(Message::binary(vec![1u8; 70_000])).await;
+        let f = close_of(&mut ws).await;
+        assert_eq!(u16::from(f.code), 1009, "h{v}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_link_dying_closes_browsers_1011_and_shutdown_1001() {
+    let gw = Gw::start("", &[Dev("plc", "")]).await;
+    let dev = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
+    let o = origin(&gw, "plc");
+    let (mut ws1, _) = gw
+        .ws(1, &host("plc"), "/ws", &[("origin", &o)])
+        .await
+        .unwrap();
+    let (mut ws2, _) = gw
+        .ws(2, &host("plc"), "/ws", &[("origin", &o)])
+        .await
+        .unwrap();
+    ws1.send(Message::text("a")).await.unwrap();
+    assert_eq!(next(&mut ws1).await, Message::text("a"));
+    let started = Instant::now();
+    drop(dev);
+    for ws in [&mut ws1, &mut ws2] {
+        let f = close_of(ws).await;
+        assert_eq!(u16::from(f.code), 1011);
+    }
+    // The link's keepalive bounds this; here the socket closes, so it is at once.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Gateway shutdown: GOAWAY to the device, then "going away" to browsers.
+    let _dev = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
+    let (mut ws, _) = gw
+        .ws(1, &host("plc"), "/ws", &[("origin", &o)])
+        .await
+        .unwrap();
+    ws.send(Message::text("b")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("b"));
+    let stop = tokio::spawn(gw.stop());
+    let f = close_of(&mut ws).await;
+    assert_eq!(u16::from(f.code), 1001);
+    stop.await.unwrap();
+}
