@@ -323,3 +323,83 @@ async fn the_link_dying_closes_browsers_1011_and_shutdown_1001() {
     assert_eq!(u16::from(f.code), 1001);
     stop.await.unwrap();
 }
+
+/// The firmware's own application (the sample controller, host build) behind
+/// the gateway: its page, its API, live readings over WebSocket and a command.
+#[tokio::test]
+async fn the_sample_controller_works_through_the_gateway() {
+    use common::harness::{body, empty, get, request};
+    let gw = Gw::start("", &[Dev("ctl", "")]).await;
+    let _dev = gw.controller("ctl", link_config(1024, 4096, 1024));
+    gw.wait_online("ctl").await;
+    let h = host("ctl");
+    let mut c = gw.client(2, &h).await;
+    let (p, b) = c
+        .fetch(
+            get(2, &h, "/")
+                .header("accept-encoding", "gzip")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(p.status, 200);
+    assert_eq!(p.headers["content-encoding"], "gzip");
+    assert_eq!(p.headers["content-length"], b.len().to_string().as_str());
+    let etag = p.headers["etag"].clone();
+    let (p, _) = c
+        .fetch(
+            get(2, &h, "/")
+                .header("if-none-match", etag)
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(p.status, 304);
+
+    let o = origin(&gw, "ctl");
+    let (mut ws, proto) = gw
+        .ws(
+            1,
+            &h,
+            "/ws",
+            &[("origin", &o), ("sec-websocket-protocol", "readings.v1")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(proto.as_deref(), Some("readings.v1"));
+    let started = Instant::now();
+    let mut readings = 0;
+    while readings < 5 {
+        if let Message::Text(t) = next(&mut ws).await {
+            assert!(t.as_str().contains("\"temp\""), "{t}");
+            readings += 1;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "10 Hz readings arrive"
+    );
+    // A command through the API changes what the readings say.
+    let (p, b) = c
+        .fetch(
+            request(2, "POST", &h, "/api/led/1")
+                .header("origin", &o)
+                .body(body("on"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(p.status, 200, "{}", String::from_utf8_lossy(&b));
+    assert!(
+        String::from_utf8_lossy(&b).contains("\"leds\":[0,1,0]"),
+        "{}",
+        String::from_utf8_lossy(&b)
+    );
+    loop {
+        if let Message::Text(t) = next(&mut ws).await
+            && t.as_str().contains("\"leds\":[0,1,0]")
+        {
+            break;
+        }
+    }
+    gw.stop().await;
+}
