@@ -6,7 +6,10 @@
 //! ## Layout
 //!
 //! - [`acceptor`]: a minimal gateway-role acceptor for device-side tests.
+//! - [`wss`]: WSS clients, latency percentiles, a process's RSS and CPU time.
+//! - `bin/wss-bench`: WSS echo and idle connections through the gateway.
 //! - `tests/`: the scenarios (`device_sim.rs`: the `device-sim` binary
 //!   against the acceptor).
 
 pub mod acceptor;
+pub mod wss;
