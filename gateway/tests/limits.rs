@@ -190,3 +190,40 @@ async fn a_new_device_session_replaces_the_old_one_under_traffic() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_device_that_allows_many_streams_gets_them() {
+    // The gateway's stream table starts small and grows to what the device announced.
+    let gw = Gw::start("", &[Dev("wide", "")]).await;
+    let _dev = gw
+        .echo_wide::<160>(
+            "wide",
+            common::harness::link_config_streams(1024, 65536, 1024, 160),
+        )
+        .await;
+    let o = format!("https://{}:{}", host("wide"), gw.addr.port());
+    let mut open = Vec::new();
+    for i in 0..150 {
+        let (ws, _) = gw
+            .ws(1, &host("wide"), "/ws", &[("origin", &o)])
+            .await
+            .unwrap_or_else(|r| panic!("WebSocket {i} refused: {r:?}"));
+        open.push(ws);
+    }
+    assert_eq!(open.len(), 150);
+    // One more than the device allows is refused as busy, at once.
+    for _ in 0..10 {
+        let (ws, _) = gw
+            .ws(1, &host("wide"), "/ws", &[("origin", &o)])
+            .await
+            .unwrap();
+        open.push(ws);
+    }
+    let refused = gw
+        .ws(1, &host("wide"), "/ws", &[("origin", &o)])
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    gw.stop().await;
+}

@@ -118,7 +118,10 @@ async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
     let buffers = Buffers {
         rx: vec![0u8; record],
         tx: vec![0u8; record],
-        streams: vec![StreamSlot::default(); usize::from(cfg.params.max_streams) + 64],
+        streams: vec![
+            StreamSlot::default();
+            usize::from(cfg.params.max_streams) + STREAM_TABLE_STEP
+        ],
     };
     let mut s: GwSession = match Session::gateway(
         cfg,
@@ -176,7 +179,7 @@ async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
                 Ok(n) if n > 0 => out_pos += n,
                 _ => { s.handle_eof(); out_pos = out_len; }
             },
-            c = cmd_rx.recv() => if let Some(c) = c { apply(&mut s, c, &cmd_tx, &mut streams) },
+            c = cmd_rx.recv() => if let Some(c) = c { apply(&mut s, c, &cmd_tx, &mut streams, cfg.params.max_streams) },
             _ = tokio::time::sleep(wait) => s.handle_timeout(clock()),
             () = shutting_down(&mut shutdown), if drain_deadline.is_none() => {
                 s.goaway(Code::SHUTDOWN);
@@ -337,13 +340,37 @@ fn handle_events(
     any
 }
 
-fn apply(s: &mut GwSession, cmd: Cmd, cmd_tx: &mpsc::UnboundedSender<Cmd>, streams: &mut Streams) {
+/// Slots added at a time when the table is full.
+const STREAM_TABLE_STEP: usize = 16;
+
+/// Makes room for one more gateway-opened stream if the device allows it:
+/// the table starts at the device-opened limit plus one step and grows up
+/// to what the device announced (its `max_streams`) on top of that, so an
+/// idle session stays small and a busy one is limited by the device alone.
+fn grow_stream_table(s: &mut GwSession, own_max_streams: u16) {
+    let limit = usize::from(s.peer_params().max_streams) + usize::from(own_max_streams);
+    let open = s.open_streams();
+    let table = s.stream_table_mut();
+    if open >= table.len() && table.len() < limit {
+        let n = (table.len() + STREAM_TABLE_STEP).min(limit);
+        table.resize(n, StreamSlot::default());
+    }
+}
+
+fn apply(
+    s: &mut GwSession,
+    cmd: Cmd,
+    cmd_tx: &mpsc::UnboundedSender<Cmd>,
+    streams: &mut Streams,
+    own_max_streams: u16,
+) {
     match cmd {
         Cmd::Open {
             kind,
             service,
             reply,
         } => {
+            grow_stream_table(s, own_max_streams);
             let r = match s.open(kind, service) {
                 Ok(id) => {
                     let (tx, rx) = mpsc::unbounded_channel();

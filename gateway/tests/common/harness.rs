@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use device_fw::budget::DeviceLinkMemory;
 use device_fw::host::{EchoApp, EchoOptions, SimApp, SimBoard, TokioPlatform};
-use device_fw::link::{Identity, LinkConfig, run};
+use device_fw::link::{Identity, LinkConfig, LinkMemory, run};
 use gateway::edge::listener::{self, SocketOptions};
 use gateway::server::{Listeners, Server};
 use http::{Request, Response};
@@ -143,6 +143,26 @@ impl Gw {
         Device { task }
     }
 
+    /// An echo device whose runtime has room for `STREAMS` streams.
+    pub async fn echo_wide<const STREAMS: usize>(&self, id: &str, link: LinkConfig) -> Device {
+        let identity = self.identity(id);
+        let addr = self.link;
+        let app = EchoApp::new(EchoOptions {
+            device_id: id.to_string(),
+            firmware: "echo-test".into(),
+            subprotocols: Vec::new(),
+            raw_service: false,
+        });
+        let task = tokio::spawn(async move {
+            let mut app = app;
+            let mut platform = TokioPlatform::new(addr);
+            let mut mem: Box<LinkMemory<1024, STREAMS>> = Box::new(LinkMemory::new());
+            run(&mut platform, &mut app, &identity, &link, &mut mem).await;
+        });
+        self.wait_online(id).await;
+        Device { task }
+    }
+
     /// An echo device with `link` settings; waits until it is online.
     pub async fn echo(&self, id: &str, subprotocols: &[&str], link: LinkConfig) -> EchoDevice {
         let app = EchoApp::new(EchoOptions {
@@ -241,11 +261,21 @@ pub struct EchoDevice {
 
 /// Link settings for tests: quick reconnects and the given windows.
 pub fn link_config(stream_window: u32, conn_window: u32, max_record: u16) -> LinkConfig {
+    link_config_streams(stream_window, conn_window, max_record, 8)
+}
+
+/// [`link_config`] with a stream limit.
+pub fn link_config_streams(
+    stream_window: u32,
+    conn_window: u32,
+    max_record: u16,
+    max_streams: u16,
+) -> LinkConfig {
     LinkConfig {
         session: Config {
             params: Params {
                 max_record,
-                max_streams: 8,
+                max_streams,
                 stream_window,
                 conn_window,
             },

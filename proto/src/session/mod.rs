@@ -439,6 +439,14 @@ where
         self.tx_cap() + RECORD_OVERHEAD
     }
 
+    /// The stream table, so an owner whose storage can grow (a `Vec` on
+    /// the gateway) adds slots when more streams are wanted than it holds.
+    /// Slots are found by scanning, so appending free slots
+    /// ([`StreamSlot::default`]) at any time is safe; removing slots is not.
+    pub fn stream_table_mut(&mut self) -> &mut S {
+        &mut self.streams
+    }
+
     /// Streams open now (both directions).
     pub fn open_streams(&self) -> usize {
         self.streams
