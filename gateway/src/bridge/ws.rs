@@ -222,7 +222,7 @@ enum Ctl {
 fn ws_config(bridge: &Bridge) -> WebSocketConfig {
     let w = &bridge.websocket;
     WebSocketConfig::default()
-        .read_buffer_size(8 * 1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(w.write_buffer + w.max_message)
         .max_message_size(Some(w.max_message))
