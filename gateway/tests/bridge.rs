@@ -224,3 +224,63 @@ async fn offline_unknown_and_slow_devices_get_explicit_errors() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn origin_and_headers_on_plain_http_follow_the_policy() {
+    let gw = Gw::start(
+        "",
+        &[Dev("plc", "allowed_origins = [\"https://ui.example.org\"]\n[device.normalize]\nhost = \"plc.local\"\nport = 8080\n")],
+    )
+    .await;
+    let dev = gw.echo("plc", &[], link_config(1024, 4096, 1024)).await;
+    let mut c = gw.client(1, &host("plc")).await;
+    // A foreign Origin on any request: 403, and the device never sees it.
+    let (p, _) = c
+        .fetch(
+            request(1, "POST", &host("plc"), "/echo")
+                .header("origin", "https://evil.example")
+                .body(body("x"))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(p.status, 403);
+    assert_eq!(p.headers["x-gateway-error"], "origin_foreign");
+    assert_eq!(dev.requests.load(Ordering::Relaxed), 0);
+    // The listed origin passes and is rewritten to the device's own.
+    let (p, b) = c
+        .fetch(
+            get(1, &host("plc"), "/head")
+                .header("origin", "https://ui.example.org")
+                .header("connection", "keep-alive, x-hop")
+                .header("x-hop", "dropped")
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("forwarded", "for=6.6.6.6")
+                .header("x-app", "kept")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(p.status, 200);
+    let h = head_headers(&b);
+    let names: Vec<&str> = h.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(h[0], ("host".into(), "plc.local:8080".into()));
+    assert!(
+        h.contains(&("origin".into(), "http://plc.local:8080".into())),
+        "{h:?}"
+    );
+    assert!(h.contains(&("x-app".into(), "kept".into())));
+    assert!(
+        h.contains(&("x-forwarded-for".into(), "127.0.0.1".into())),
+        "{h:?}"
+    );
+    for gone in ["connection", "x-hop", "keep-alive"] {
+        assert!(!names.contains(&gone), "{gone} reached the device: {h:?}");
+    }
+    assert_eq!(names.iter().filter(|n| **n == "forwarded").count(), 1);
+    // No Origin at all (a top-level navigation): allowed.
+    let (p, _) = c
+        .fetch(get(1, &host("plc"), "/head").body(empty()).unwrap())
+        .await;
+    assert_eq!(p.status, 200);
+    gw.stop().await;
+}

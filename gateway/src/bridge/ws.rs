@@ -25,8 +25,9 @@
 //! # Limits
 //!
 //! Message `max_message` (default 1 MiB), frame `max_frame` (64 KiB), at
-//! most `write_buffer` + one message queued toward a browser, an 8 KiB
-//! read buffer; permessage-deflate is never negotiated (no
+//! most `write_buffer` + one message queued toward a browser, a 2 KiB
+//! read buffer (tungstenite allocates it up front, so it counts for every
+//! idle socket); permessage-deflate is never negotiated (no
 //! `Sec-WebSocket-Extensions` in the answer).
 
 use std::sync::Arc;
