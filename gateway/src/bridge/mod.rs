@@ -35,15 +35,17 @@
 //! - `exchange`: the HTTP exchange over a device stream.
 //! - `ws`: the WebSocket bridge.
 //! - `page`: error pages and the landing page.
+//! - `stats`: the counters behind the metrics.
 
 mod exchange;
 pub mod page;
 pub mod route;
+mod stats;
 mod ws;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -60,6 +62,7 @@ use crate::normalize::{self, Incoming as Inbound};
 use page::ErrorPage;
 use route::{DeviceTarget, Route};
 
+pub use stats::BridgeStats;
 pub use ws::close_code_for_link_end;
 
 /// Response bodies: streamed from a device or made by the gateway.
@@ -72,31 +75,6 @@ pub struct Conn {
     pub client: SocketAddr,
     /// `https` or `http`.
     pub scheme: &'static str,
-}
-
-/// Counters for the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct BridgeStats {
-    /// Requests answered, by class: 1xx..5xx.
-    pub responses: [AtomicU64; 5],
-    /// Requests refused before the device was contacted.
-    pub refused: AtomicU64,
-    /// Device offline answers (502).
-    pub offline: AtomicU64,
-    /// Device timeouts (504).
-    pub timeouts: AtomicU64,
-    /// WebSocket sessions opened.
-    pub ws_opened: AtomicU64,
-    /// WebSocket sessions now open.
-    pub ws_open: AtomicU64,
-    /// WebSocket messages browser → device.
-    pub ws_messages_up: AtomicU64,
-    /// WebSocket messages device → browser.
-    pub ws_messages_down: AtomicU64,
-    /// Origin rejected.
-    pub origin_rejected: AtomicU64,
-    /// Subprotocol lists changed toward the device.
-    pub subprotocol_rewritten: AtomicU64,
 }
 
 /// The bridge: routing, checks and the exchanges.
@@ -152,6 +130,7 @@ impl Bridge {
         conn: Conn,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
+        let started = std::time::Instant::now();
         let headers = req.headers().clone();
         let resp = match self.dispatch(conn, req).await {
             Ok(r) => r,
@@ -163,8 +142,8 @@ impl Bridge {
                 e.render(&headers)
             }
         };
-        let class = usize::from(resp.status().as_u16() / 100).clamp(1, 5) - 1;
-        self.stats.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .observe_response(resp.status().as_u16(), started.elapsed());
         Ok(resp)
     }
 
