@@ -26,10 +26,17 @@ Examples:
   gateway keygen --out /var/lib/devlink-gateway/gateway.key
   gateway check-config /etc/devlink-gateway/gateway.toml
   gateway run --config /etc/devlink-gateway/gateway.toml
+  gateway device add --config /etc/devlink-gateway/gateway.toml plc-8 --gateway-address 203.0.113.7:7000
+  gateway completions bash > /etc/bash_completion.d/gateway
   gateway demo
 
+Signals (gateway run): SIGHUP reloads devices, policies and certificates
+without dropping sessions (a configuration with errors is refused and the
+old one stays); SIGTERM drains and exits 0.
+
 Logging: RUST_LOG selects what is logged (default \"info\"), e.g.
-RUST_LOG=gateway=debug,info; logs go to standard error.";
+RUST_LOG=gateway=debug,info; logs go to standard error. Secrets (keys,
+passwords, tokens, cookies) are never logged, at any level.";
 
 /// The devlink gateway: a TLS edge for browsers and the listener that
 /// devices behind NAT dial, bridging browsers to the devices' web UIs.
@@ -75,6 +82,59 @@ pub enum Command {
     /// key into the data directory, starts a simulated device in-process and
     /// prints the URL to open.
     Demo(DemoArgs),
+    /// Manage the devices file.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Print a shell completion script to standard output.
+    ///
+    /// bash: `gateway completions bash > /etc/bash_completion.d/gateway`;
+    /// zsh: `gateway completions zsh > "${fpath[1]}/_gateway"`;
+    /// fish: `gateway completions fish > ~/.config/fish/completions/gateway.fish`.
+    Completions(CompletionsArgs),
+}
+
+/// `gateway device ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Add a device with a fresh key and print its provisioning bundle.
+    ///
+    /// Appends a [[device]] entry (id, public key, optional name) to the
+    /// devices file that the configuration's `[gateway] devices_file`
+    /// names, checks the whole configuration again (the file is left as it
+    /// was if that fails), and prints what the device needs as TOML:
+    /// device_id, device_key (its private key: keep it secret),
+    /// gateway_public_key and gateway_address. With --provisioning-out it
+    /// also writes the firmware's binary provisioning block. A running
+    /// gateway admits the device after a reload (SIGHUP).
+    Add(DeviceAddArgs),
+}
+
+/// `gateway device add`.
+#[derive(Debug, Args)]
+pub struct DeviceAddArgs {
+    /// The configuration file (TOML).
+    #[arg(long, short, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The device id: a lower-case DNS label, its host name under the domain.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// A display name for the landing page (default: the id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the device dials (HOST:PORT). Default: the domain and the port of `[link] address`.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub gateway_address: Option<String>,
+    /// Also write the firmware's provisioning block here (needs an IPv4 --gateway-address).
+    #[arg(long, value_name = "FILE")]
+    pub provisioning_out: Option<PathBuf>,
+}
+
+/// `gateway completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// `gateway run`.
@@ -119,7 +179,7 @@ pub struct DemoArgs {
     /// Device link port on localhost.
     #[arg(long, value_name = "N", default_value_t = 7000)]
     pub link_port: u16,
-    /// Metrics port on localhost.
+    /// Metrics port on localhost (/metrics, /healthz, /readyz).
     #[arg(long, value_name = "N", default_value_t = 9100)]
     pub metrics_port: u16,
 }
@@ -163,6 +223,17 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Keygen(a) => keygen(a),
         Command::Run(a) => run(a),
         Command::Demo(a) => demo(a),
+        Command::Device(DeviceCommand::Add(a)) => device_add(a),
+        Command::Completions(a) => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                a.shell,
+                &mut Cli::command(),
+                "gateway",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -243,14 +314,51 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Serves `config` until SIGTERM.
+/// Serves `config` until SIGTERM, reloading on SIGHUP.
 async fn serve(config: Config) -> anyhow::Result<()> {
     let stop = stop_signal();
+    let mut reload = reload_signal();
     let server = Server::start(&config).await?;
-    stop.await;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            () = reload.next() => {
+                // Errors are logged (with FILE:LINE:COLUMN) and counted by reload().
+                let _ = server.reload();
+            }
+        }
+    }
     tracing::info!("stopping: draining connections and device sessions");
     server.shutdown().await;
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP, installed when made (before the gateway announces itself, so
+/// an early SIGHUP never kills it).
+struct ReloadSignal(#[cfg(unix)] Option<tokio::signal::unix::Signal>);
+
+fn reload_signal() -> ReloadSignal {
+    #[cfg(unix)]
+    {
+        ReloadSignal(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok())
+    }
+    #[cfg(not(unix))]
+    ReloadSignal()
+}
+
+impl ReloadSignal {
+    /// The next SIGHUP (never, where there are none).
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.0
+            && s.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn serve_demo(args: &DemoArgs) -> anyhow::Result<()> {
@@ -269,20 +377,22 @@ async fn serve_demo(args: &DemoArgs) -> anyhow::Result<()> {
     let stop = stop_signal();
     let https = bind(args.https_port, "browsers")?;
     let link = bind(args.link_port, "the device link")?;
+    let metrics = bind(args.metrics_port, "metrics")?;
     let ports = demo::Ports {
         https: https.local_addr()?.port(),
         link: link.local_addr()?.port(),
-        metrics: args.metrics_port,
+        metrics: metrics.local_addr()?.port(),
     };
     let files = demo::prepare(&args.data_dir, ports)?;
     let config = demo::load(&files)?;
-    let server = Server::start_on(
+    let mut server = Server::start_on(
         &config,
         Listeners {
             link,
             edges: vec![https],
         },
     )?;
+    server.serve_metrics(metrics);
     let device_key = keys::read_key_file(&files.device_key)?.into_inner();
     let device = tokio::spawn(demo::run_device(
         demo::dial_address(server.link_addr),
@@ -303,6 +413,133 @@ async fn serve_demo(args: &DemoArgs) -> anyhow::Result<()> {
     device.abort();
     server.shutdown().await;
     Ok(())
+}
+
+fn device_add(args: &DeviceAddArgs) -> anyhow::Result<()> {
+    let Some(config) = load_or_report(&args.config) else {
+        anyhow::bail!("no device added: the configuration has errors");
+    };
+    let Some(file) = config.gateway.devices_file.clone() else {
+        anyhow::bail!(
+            "{}: [gateway] names no devices_file; add devices_file = \"devices.toml\" and create that file",
+            args.config.display()
+        );
+    };
+    if !proto::wire::valid_device_id(&args.id) {
+        anyhow::bail!(
+            "device id {:?}: must be 1-63 of [a-z0-9-], not starting or ending with '-'",
+            args.id
+        );
+    }
+    if config.devices.get(&args.id).is_some() {
+        anyhow::bail!("device {} exists already", args.id);
+    }
+    let address = match &args.gateway_address {
+        Some(a) => a.clone(),
+        None => format!("{}:{}", config.gateway.domain, config.link.address.port()),
+    };
+    let block = match &args.provisioning_out {
+        Some(_) => Some(provisioning_target(&address)?),
+        None => None,
+    };
+
+    let key = keys::generate()?;
+    let public = key.public_key();
+    let before = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let mut entry = format!(
+        "\n[[device]]\nid = \"{}\"\npublic_key = \"{public}\"\n",
+        args.id
+    );
+    if let Some(name) = &args.name {
+        entry.push_str(&format!("name = {}\n", toml::Value::from(name.as_str())));
+    }
+    let sep = if before.is_empty() || before.ends_with('\n') {
+        ""
+    } else {
+        "\n"
+    };
+    write_replacing(&file, &format!("{before}{sep}{entry}"))?;
+    if let Err(errors) = config::load(&args.config) {
+        write_replacing(&file, &before)?;
+        anyhow::bail!("{errors}\nno device added: {} is unchanged", file.display());
+    }
+    if let (Some(out), Some(target)) = (&args.provisioning_out, block) {
+        write_provisioning(out, target, &args.id, &key, &config.gateway.public_key)?;
+    }
+    println!(
+        "# Provisioning bundle for {}: the device key is secret.",
+        args.id
+    );
+    println!(
+        "# {} now admits it; a running gateway after a reload (SIGHUP).",
+        file.display()
+    );
+    println!("device_id = \"{}\"", args.id);
+    println!("device_key = \"{}\"", keys::to_hex(&key.to_bytes()));
+    println!("device_public_key = \"{public}\"");
+    println!("gateway_public_key = \"{}\"", config.gateway.public_key);
+    println!("gateway_address = \"{address}\"");
+    if let Some(out) = &args.provisioning_out {
+        println!(
+            "# provisioning block written to {} (mode 0600)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// The IPv4 address and port a provisioning block can hold.
+fn provisioning_target(address: &str) -> anyhow::Result<std::net::SocketAddrV4> {
+    address.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--provisioning-out: the firmware dials an IPv4 address; give --gateway-address as a.b.c.d:port (not {address:?})"
+        )
+    })
+}
+
+fn write_provisioning(
+    out: &Path,
+    target: std::net::SocketAddrV4,
+    id: &str,
+    key: &proto::SecretKey,
+    gateway: &proto::PublicKey,
+) -> anyhow::Result<()> {
+    use device_fw::provision::{MAX_LEN, Provisioning};
+    let block = Provisioning {
+        gateway_ip: target.ip().octets(),
+        gateway_port: target.port(),
+        device_id: id,
+        device_key: key.to_bytes(),
+        gateway_key: gateway.0,
+    };
+    let mut buf = [0u8; MAX_LEN];
+    let n = block
+        .encode(&mut buf)
+        .map_err(|e| anyhow::anyhow!("provisioning block: {e}"))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(out)
+        .with_context(|| format!("cannot create {} (it must not exist)", out.display()))?;
+    std::io::Write::write_all(&mut f, &buf[..n])
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    buf.fill(0);
+    Ok(())
+}
+
+/// Replaces `file`'s content through a temporary file and a rename, keeping its mode.
+fn write_replacing(file: &Path, text: &str) -> anyhow::Result<()> {
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Ok(meta) = std::fs::metadata(file) {
+        let _ = std::fs::set_permissions(&tmp, meta.permissions());
+    }
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The SIGTERM handler is installed when

@@ -14,6 +14,7 @@
 //! - `cli`: command line and logging set-up.
 //! - `normalize`: Origin, subprotocols, Host, Forwarded and hop-by-hop rules toward devices.
 //! - `link`: the device link: listener, handshakes against the registry, one task per device session.
+//! - `metrics`: Prometheus exposition, `/healthz` and `/readyz` on their own listener.
 
 pub mod bridge;
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod edge;
 pub mod keys;
 pub mod link;
+pub mod metrics;
 pub mod normalize;
 pub mod server;
 

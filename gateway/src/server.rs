@@ -6,28 +6,46 @@
 //!         ─▶ Bridge (devices, routing, [http], [websocket])
 //!         ─▶ link listener ──▶ link::serve         (device sessions)
 //!         ─▶ [[listen]] × N ──▶ edge::http::serve  (browsers, TLS by SNI)
+//!         ─▶ [metrics] ──▶ metrics::endpoint::serve (/metrics, /healthz, /readyz)
 //! ```
 //!
+//! # Lifecycle
+//!
 //! [`Server::start`] binds everything first, so a port in use fails the
-//! start with the address named; [`Server::shutdown`] stops accepting,
-//! drains browsers (HTTP/2 GOAWAY) and devices (link GOAWAY) and returns
-//! once they are done or the drain deadline passed.
+//! start with the address named; once it returns, `/readyz` answers 200.
+//!
+//! [`Server::reload`] (SIGHUP) reads the configuration file again. If it
+//! has an error, nothing changes: the errors are logged with their
+//! FILE:LINE:COLUMN and `gateway_config_reloads_total{result="failure"}`
+//! rises. Otherwise the devices (registry and policies) and the
+//! certificates are swapped in place: established browser connections,
+//! WebSockets and device sessions carry on, except the sessions of devices
+//! that were removed or whose key changed (closed with `REVOKED`).
+//! Listener addresses, the gateway key and domain and the `[http]`,
+//! `[websocket]`, `[link]` and `[metrics]` settings take effect on restart;
+//! a reload that changes them says so in the log.
+//!
+//! [`Server::shutdown`] (SIGTERM) turns `/readyz` to 503, stops accepting,
+//! drains browsers (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in
+//! flight) and devices (link GOAWAY), and returns once they are done or
+//! `[gateway] drain_timeout` passed.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tracing::info;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{error, info, warn};
 
 use crate::bridge::Bridge;
-use crate::config::{Config, Devices, Upstream};
+use crate::config::{self, Config, ConfigErrors, Devices, Upstream};
 use crate::edge::http::{Edge, EdgeStats};
 use crate::edge::listener;
 use crate::edge::tls::{CertResolver, Tls};
 use crate::link::{DeviceInfo, Hub, LinkSettings, Registry};
+use crate::metrics::{self, Metrics};
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -73,9 +91,16 @@ pub struct Server {
     pub link_addr: SocketAddr,
     /// Certificates, replaceable at run time.
     pub certs: Arc<CertResolver>,
+    /// Metrics, readiness and reload outcomes.
+    pub metrics: Arc<Metrics>,
+    /// Where `/metrics` is served, once [`Server::serve_metrics`] ran.
+    pub metrics_addr: Option<SocketAddr>,
+    /// The configuration in use (for reloads).
+    config: Mutex<Config>,
     drain_timeout: Duration,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    metrics_task: Option<JoinHandle<()>>,
 }
 
 /// Sockets bound before the configuration is final (port 0 in tests and
@@ -112,18 +137,23 @@ impl Listeners {
 }
 
 impl Server {
-    /// Binds every listener and starts serving.
+    /// Binds every listener, metrics included, and starts serving.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let listeners = Listeners::bind(config)?;
-        Self::start_on(config, listeners)
+        let metrics = bind_metrics(config)?;
+        let mut server = Self::start_on(config, listeners)?;
+        server.serve_metrics(metrics);
+        Ok(server)
     }
 
     /// Starts serving on listeners bound by the caller (one per
-    /// `[[listen]]`, same order).
+    /// `[[listen]]`, same order). Metrics are collected but not served
+    /// until [`Server::serve_metrics`].
     pub fn start_on(config: &Config, listeners: Listeners) -> Result<Self, StartError> {
         let settings = LinkSettings {
             session: config.link.session,
             drain_timeout: config.gateway.drain_timeout,
+            max_device_series: config.metrics.max_device_series,
         };
         let hub = Hub::new(
             config.gateway.key.expose().clone(),
@@ -162,16 +192,19 @@ impl Server {
 
         tasks.spawn(crate::link::serve(listeners.link, hub.clone()));
         info!(address = %link_addr, "device link listening");
+        let domain: Arc<str> = config.gateway.domain.as_str().into();
         for (edge, addr) in edges.into_iter().zip(&edge_addrs) {
             info!(address = %addr, tls = edge.tls.is_some(), mss = edge.socket.mss, "browsers listening");
             tasks.spawn(crate::edge::http::serve(
                 edge,
                 bridge.clone(),
                 config.http,
+                domain.clone(),
                 edge_stats.clone(),
                 shutdown.subscribe(),
             ));
         }
+        let metrics = Metrics::new(bridge.clone(), edge_stats.clone());
         Ok(Self {
             bridge,
             hub,
@@ -179,15 +212,88 @@ impl Server {
             edge_addrs,
             link_addr,
             certs,
+            metrics,
+            metrics_addr: None,
+            config: Mutex::new(config.clone()),
             drain_timeout: config.gateway.drain_timeout,
             shutdown,
             tasks,
+            metrics_task: None,
         })
+    }
+
+    /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until the
+    /// end of [`Server::shutdown`] (so probes see the drain).
+    pub fn serve_metrics(&mut self, listener: TcpListener) {
+        let addr = listener.local_addr().ok();
+        if let Some(a) = addr {
+            info!(address = %a, "metrics listening");
+        }
+        self.metrics_addr = addr;
+        // Stopped by aborting the task, at the very end of the drain.
+        let (_, never) = watch::channel(false);
+        let task = tokio::spawn(metrics::endpoint::serve(
+            listener,
+            self.metrics.clone(),
+            never,
+        ));
+        if let Some(old) = self.metrics_task.replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Reads the configuration file again and applies what can change
+    /// while serving (see the module docs). On error nothing changes; the
+    /// errors are logged and returned.
+    pub fn reload(&self) -> Result<(), ConfigErrors> {
+        let path = self.lock_config().path.clone();
+        info!(file = %path.display(), "reloading the configuration");
+        match config::load(&path) {
+            Ok(new) => {
+                self.apply(new);
+                Ok(())
+            }
+            Err(errors) => {
+                self.metrics.reloads.failure();
+                for e in &errors.0 {
+                    error!("{e}");
+                }
+                error!(
+                    file = %path.display(),
+                    errors = errors.len(),
+                    "reload refused: the configuration has errors; still serving the previous one"
+                );
+                Err(errors)
+            }
+        }
+    }
+
+    /// Swaps in `new`'s devices, policies and certificates.
+    pub fn apply(&self, new: Config) {
+        let mut current = self.lock_config();
+        for what in restart_only(&current, &new) {
+            warn!("reload: {what} changed; it takes effect on restart");
+        }
+        self.hub.set_registry(registry(&new.devices));
+        self.bridge.set_devices(new.devices.clone());
+        self.certs.replace(new.tls.pairs());
+        self.metrics.reloads.success();
+        info!(
+            devices = new.devices.len(),
+            certificates = new.tls.certificates.len(),
+            "configuration reloaded"
+        );
+        *current = new;
+    }
+
+    fn lock_config(&self) -> std::sync::MutexGuard<'_, Config> {
+        self.config.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Stops accepting, drains browsers and devices, and returns once done
     /// or after the drain deadline.
     pub async fn shutdown(mut self) {
+        self.metrics.set_ready(false);
         let _ = self.shutdown.send(true);
         self.hub.shutdown();
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
@@ -206,5 +312,49 @@ impl Server {
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if let Some(task) = self.metrics_task.take() {
+            task.abort();
+        }
     }
+}
+
+/// Binds `[metrics] address`.
+pub fn bind_metrics(config: &Config) -> Result<TcpListener, StartError> {
+    let address = config.metrics.address;
+    listener::bind(address, &listener::SocketOptions::default()).map_err(|source| {
+        StartError::Bind {
+            what: "metrics",
+            address,
+            source,
+        }
+    })
+}
+
+/// Settings that differ between `old` and `new` and need a restart.
+fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    let mut check = |differs: bool, what| {
+        if differs {
+            changed.push(what);
+        }
+    };
+    check(old.listeners != new.listeners, "[[listen]]");
+    check(old.gateway.domain != new.gateway.domain, "[gateway] domain");
+    check(
+        old.gateway.public_key != new.gateway.public_key,
+        "the gateway key",
+    );
+    check(
+        old.gateway.drain_timeout != new.gateway.drain_timeout,
+        "[gateway] drain_timeout",
+    );
+    check(old.http != new.http, "[http]");
+    check(old.websocket != new.websocket, "[websocket]");
+    check(old.link != new.link, "[link]");
+    check(old.metrics != new.metrics, "[metrics]");
+    check(
+        old.tls.handshake_timeout != new.tls.handshake_timeout,
+        "[tls] handshake_timeout",
+    );
+    changed
 }

@@ -146,7 +146,11 @@ fn good_dir(name: &str) -> TempDir {
         false,
     )
     .unwrap();
-    dir.write("gateway.toml", GOOD);
+    // Metrics on a free port: `run` binds them, and tests run in parallel.
+    dir.write(
+        "gateway.toml",
+        &format!("{GOOD}\n[metrics]\naddress = \"127.0.0.1:0\"\n"),
+    );
     dir
 }
 
@@ -162,7 +166,7 @@ fn check_config_accepts_a_good_file_with_a_summary() {
     for needle in [
         "https 127.0.0.1:0 (mss 1360)",
         "device link on 127.0.0.1:0",
-        "metrics on 127.0.0.1:9100",
+        "metrics on 127.0.0.1:0",
         "1 device(s)",
         "gateway public key ",
     ] {
@@ -303,6 +307,8 @@ fn demo_serves_its_device_and_reuses_its_files() {
         "--https-port",
         "0",
         "--link-port",
+        "0",
+        "--metrics-port",
         "0",
     ];
     let gw = Running::start(&args);

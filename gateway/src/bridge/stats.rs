@@ -1,13 +1,24 @@
-//! The bridge's counters, read by the metrics endpoint.
+//! The bridge's counters, read by the metrics endpoint at scrape time.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use prometheus::{HistogramOpts, HistogramVec};
+
+/// Buckets of [`BridgeStats::durations`], in seconds: 1 ms to 30 s (the
+/// default response timeout).
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
 /// Counters for the metrics endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BridgeStats {
     /// Requests answered, by class: 1xx..5xx.
     pub responses: [AtomicU64; 5],
+    /// Time from the request to its response head, by class
+    /// (`gateway_http_request_duration_seconds{code}`).
+    pub durations: HistogramVec,
     /// Requests refused before the device was contacted.
     pub refused: AtomicU64,
     /// Device offline answers (502).
@@ -26,12 +37,69 @@ pub struct BridgeStats {
     pub origin_rejected: AtomicU64,
     /// Subprotocol lists changed toward the device.
     pub subprotocol_rewritten: AtomicU64,
+    /// Host headers replaced by the device's own name.
+    pub host_rewritten: AtomicU64,
+}
+
+impl Default for BridgeStats {
+    fn default() -> Self {
+        let opts = HistogramOpts::new(
+            "gateway_http_request_duration_seconds",
+            "Time from a browser's request to the response head, by status class.",
+        )
+        .buckets(DURATION_BUCKETS.to_vec());
+        let durations = HistogramVec::new(opts, &["code"])
+            .unwrap_or_else(|e| unreachable!("constant histogram options: {e}"));
+        for class in Self::CODE_CLASSES {
+            // Every class is exported from the start, zero until it happens.
+            let _ = durations.with_label_values(&[class]);
+        }
+        Self {
+            responses: Default::default(),
+            durations,
+            refused: AtomicU64::new(0),
+            offline: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            ws_opened: AtomicU64::new(0),
+            ws_open: AtomicU64::new(0),
+            ws_messages_up: AtomicU64::new(0),
+            ws_messages_down: AtomicU64::new(0),
+            origin_rejected: AtomicU64::new(0),
+            subprotocol_rewritten: AtomicU64::new(0),
+            host_rewritten: AtomicU64::new(0),
+        }
+    }
 }
 
 impl BridgeStats {
+    /// Status classes, as the `code` label of the request metrics, in the
+    /// order of [`BridgeStats::responses`].
+    pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
     /// Counts a response the bridge gave (status and time to the head).
-    pub fn observe_response(&self, status: u16, _elapsed: Duration) {
+    pub fn observe_response(&self, status: u16, elapsed: Duration) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[class].fetch_add(1, Ordering::Relaxed);
+        self.durations
+            .with_label_values(&[Self::CODE_CLASSES[class]])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_counted_and_timed_by_class() {
+        let s = BridgeStats::default();
+        s.observe_response(204, Duration::from_millis(3));
+        s.observe_response(502, Duration::from_millis(40));
+        s.observe_response(999, Duration::from_millis(1));
+        assert_eq!(s.responses[1].load(Ordering::Relaxed), 1);
+        assert_eq!(s.responses[4].load(Ordering::Relaxed), 2);
+        let h = s.durations.with_label_values(&["5xx"]);
+        assert_eq!(h.get_sample_count(), 2);
+        assert!((h.get_sample_sum() - 0.041).abs() < 1e-9);
     }
 }

@@ -23,24 +23,28 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use http::header;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::{Histogram, HistogramOpts};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tracing::{Instrument as _, debug, info_span, warn};
+use tracing::field::Empty;
+use tracing::{Instrument as _, Span, debug, info_span, warn};
 
 use super::listener::{SocketOptions, tune_accepted};
 use super::tls::{Tls, TlsError};
+use crate::bridge::route::{self, Route};
 use crate::bridge::{Bridge, Conn};
 use crate::config;
 
 /// Counters for the metrics endpoint.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EdgeStats {
     /// TCP connections accepted.
     pub accepted: AtomicU64,
@@ -54,6 +58,35 @@ pub struct EdgeStats {
     pub open: AtomicU64,
     /// Connections that ended with an HTTP error (header timeout, bad request, reset).
     pub http_errors: AtomicU64,
+    /// Durations of completed TLS handshakes
+    /// (`gateway_tls_handshake_duration_seconds`).
+    pub tls_handshake: Histogram,
+}
+
+/// Buckets of [`EdgeStats::tls_handshake`], in seconds: 1 ms to 10 s (the
+/// default handshake deadline).
+const HANDSHAKE_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Default for EdgeStats {
+    fn default() -> Self {
+        let opts = HistogramOpts::new(
+            "gateway_tls_handshake_duration_seconds",
+            "Durations of completed TLS handshakes with browsers.",
+        )
+        .buckets(HANDSHAKE_BUCKETS.to_vec());
+        Self {
+            accepted: AtomicU64::new(0),
+            tls_ok: AtomicU64::new(0),
+            tls_failed: AtomicU64::new(0),
+            tls_stalled: AtomicU64::new(0),
+            open: AtomicU64::new(0),
+            http_errors: AtomicU64::new(0),
+            tls_handshake: Histogram::with_opts(opts)
+                .unwrap_or_else(|e| unreachable!("constant histogram options: {e}")),
+        }
+    }
 }
 
 /// One browser-facing listener.
@@ -67,11 +100,18 @@ pub struct Edge {
 }
 
 /// Serves browsers on `edge` until `shutdown` turns true; connections then
-/// drain (see the module docs).
+/// drain (see the module docs). `domain` is the gateway's (to name the
+/// device of a request in logs).
+///
+/// Each connection runs in a `conn` span with the peer's address and,
+/// once a request names one, the device; each request in a `request`
+/// span with its method and device. Neither carries the path, query or
+/// any header value: those may hold credentials.
 pub async fn serve(
     edge: Edge,
     bridge: Arc<Bridge>,
     http: config::Http,
+    domain: Arc<str>,
     stats: Arc<EdgeStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -95,15 +135,33 @@ pub async fn serve(
         }
         let conn = Connection {
             bridge: bridge.clone(),
+            domain: domain.clone(),
             builder: builder.clone(),
             stats: stats.clone(),
             shutdown: shutdown.clone(),
             idle: http.idle_timeout,
         };
         let tls = tls.clone();
-        let span = info_span!("conn", %peer);
+        let span = info_span!("conn", %peer, device = Empty);
         tokio::spawn(conn.run(tcp, peer, tls).instrument(span));
     }
+}
+
+/// The span of one request: its method and, when the route names one, its
+/// device (also recorded on the connection's span, where the first wins).
+fn request_span<B>(domain: &str, req: &hyper::Request<B>, conn: &Span, named: &AtomicBool) -> Span {
+    let host = route::request_host(
+        req.uri(),
+        req.headers().get(header::HOST).map(|v| v.as_bytes()),
+    );
+    let span = info_span!("request", method = %req.method(), device = Empty);
+    if let Route::Device(target) = route::route(domain, host.as_deref(), req.uri()) {
+        span.record("device", target.device.as_str());
+        if !named.swap(true, Ordering::Relaxed) {
+            conn.record("device", target.device.as_str());
+        }
+    }
+    span
 }
 
 /// Resolves once the shutdown flag is set (never if the sender is gone).
@@ -134,6 +192,7 @@ fn builder(http: &config::Http) -> auto::Builder<TokioExecutor> {
 
 struct Connection {
     bridge: Arc<Bridge>,
+    domain: Arc<str>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     stats: Arc<EdgeStats>,
     shutdown: watch::Receiver<bool>,
@@ -142,11 +201,15 @@ struct Connection {
 
 impl Connection {
     async fn run(self, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<Tls>>) {
+        let started = std::time::Instant::now();
         self.stats.open.fetch_add(1, Ordering::Relaxed);
         match tls {
             Some(tls) => match tls.accept(tcp).await {
                 Ok(stream) => {
                     self.stats.tls_ok.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .tls_handshake
+                        .observe(started.elapsed().as_secs_f64());
                     self.http(stream, peer, "https").await;
                 }
                 Err(e @ TlsError::Stalled(_)) => {
@@ -168,18 +231,23 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let bridge = self.bridge.clone();
+        let domain = self.domain.clone();
         let conn_info = Conn { client, scheme };
         let active = Arc::new(AtomicU64::new(0));
         let counter = active.clone();
-        let service = service_fn(move |req| {
+        let conn_span = Span::current();
+        let named = Arc::new(AtomicBool::new(false));
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let bridge = bridge.clone();
             let active = counter.clone();
             active.fetch_add(1, Ordering::Relaxed);
+            let span = request_span(&domain, &req, &conn_span, &named);
             async move {
                 let r = bridge.handle(conn_info, req).await;
                 active.fetch_sub(1, Ordering::Relaxed);
                 r
             }
+            .instrument(span)
         });
         let conn = self
             .builder

@@ -1,4 +1,4 @@
-//! Who may connect, who is online, and the counters behind the metrics.
+//! Who may connect and who is online.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +9,7 @@ use proto::{Code, Config, PublicKey, ServiceKind, StreamKind};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::session::Cmd;
+use super::stats::HubStats;
 use super::stream::{DeviceStream, OpenError};
 
 /// A device the registry admits.
@@ -46,6 +47,11 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
     }
+
+    /// The ids of the devices.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.by_key.values().map(|d| d.id.as_str())
+    }
 }
 
 /// Link tunables.
@@ -55,6 +61,8 @@ pub struct LinkSettings {
     pub session: Config,
     /// How long a drain may take on shutdown before sessions are closed.
     pub drain_timeout: Duration,
+    /// Devices with their own metric series (`[metrics] max_device_series`). Default 1000.
+    pub max_device_series: usize,
 }
 
 impl Default for LinkSettings {
@@ -62,6 +70,7 @@ impl Default for LinkSettings {
         Self {
             session: Config::GATEWAY,
             drain_timeout: Duration::from_secs(10),
+            max_device_series: crate::config::settings::DEFAULT_MAX_DEVICE_SERIES,
         }
     }
 }
@@ -88,6 +97,8 @@ pub struct DeviceHandle {
     pub services: Arc<Vec<ServiceInfo>>,
     /// Largest request head the device accepts.
     pub max_head: u16,
+    /// The key the session authenticated with.
+    pub(crate) key: PublicKey,
     pub(crate) generation: u64,
     pub(crate) cmd: mpsc::UnboundedSender<Cmd>,
 }
@@ -123,23 +134,6 @@ impl DeviceHandle {
     }
 }
 
-/// Counters for the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct HubStats {
-    /// Handshakes that reached HELLO.
-    pub sessions_started: AtomicU64,
-    /// Handshakes refused: unknown or revoked key.
-    pub refused_unknown: AtomicU64,
-    /// Handshakes refused: timestamp not above the last accepted (replays).
-    pub refused_stale: AtomicU64,
-    /// Sessions that ended with a protocol error.
-    pub protocol_errors: AtomicU64,
-    /// Sessions that never finished their handshake (timeouts, garbage, bad keys).
-    pub handshake_failures: AtomicU64,
-    /// Sessions closed because a newer one of the same device took over.
-    pub replaced: AtomicU64,
-}
-
 /// The device link's shared state.
 pub struct Hub {
     pub(crate) key: proto::SecretKey,
@@ -157,6 +151,8 @@ pub struct Hub {
 impl Hub {
     /// A hub with the gateway's static key.
     pub fn new(key: proto::SecretKey, registry: Registry, settings: LinkSettings) -> Arc<Self> {
+        let stats = HubStats::new(settings.max_device_series);
+        stats.devices.set_devices(registry.ids());
         Arc::new(Self {
             key,
             settings,
@@ -164,7 +160,7 @@ impl Hub {
             floors: Mutex::new(HashMap::new()),
             online: RwLock::new(HashMap::new()),
             generation: AtomicU64::new(0),
-            stats: HubStats::default(),
+            stats,
             shutdown: watch::channel(false).0,
         })
     }
@@ -175,21 +171,29 @@ impl Hub {
     }
 
     /// Replaces the registry; devices no longer in it are disconnected
-    /// with `REVOKED`, as are devices whose key changed.
+    /// with `REVOKED`, as are devices whose key changed. Every other
+    /// session carries on.
     pub fn set_registry(&self, registry: Registry) {
         let registry = Arc::new(registry);
         *self.registry.write().unwrap_or_else(|e| e.into_inner()) = registry.clone();
+        self.stats.devices.set_devices(registry.ids());
         let online = self
             .online
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         for (id, handle) in online {
-            let still = registry.by_key.values().any(|d| d.id == id);
+            let still = registry.lookup(&handle.key).is_some_and(|d| d.id == id);
             if !still {
+                self.stats.revoked.fetch_add(1, Ordering::Relaxed);
                 handle.close(Code::REVOKED);
             }
         }
+    }
+
+    /// The number of devices the registry admits.
+    pub fn registered(&self) -> usize {
+        self.registry().len()
     }
 
     pub(crate) fn registry(&self) -> Arc<Registry> {

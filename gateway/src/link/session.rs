@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::hub::{DeviceHandle, Hub, ServiceInfo};
+use super::stats::DeviceCounters;
 use super::stream::{DeviceStream, OpenError, StreamClosed, StreamEvent};
 
 /// What the bridge asks of a session task.
@@ -53,6 +54,50 @@ struct Outgoing {
     end_msg: bool,
     fin: bool,
     done: oneshot::Sender<Result<(), StreamClosed>>,
+}
+
+/// Who the session is and what it has reported to the metrics.
+#[derive(Default)]
+struct State {
+    /// The device id, once its key was accepted.
+    authenticated: Option<String>,
+    /// The key it authenticated with.
+    key: Option<proto::PublicKey>,
+    /// Id and generation, once registered after HELLO.
+    registered: Option<(String, u64)>,
+    /// Why the session closed.
+    reason: Option<CloseReason>,
+    /// Where this device's counters go, once known.
+    counters: Option<Arc<DeviceCounters>>,
+    /// proto's counters as last added to the metrics.
+    reported: proto::Stats,
+}
+
+impl State {
+    /// Adds what proto counted since the last call to the metrics. Bytes
+    /// wait until the device is known, so its handshake counts too.
+    fn report(&mut self, s: &GwSession, hub: &Hub) {
+        let now = s.stats();
+        let last = self.reported;
+        let add = |c: &std::sync::atomic::AtomicU64, new: u64, old: u64| {
+            if new > old {
+                c.fetch_add(new - old, Ordering::Relaxed);
+            }
+        };
+        add(
+            &hub.stats.credit_stalls,
+            now.credit_stalls,
+            last.credit_stalls,
+        );
+        add(&hub.stats.stall_resets, now.stall_resets, last.stall_resets);
+        self.reported.credit_stalls = now.credit_stalls;
+        self.reported.stall_resets = now.stall_resets;
+        if let Some(c) = &self.counters {
+            add(&c.received_bytes, now.bytes_received, last.bytes_received);
+            add(&c.sent_bytes, now.bytes_sent, last.bytes_sent);
+            self.reported = now;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -138,15 +183,13 @@ async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
     };
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let mut streams = Streams::default();
-    let mut registered: Option<(String, u64)> = None;
-    let mut authenticated: Option<String> = None;
+    let mut state = State::default();
     let mut shutdown = hub.shutdown.subscribe();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     let mut out = vec![0u8; record];
     let (mut out_pos, mut out_len) = (0usize, 0usize);
     let mut input = vec![0u8; record];
     let (mut rd, mut wr) = sock.split();
-    let mut reason = None;
 
     loop {
         flush_outgoing(&mut s, &mut streams);
@@ -171,7 +214,7 @@ async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
                 loop {
                     let k = s.handle_input(clock(), &input[off..n]);
                     off += k;
-                    let any = handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut authenticated, &mut registered, &mut reason);
+                    let any = handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
                     if (off >= n || k == 0) && !any { break; }
                 }
             }
@@ -190,25 +233,19 @@ async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
                 drain_deadline = None;
             }
         }
-        handle_events(
-            &mut s,
-            &hub,
-            &cmd_tx,
-            &mut streams,
-            &mut authenticated,
-            &mut registered,
-            &mut reason,
-        );
+        handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
+        state.report(&s, &hub);
     }
     let _ = wr.flush().await;
+    state.report(&s, &hub);
     for (_, tx) in streams.to_bridge.drain() {
         let _ = tx.send(StreamEvent::Closed);
     }
-    let online = registered.is_some();
-    if let Some((id, generation)) = registered {
+    let online = state.registered.is_some();
+    if let Some((id, generation)) = state.registered {
         hub.unregister(&id, generation);
     }
-    match (reason, online) {
+    match (state.reason, online) {
         (Some(CloseReason::Local(Code::REFUSED)), false) => {}
         (Some(r), false) => {
             hub.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -228,9 +265,7 @@ fn handle_events(
     hub: &Hub,
     cmd_tx: &mpsc::UnboundedSender<Cmd>,
     streams: &mut Streams,
-    authenticated: &mut Option<String>,
-    registered: &mut Option<(String, u64)>,
-    reason: &mut Option<CloseReason>,
+    state: &mut State,
 ) -> bool {
     let mut any = false;
     while let Some(ev) = s.poll_event() {
@@ -252,7 +287,9 @@ fn handle_events(
                         }
                         Ok(()) => {
                             if s.accept().is_ok() {
-                                *authenticated = Some(info.id.clone());
+                                tracing::Span::current().record("device", info.id.as_str());
+                                state.authenticated = Some(info.id.clone());
+                                state.key = Some(device);
                             }
                         }
                     },
@@ -260,7 +297,7 @@ fn handle_events(
             }
             Event::Hello(h) => {
                 // The HELLO names the device, but the key decides who it is.
-                let Some(id) = authenticated.clone() else {
+                let (Some(id), Some(key)) = (state.authenticated.clone(), state.key) else {
                     continue;
                 };
                 if h.device_id != id {
@@ -284,13 +321,16 @@ fn handle_events(
                     firmware,
                     services: Arc::new(services),
                     max_head,
+                    key,
                     generation: 0,
                     cmd: cmd_tx.clone(),
                 };
                 let generation = hub.register(handle);
-                tracing::Span::current().record("device", claimed.as_str());
+                let counters = hub.stats.devices.counters(&claimed);
+                counters.connects.fetch_add(1, Ordering::Relaxed);
+                state.counters = Some(counters);
                 info!("device online");
-                *registered = Some((claimed, generation));
+                state.registered = Some((claimed, generation));
             }
             Event::Opened { stream, .. } => {
                 // Device-initiated streams have no consumer at the gateway yet.
@@ -329,10 +369,14 @@ fn handle_events(
                     let _ = o.done.send(Err(StreamClosed));
                 }
             }
-            Event::Closed(r) => *reason = Some(r),
+            Event::Closed(r) => state.reason = Some(r),
+            Event::Rtt(rtt) => {
+                if let Some(c) = &state.counters {
+                    hub.stats.observe_rtt(c, rtt);
+                }
+            }
             Event::Refused { .. }
             | Event::Credit { .. }
-            | Event::Rtt(_)
             | Event::GoAway { .. }
             | Event::Connected { .. } => {}
         }

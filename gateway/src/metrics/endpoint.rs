@@ -1,0 +1,107 @@
+//! The metrics listener: plain HTTP/1.1, for Prometheus and health checks.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/metrics` | 200, the exposition in text format 0.0.4 |
+//! | `/healthz` | 200 `ok` while the process serves |
+//! | `/readyz` | 200 `ready` once the listeners are bound; 503 `draining` from SIGTERM on |
+//! | other | 404 |
+//!
+//! Only GET and HEAD; request heads must arrive within 10 s. Bind it to
+//! loopback (the default) or a private interface: it needs no secret and
+//! tells anyone who can reach it which devices exist.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{Instrument as _, debug, info_span, warn};
+
+use super::Metrics;
+
+/// The content type of the text exposition format.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `stop` turns true.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!("metrics accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopping(&mut stop) => return,
+        };
+        let metrics = metrics.clone();
+        let service = service_fn(move |req| {
+            let metrics = metrics.clone();
+            async move { Ok::<_, Infallible>(answer(&metrics, &req)) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(tcp), service);
+        tokio::spawn(
+            async move {
+                if let Err(e) = conn.await {
+                    debug!("metrics connection: {e}");
+                }
+            }
+            .instrument(info_span!("metrics_conn", %peer)),
+        );
+    }
+}
+
+/// Resolves once the flag is set (never if the sender is gone).
+async fn stopping(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn answer<B>(metrics: &Metrics, req: &Request<B>) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, body: &'static str| {
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD\n");
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(TEXT_FORMAT),
+            );
+            r
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" if metrics.is_ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: /metrics, /healthz, /readyz\n",
+        ),
+    }
+}

@@ -1,0 +1,290 @@
+//! The metrics listener: what `/metrics` says after real traffic, health
+//! and readiness, the per-device series cap, `promtool check metrics` on
+//! the output, and a real Prometheus server scraping a gateway.
+
+mod common;
+mod external;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::TempDir;
+use common::harness::{Dev, Gw, empty, get, link_config};
+use gateway::metrics::collect::FAMILIES;
+
+/// Serves the gateway's metrics on a free loopback port.
+fn serve_metrics(gw: &mut Gw) -> SocketAddr {
+    let l = gateway::edge::listener::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &gateway::edge::listener::SocketOptions::default(),
+    )
+    .unwrap();
+    let server = gw.server.as_mut().unwrap();
+    server.serve_metrics(l);
+    server.metrics_addr.unwrap()
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = external::get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    external::sample(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exposition_counts_what_happened() {
+    let mut gw = Gw::start("", &[Dev("plc-1", ""), Dev("plc-2", "")]).await;
+    let metrics = serve_metrics(&mut gw);
+    let _d = gw.echo("plc-1", &[], link_config(4096, 8192, 1024)).await;
+
+    let mut c = gw.client(2, "plc-1.gw.example.com").await;
+    let (head, _) = c
+        .fetch(
+            get(2, "plc-1.gw.example.com", "/status/204")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(head.status, 204);
+    let (head, _) = c
+        .fetch(get(2, "plc-2.gw.example.com", "/").body(empty()).unwrap())
+        .await;
+    assert_eq!(head.status, 502, "plc-2 is offline");
+
+    let text = scrape(metrics).await;
+    // Every family is there; RTT only once a ping came back.
+    for f in FAMILIES
+        .iter()
+        .filter(|f| f.name != "gateway_device_rtt_seconds")
+    {
+        assert!(
+            text.contains(&format!("# TYPE {} ", f.name)),
+            "{} missing",
+            f.name
+        );
+    }
+    assert_eq!(value(&text, "gateway_devices_registered"), 2.0);
+    assert_eq!(value(&text, "gateway_devices_online"), 1.0);
+    assert_eq!(value(&text, "gateway_device_online{device=\"plc-1\"}"), 1.0);
+    assert_eq!(value(&text, "gateway_device_online{device=\"plc-2\"}"), 0.0);
+    assert_eq!(
+        value(&text, "gateway_device_connects_total{device=\"plc-1\"}"),
+        1.0
+    );
+    assert!(
+        value(
+            &text,
+            "gateway_device_received_bytes_total{device=\"plc-1\"}"
+        ) > 100.0
+    );
+    assert!(value(&text, "gateway_device_sent_bytes_total{device=\"plc-1\"}") > 100.0);
+    assert_eq!(
+        value(&text, "gateway_http_requests_total{code=\"2xx\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "gateway_http_requests_total{code=\"5xx\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "gateway_http_device_errors_total{reason=\"offline\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "gateway_http_request_duration_seconds_count{code=\"2xx\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "gateway_tls_handshakes_total{result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&text, "gateway_tls_handshake_duration_seconds_count"),
+        1.0
+    );
+    assert_eq!(value(&text, "gateway_link_connects_total"), 1.0);
+    assert_eq!(value(&text, "gateway_config_last_reload_successful"), 1.0);
+    assert!(value(&text, "process_resident_memory_bytes") > 0.0);
+    assert!(text.contains(&format!(
+        "gateway_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+
+    assert_eq!(external::get(metrics, "/healthz").await.0, 200);
+    assert_eq!(external::get(metrics, "/readyz").await.0, 200);
+    assert_eq!(external::get(metrics, "/other").await.0, 404);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtt_is_measured_per_device() {
+    // The gateway pings on its own keepalive: make it quick. (The
+    // harness's sections follow its [link] address line.)
+    let mut gw = Gw::start(
+        "keepalive = \"100ms\"\nidle_timeout = \"5s\"\n",
+        &[Dev("plc-1", "")],
+    )
+    .await;
+    let metrics = serve_metrics(&mut gw);
+    let _d = gw.echo("plc-1", &[], link_config(4096, 8192, 1024)).await;
+    let series = "gateway_device_rtt_seconds{device=\"plc-1\"}";
+    for _ in 0..100 {
+        let text = scrape(metrics).await;
+        if let Some(rtt) = external::sample(&text, series) {
+            assert!(rtt > 0.0 && rtt < 1.0, "{rtt}");
+            assert!(value(&text, "gateway_link_rtt_seconds_count") >= 1.0);
+            gw.stop().await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no RTT within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_device_series_are_capped() {
+    let mut gw = Gw::start(
+        "[metrics]\nmax_device_series = 1\n",
+        &[Dev("a-1", ""), Dev("b-2", ""), Dev("c-3", "")],
+    )
+    .await;
+    let metrics = serve_metrics(&mut gw);
+    let _a = gw.echo("a-1", &[], link_config(4096, 8192, 1024)).await;
+    let _b = gw.echo("b-2", &[], link_config(4096, 8192, 1024)).await;
+    let _c = gw.echo("c-3", &[], link_config(4096, 8192, 1024)).await;
+    let text = scrape(metrics).await;
+    let online: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("gateway_device_online{"))
+        .collect();
+    assert_eq!(online, ["gateway_device_online{device=\"a-1\"} 1"]);
+    assert_eq!(
+        value(&text, "gateway_device_connects_total{device=\"_other\"}"),
+        2.0
+    );
+    assert_eq!(value(&text, "gateway_device_series_aggregated"), 2.0);
+    assert_eq!(value(&text, "gateway_devices_online"), 3.0);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_accepts_the_exposition() {
+    let Some(promtool) = external::program("promtool") else {
+        return;
+    };
+    let mut gw = Gw::start("", &[Dev("plc-1", ""), Dev("plc-2", "")]).await;
+    let metrics = serve_metrics(&mut gw);
+    let _d = gw.echo("plc-1", &[], link_config(4096, 8192, 1024)).await;
+    let mut c = gw.client(1, "plc-1.gw.example.com").await;
+    let (head, _) = c
+        .fetch(
+            get(1, "plc-1.gw.example.com", "/status/200")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(head.status, 200);
+    let text = scrape(metrics).await;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    gw.stop().await;
+}
+
+/// A Prometheus server, killed (by its id) when dropped.
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_counts_the_devices_online() {
+    let Some(prometheus) = external::program("prometheus") else {
+        return;
+    };
+    let mut gw = Gw::start("", &[Dev("plc-1", ""), Dev("plc-2", ""), Dev("plc-3", "")]).await;
+    let metrics = serve_metrics(&mut gw);
+    let _a = gw.echo("plc-1", &[], link_config(4096, 8192, 1024)).await;
+    let _b = gw.echo("plc-2", &[], link_config(4096, 8192, 1024)).await;
+
+    let dir = TempDir::new("prometheus");
+    let config = dir.write(
+        "prometheus.yml",
+        &format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{metrics}']\n"
+        ),
+    );
+    let port = external::free_port();
+    let web: SocketAddr = ([127, 0, 0, 1], port).into();
+    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let _server = Prometheus(
+        Command::new(prometheus)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+
+    // Per-device online states, summed by Prometheus: 2 of the 3 devices.
+    let query = "/api/v1/query?query=sum%28gateway_device_online%29";
+    let mut last = String::new();
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if tokio::net::TcpStream::connect(web).await.is_err() {
+            continue;
+        }
+        let (status, body) = external::get(web, query).await;
+        last = format!("{status} {body}");
+        // {"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[<t>,"2"]}]}}
+        if status == 200
+            && body.contains("\"result\":[{\"metric\":{},\"value\":[")
+            && body.contains(",\"2\"]")
+        {
+            let (_, up) = external::get(web, "/api/v1/query?query=up").await;
+            assert!(up.contains(",\"1\"]"), "{up}");
+            gw.stop().await;
+            return;
+        }
+    }
+    let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
+    panic!("Prometheus never saw 2 devices online; last answer: {last}\nlog:\n{log}");
+}
