@@ -27,7 +27,13 @@ pub fn program(name: &str) -> Option<PathBuf> {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg}; CI=true, so this is a failure");
         }
-        eprintln!("\n!!!!!!!!!!\nSKIPPED: {msg}\n!!!!!!!!!!\n");
+        // Straight to stderr: the test harness does not capture this, so
+        // the skip shows even when the test passes.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!!!!!!!!\nSKIPPED: {msg}\n!!!!!!!!!!\n"
+        );
     }
     found
 }
