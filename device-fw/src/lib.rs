@@ -19,6 +19,8 @@
 //! - [`provision`]: the provisioning block in flash (gateway address and keys).
 //! - [`link`]: the runtime that keeps one `proto` session alive and
 //!   dispatches its streams to an [`link::App`].
+//! - [`selftest`]: `proto` checks without std, run on the emulated
+//!   Cortex-M33 (QEMU mps2-an505) and on the host.
 
 #![cfg_attr(not(any(test, feature = "host")), no_std)]
 #![forbid(unsafe_code)]
@@ -29,5 +31,6 @@ pub mod budget;
 pub mod host;
 pub mod link;
 pub mod provision;
+pub mod selftest;
 
 pub use proto;
