@@ -91,6 +91,17 @@ pub enum Command {
     /// zsh: `gateway completions zsh > "${fpath[1]}/_gateway"`;
     /// fish: `gateway completions fish > ~/.config/fish/completions/gateway.fish`.
     Completions(CompletionsArgs),
+    /// Hash a password for a `[[user]]` entry (argon2id).
+    ///
+    /// Reads the password from the first line of standard input and prints
+    /// `password_hash = "$argon2id$..."`, e.g.
+    /// `read -rs PW; printf '%s\n' "$PW" | gateway hash-password`.
+    HashPassword,
+    /// Make an API token for a `[[token]]` entry.
+    ///
+    /// Prints the token (give it to the script; it is not stored) and the
+    /// `sha256 = "..."` line for the configuration.
+    Token,
 }
 
 /// `gateway device ...`.
@@ -224,6 +235,17 @@ pub fn execute(cli: Cli) -> ExitCode {
         Command::Run(a) => run(a),
         Command::Demo(a) => demo(a),
         Command::Device(DeviceCommand::Add(a)) => device_add(a),
+        Command::HashPassword => hash_password(),
+        Command::Token => {
+            let token = crate::auth::password::new_token();
+            println!("# give this token to the script; the gateway keeps only its hash");
+            println!("token = \"{token}\"");
+            println!(
+                "sha256 = \"{}\"",
+                crate::auth::password::token_digest(&token)
+            );
+            Ok(())
+        }
         Command::Completions(a) => {
             use clap::CommandFactory as _;
             clap_complete::generate(
@@ -269,6 +291,25 @@ fn check_config(file: &Path) -> ExitCode {
         }
         None => ExitCode::from(EXIT_FAILURE),
     }
+}
+
+fn hash_password() -> anyhow::Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from standard input")?;
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        anyhow::bail!("no password on standard input");
+    }
+    if password.len() < 8 {
+        anyhow::bail!("the password is shorter than 8 characters");
+    }
+    println!(
+        "password_hash = \"{}\"",
+        crate::auth::password::hash(password)
+    );
+    Ok(())
 }
 
 fn keygen(args: &KeygenArgs) -> anyhow::Result<()> {

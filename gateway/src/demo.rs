@@ -47,7 +47,14 @@ pub struct DemoFiles {
     pub ca: PathBuf,
     /// The device's key file.
     pub device_key: PathBuf,
+    /// The demo user's password, new on every start (only its hash is written).
+    pub password: String,
+    /// An API token for the demo device, new on every start.
+    pub token: String,
 }
+
+/// The demo user's name.
+pub const USER: &str = "demo";
 
 fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
@@ -100,6 +107,10 @@ pub fn prepare(dir: &Path, ports: Ports) -> anyhow::Result<DemoFiles> {
         fs::write(&ca, &made.ca_pem).with_context(|| format!("cannot write {}", ca.display()))?;
     }
     let config = dir.join("gateway.toml");
+    let mut raw = [0u8; 12];
+    getrandom::fill(&mut raw).context("no randomness for the demo password")?;
+    let password = crate::auth::password::base64url(&raw);
+    let token = crate::auth::password::new_token();
     let text = format!(
         r#"# Written by `gateway demo` on every start; edit a copy for `gateway run`.
 [gateway]
@@ -123,12 +134,24 @@ address = "127.0.0.1:{metrics}"
 id = "{DEVICE_ID}"
 name = "Demo controller (simulated)"
 public_key = "{public}"
-public = true
+
+# The password is printed at start and changes on every start.
+[[user]]
+name = "{USER}"
+password_hash = "{hash}"
+devices = ["*"]
+
+[[token]]
+name = "demo-script"
+sha256 = "{digest}"
+devices = ["{DEVICE_ID}"]
 "#,
         https = ports.https,
         link = ports.link,
         metrics = ports.metrics,
         public = device.public_key(),
+        hash = crate::auth::password::hash(&password),
+        digest = crate::auth::password::token_digest(&token),
     );
     fs::write(&config, text).with_context(|| format!("cannot write {}", config.display()))?;
     Ok(DemoFiles {
@@ -136,6 +159,8 @@ public = true
         config,
         ca,
         device_key,
+        password,
+        token,
     })
 }
 
@@ -193,12 +218,13 @@ pub fn banner(
         "\
 gateway demo is running.
 
-  Open:        https://{DEVICE_ID}.localhost:{port}/      (host-based routing)
-               https://localhost:{port}/d/{DEVICE_ID}/    (path-based routing)
-  Login:       none: the demo device is public (access control comes with users)
+  Open:        https://localhost:{port}/d/{DEVICE_ID}/    (path-based routing)
+               https://{DEVICE_ID}.localhost:{port}/      (host-based routing)
+  Login:       user {USER}, password {password}   (new on every start)
   Trust:       the local CA {ca}
-               curl --cacert {ca} https://localhost:{port}/d/{DEVICE_ID}/api/status
                browsers: import it as an authority, or accept the warning once
+  Scripts:     curl --cacert {ca} -H 'Authorization: Bearer {token}' \\
+                    https://localhost:{port}/d/{DEVICE_ID}/api/status
   Device link: {link} (gateway key {gateway}); more devices:
                device-sim --gateway {link} --gateway-key {gateway} ...
   Files:       {dir} (configuration: {config})
@@ -206,6 +232,8 @@ gateway demo is running.
 Stop with Ctrl-C.
 ",
         ca = files.ca.display(),
+        password = files.password,
+        token = files.token,
         dir = files.dir.display(),
         config = files.config.display(),
     )

@@ -7,6 +7,7 @@
 //!
 //! - `config`: the TOML configuration, typed once at load.
 //! - `edge`: listeners (MSS clamp), TLS, the HTTP accept loop.
+//! - `auth`: users, sessions, tokens, login, audit.
 //! - `bridge`: routing, checks, and HTTP and WebSocket exchanges with devices.
 //! - `server`: a configuration turned into listeners and tasks.
 //! - `demo`: `gateway demo`: generated CA, key and configuration, and an in-process device.
@@ -16,6 +17,7 @@
 //! - `link`: the device link: listener, handshakes against the registry, one task per device session.
 //! - `metrics`: Prometheus exposition, `/healthz` and `/readyz` on their own listener.
 
+pub mod auth;
 pub mod bridge;
 pub mod cli;
 pub mod config;

@@ -167,6 +167,7 @@ impl Server {
             config.http,
             config.websocket,
         );
+        bridge.set_access(config.auth.clone(), config.gateway_origins());
         let certs = CertResolver::new(config.tls.pairs());
         let (shutdown, _) = watch::channel(false);
         let edge_stats = Arc::new(EdgeStats::default());
@@ -276,6 +277,12 @@ impl Server {
         }
         self.hub.set_registry(registry(&new.devices));
         self.bridge.set_devices(new.devices.clone());
+        let closed = self
+            .bridge
+            .set_access(new.auth.clone(), new.gateway_origins());
+        if closed > 0 {
+            info!(closed, "reload: closed WebSockets whose access was revoked");
+        }
         self.certs.replace(new.tls.pairs());
         self.metrics.reloads.success();
         info!(

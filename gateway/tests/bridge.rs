@@ -165,12 +165,13 @@ async fn offline_unknown_and_slow_devices_get_explicit_errors() {
         .await;
     assert_eq!(p.status, 502);
     assert!(String::from_utf8_lossy(&b).contains("is offline"));
-    // Unknown device, unknown host.
+    // Unknown device (without a login, the same answer as any private
+    // device: nobody learns which ids exist), unknown host.
     let (p, _) = c
         .fetch(get(2, DOMAIN, "/d/nobody/").body(empty()).unwrap())
         .await;
-    assert_eq!(p.status, 404);
-    assert_eq!(p.headers["x-gateway-error"], "unknown_device");
+    assert_eq!(p.status, 401);
+    assert_eq!(p.headers["x-gateway-error"], "login_required");
     let mut other = gw.client(1, DOMAIN).await;
     let (p, _) = other
         .fetch(get(1, "elsewhere.example.org", "/").body(empty()).unwrap())

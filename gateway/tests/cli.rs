@@ -313,8 +313,22 @@ fn demo_serves_its_device_and_reuses_its_files() {
     ];
     let gw = Running::start(&args);
     let open = gw.wait_line("Open:");
-    assert!(open.contains("https://demo.localhost:"), "{open}");
+    assert!(
+        open.contains("https://localhost:") && open.contains("/d/demo/"),
+        "{open}"
+    );
+    let login = gw.wait_line("Login:");
+    let password = login
+        .split("password ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap();
+    assert!(password.len() >= 16, "{login}");
     gw.wait_line("device online");
+    // Only the hash of the password is written down.
+    let written = std::fs::read_to_string(data.join("gateway.toml")).unwrap();
+    assert!(!written.contains(password));
+    assert!(written.contains("$argon2id$"));
     for f in [
         "ca.pem",
         "cert.pem",
@@ -401,4 +415,50 @@ fn the_example_configuration_is_accepted() {
     assert_eq!(hvac.policy.host, "hvac-2.local");
     assert_eq!(hvac.services.len(), 2);
     assert!(c.devices.get("pump-12").is_some());
+}
+
+#[test]
+fn hash_password_and_token_print_configuration_lines() {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"long enough secret\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let hash = toml_value(&stdout, "password_hash");
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(gateway::auth::password::verify(
+        Some(&hash),
+        "long enough secret"
+    ));
+    assert!(!stdout.contains("long enough secret"));
+
+    let mut child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"short\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("shorter than 8"));
+
+    let out = gateway(&["token"]);
+    assert!(out.status.success());
+    let stdout = text(&out.stdout);
+    let token = toml_value(&stdout, "token");
+    let digest = toml_value(&stdout, "sha256");
+    assert_eq!(gateway::auth::password::token_digest(&token), digest);
 }

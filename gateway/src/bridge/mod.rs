@@ -31,6 +31,7 @@
 //!
 //! ## Layout
 //!
+//! - `gate`: access control: login pages, principals, live WebSockets.
 //! - `route`: host- and path-based routing.
 //! - `exchange`: the HTTP exchange over a device stream.
 //! - `ws`: the WebSocket bridge.
@@ -38,6 +39,7 @@
 //! - `stats`: the counters behind the metrics.
 
 mod exchange;
+mod gate;
 pub mod page;
 pub mod route;
 mod stats;
@@ -56,9 +58,13 @@ use hyper::body::Incoming;
 use proto::{ServiceKind, StreamKind};
 use tracing::{debug, info};
 
+use crate::auth::Access;
+use crate::auth::login::Site;
+use crate::config::auth::Auth;
 use crate::config::{self, Device, Devices, ServiceChoice, Upstream};
 use crate::link::{DeviceHandle, Hub, OpenError};
 use crate::normalize::{self, Incoming as Inbound};
+use gate::LiveSockets;
 use page::ErrorPage;
 use route::{DeviceTarget, Route};
 
@@ -81,6 +87,9 @@ pub struct Conn {
 pub struct Bridge {
     hub: Arc<Hub>,
     devices: RwLock<Arc<Devices>>,
+    access: Access,
+    site: RwLock<Site>,
+    live: LiveSockets,
     domain: String,
     http: config::Http,
     websocket: config::WebSocket,
@@ -97,9 +106,16 @@ impl Bridge {
         http: config::Http,
         websocket: config::WebSocket,
     ) -> Arc<Self> {
+        let site = Site {
+            origins: vec![format!("https://{domain}")],
+            domain: domain.clone(),
+        };
         Arc::new(Self {
             hub,
             devices: RwLock::new(Arc::new(devices)),
+            access: Access::new(Auth::default()),
+            site: RwLock::new(site),
+            live: LiveSockets::default(),
             domain,
             http,
             websocket,
@@ -112,9 +128,32 @@ impl Bridge {
         &self.hub
     }
 
-    /// Replaces the device configuration (reload).
+    /// Replaces the device configuration (reload); WebSockets to devices
+    /// their principal may no longer open are closed.
     pub fn set_devices(&self, devices: Devices) {
         *self.devices.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(devices);
+        self.recheck_live();
+    }
+
+    /// Sets users, tokens and session settings, and where the gateway is
+    /// (`origins`: its own `scheme://domain[:port]`). On reload, sessions of
+    /// removed users end and WebSockets no longer allowed close (1008);
+    /// returns how many closed.
+    pub fn set_access(&self, auth: Auth, origins: Vec<String>) -> usize {
+        self.access.set(auth);
+        let mut site = self.site.write().unwrap_or_else(|e| e.into_inner());
+        site.origins = origins;
+        drop(site);
+        self.recheck_live()
+    }
+
+    /// Users, sessions and tokens.
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    fn site(&self) -> Site {
+        self.site.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn devices(&self) -> Arc<Devices> {
@@ -159,17 +198,7 @@ impl Bridge {
         match route::route(&self.domain, host.as_deref(), req.uri()) {
             Route::Device(target) => self.device_request(conn, req, target).await,
             Route::Redirect(location) => Ok(page::redirect(&location)),
-            Route::Gateway { path } if path == "/" && req.method() == Method::GET => {
-                Ok(self.landing())
-            }
-            Route::Gateway { path } => Err(ErrorPage::new(
-                404,
-                "not_found",
-                format!(
-                    "Nothing here: {path}. Devices are at /d/<device>/ or <device>.{}.",
-                    self.domain
-                ),
-            )),
+            Route::Gateway { path } => self.gateway_page(conn, req, &path).await,
             Route::ForeignHost(h) => Err(self.refuse(ErrorPage::new(
                 421,
                 "unknown_host",
@@ -186,19 +215,6 @@ impl Bridge {
         e
     }
 
-    fn landing(&self) -> Response<Body> {
-        let devices = self.devices();
-        let rows: Vec<page::DeviceRow<'_>> = devices
-            .iter()
-            .map(|d| page::DeviceRow {
-                id: &d.id,
-                name: &d.name,
-                online: self.hub.device(&d.id).is_some(),
-            })
-            .collect();
-        page::landing(&self.domain, &rows)
-    }
-
     async fn device_request(
         self: &Arc<Self>,
         conn: Conn,
@@ -206,14 +222,21 @@ impl Bridge {
         target: DeviceTarget,
     ) -> Result<Response<Body>, ErrorPage> {
         let devices = self.devices();
-        let Some(device) = devices.get(&target.device) else {
+        let device = devices.get(&target.device);
+        let websocket = ws::handshake_kind(&req).map_err(|e| self.refuse(e))?;
+        // Who is asking comes first: without a login, an unknown device and
+        // a known one get the same answer.
+        let principal = match self.gate(conn, &req, device, websocket.is_some()) {
+            Ok(p) => p,
+            Err(resp) => return Ok(*resp),
+        };
+        let Some(device) = device else {
             return Err(self.refuse(ErrorPage::new(
                 404,
                 "unknown_device",
                 format!("There is no device named {}.", target.device),
             )));
         };
-        let websocket = ws::handshake_kind(&req).map_err(|e| self.refuse(e))?;
         if req.method() == Method::CONNECT && websocket.is_none() {
             return Err(self.refuse(ErrorPage::new(
                 405,
@@ -269,16 +292,15 @@ impl Bridge {
         match (websocket, choice) {
             (Some(hs), Some(choice)) => {
                 let upgrade = hyper::upgrade::on(&mut req);
-                ws::bridge(
-                    self.clone(),
-                    stream,
-                    head,
-                    hs,
-                    choice.browser,
+                let live = LiveSockets::register(self, principal, &device.id);
+                let session = ws::Session {
+                    handshake: hs,
+                    subprotocol: choice.browser,
                     upgrade,
                     timeout,
-                )
-                .await
+                    live,
+                };
+                ws::bridge(self.clone(), stream, head, session).await
             }
             _ => exchange::exchange(self.clone(), stream, head, req.into_body(), timeout).await,
         }
@@ -310,6 +332,13 @@ impl Bridge {
             public_host: &public_host,
             scheme: conn.scheme,
         };
+        let device_host = match device.policy.host_port {
+            Some(p) if p != 80 => format!("{}:{p}", device.policy.host),
+            _ => device.policy.host.clone(),
+        };
+        if !public_host.eq_ignore_ascii_case(&device_host) {
+            self.stats.host_rewritten.fetch_add(1, Ordering::Relaxed);
+        }
         let rejected = |r: normalize::Rejection| {
             self.refuse(ErrorPage::new(r.status(), r.label(), r.to_string()))
         };

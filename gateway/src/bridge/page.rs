@@ -84,35 +84,57 @@ pub fn redirect(location: &str) -> Response<Body> {
     resp
 }
 
-/// One row of the landing page.
-pub struct DeviceRow<'a> {
-    /// Id.
-    pub id: &'a str,
-    /// Name for people.
-    pub name: &'a str,
-    /// Online now.
-    pub online: bool,
+/// A 303 (after a form, or to the login page).
+pub fn redirect_see_other(location: &str) -> Response<Body> {
+    let mut resp = redirect(location);
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    resp
 }
 
-/// The landing page: the devices and links to them.
-pub fn landing(domain: &str, rows: &[DeviceRow<'_>]) -> Response<Body> {
+/// One row of the landing page.
+pub struct DeviceRow {
+    /// Id.
+    pub id: String,
+    /// Name for people.
+    pub name: String,
+    /// Online now.
+    pub online: bool,
+    /// Firmware version from its HELLO, when online.
+    pub firmware: Option<String>,
+}
+
+/// The landing page: the devices `user` may open, with links to them, and
+/// a logout form when the user logged in with a session (`csrf`).
+pub fn landing(domain: &str, user: &str, rows: &[DeviceRow], csrf: Option<&str>) -> Response<Body> {
     let mut list = String::new();
     for r in rows {
+        let state = match (&r.online, &r.firmware) {
+            (true, Some(fw)) => format!("online, firmware {}", escape_html(fw)),
+            (true, None) => "online".to_string(),
+            (false, _) => "offline".to_string(),
+        };
         list.push_str(&format!(
             "<li><a href=\"/d/{id}/\">{name}</a> <code>{id}</code> — {state}</li>\n",
             id = r.id,
-            name = escape_html(r.name),
-            state = if r.online { "online" } else { "offline" },
+            name = escape_html(&r.name),
         ));
     }
     if rows.is_empty() {
-        list.push_str("<li>No devices are configured.</li>\n");
+        list.push_str("<li>No devices you may open.</li>\n");
     }
+    let logout = csrf.map_or(String::new(), |c| {
+        format!(
+            "<form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button>Log out</button></form>\n",
+            escape_html(c)
+        )
+    });
     let page = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{d}</title>\
          <style>body{{font:16px system-ui,sans-serif;margin:3em auto;max-width:40em}}</style>\
-         </head>\n<body><h1>Devices at {d}</h1>\n<ul>\n{list}</ul></body></html>\n",
+         </head>\n<body><h1>Devices at {d}</h1>\n<p>Logged in as {u}.</p>\n{logout}<ul>\n{list}</ul></body></html>\n",
         d = escape_html(domain),
+        u = escape_html(user),
     );
     let mut resp = Response::new(full(page));
     let h = resp.headers_mut();
@@ -121,6 +143,7 @@ pub fn landing(domain: &str, rows: &[DeviceRow<'_>]) -> Response<Body> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     resp
 }
 
@@ -139,7 +162,8 @@ fn escape_html(s: &str) -> String {
     out
 }
 
-fn json_string(s: &str) -> String {
+/// A JSON string literal.
+pub fn json_string(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {

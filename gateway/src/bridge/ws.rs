@@ -19,7 +19,8 @@
 //! Endings the gateway decides: a browser message over `max_message` →
 //! 1009 to the browser and to the device; a device message over it →
 //! 1011; the link to the device lost → 1011, or 1001 when the gateway is
-//! shutting down; no answer to two pings in a row → 1001. Pings from the
+//! shutting down; no answer to two pings in a row → 1001; access revoked
+//! by a reload (user, token or device permission removed) → 1008. Pings from the
 //! browser are answered here (tungstenite's automatic pong).
 //!
 //! # Limits
@@ -42,7 +43,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -51,6 +52,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{Instrument as _, debug};
 
 use super::exchange::{download, link_lost, read_head};
+use super::gate::LiveGuard;
 use super::page::{ErrorPage, full};
 use super::{Body, Bridge, response_from_head};
 use crate::link::{DeviceStream, StreamEvent, StreamSender};
@@ -124,17 +126,35 @@ pub fn close_code_for_link_end(gateway_shutting_down: bool) -> u16 {
     if gateway_shutting_down { 1001 } else { 1011 }
 }
 
+/// What a WebSocket session needs besides the device stream.
+pub(super) struct Session {
+    /// The browser's handshake.
+    pub(super) handshake: Handshake,
+    /// The subprotocol to answer the browser with.
+    pub(super) subprotocol: Option<String>,
+    /// hyper's upgrade of the browser's connection.
+    pub(super) upgrade: OnUpgrade,
+    /// How long the device has to answer the upgrade.
+    pub(super) timeout: Duration,
+    /// Its entry among the live sockets, and the signal that access was revoked.
+    pub(super) live: (LiveGuard, Arc<Notify>),
+}
+
 /// Sends the upgrade to the device and, on its 101, answers the browser and
 /// starts the session.
 pub(super) async fn bridge(
     bridge: Arc<Bridge>,
     mut stream: DeviceStream,
     head: Vec<u8>,
-    handshake: Handshake,
-    subprotocol: Option<String>,
-    upgrade: OnUpgrade,
-    timeout: Duration,
+    ws: Session,
 ) -> Result<Response<Body>, ErrorPage> {
+    let Session {
+        handshake,
+        subprotocol,
+        upgrade,
+        timeout,
+        live,
+    } = ws;
     let device = stream.device().to_string();
     stream
         .send(MsgKind::Head, head, true, false)
@@ -198,8 +218,9 @@ pub(super) async fn bridge(
     let span = tracing::info_span!("websocket", device = %device);
     tokio::spawn(
         async move {
+            let (_guard, revoked) = live;
             match upgrade.await {
-                Ok(io) => session(bridge, stream, TokioIo::new(io)).await,
+                Ok(io) => session(bridge, stream, TokioIo::new(io), revoked).await,
                 Err(e) => debug!("WebSocket upgrade did not complete: {e}"),
             }
         }
@@ -230,7 +251,7 @@ fn ws_config(bridge: &Bridge) -> WebSocketConfig {
         .max_frame_size(Some(w.max_frame))
 }
 
-async fn session<S>(bridge: Arc<Bridge>, stream: DeviceStream, io: S)
+async fn session<S>(bridge: Arc<Bridge>, stream: DeviceStream, io: S, revoked: Arc<Notify>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -243,7 +264,7 @@ where
         up(bridge.clone(), src, stream.sender(), ctl_tx).instrument(tracing::Span::current()),
     );
     let mut stream = stream;
-    down(&bridge, &mut stream, sink, ctl_rx).await;
+    down(&bridge, &mut stream, sink, ctl_rx, &revoked).await;
     // The stream stays open until the browser's side is done, so the
     // closing handshake can finish toward the device.
     let abort = up.abort_handle();
@@ -349,6 +370,7 @@ async fn down<S>(
     stream: &mut DeviceStream,
     mut sink: Sink<S>,
     mut ctl: mpsc::Receiver<Ctl>,
+    revoked: &Notify,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -440,6 +462,12 @@ async fn down<S>(
                 if sink.send(Message::Ping(Bytes::new())).await.is_err() {
                     break;
                 }
+            }
+            () = revoked.notified() => {
+                debug!("access revoked; closing");
+                let _ = sink.send(close(1008, "access revoked".into())).await;
+                stream.reset(Code::CANCEL);
+                break;
             }
             () = tokio::time::sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => break,
         }

@@ -44,6 +44,95 @@ pub struct File {
     /// `[[device]]`: devices (more may come from `gateway.devices_file`).
     #[serde(default)]
     pub device: Vec<DeviceSection>,
+    /// `[auth]`: sessions, login throttling, the users file, client certificates.
+    #[serde(default)]
+    pub auth: AuthSection,
+    /// `[[user]]`: people who may log in (more may come from `auth.users_file`).
+    #[serde(default)]
+    pub user: Vec<UserSection>,
+    /// `[[group]]`: named sets of devices.
+    #[serde(default)]
+    pub group: Vec<GroupSection>,
+    /// `[[token]]`: API bearer tokens for scripts.
+    #[serde(default)]
+    pub token: Vec<TokenSection>,
+}
+
+/// A users file (`auth.users_file`): `[[user]]`, `[[group]]` and
+/// `[[token]]` entries, re-read on every reload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersFile {
+    /// Users.
+    #[serde(default)]
+    pub user: Vec<UserSection>,
+    /// Groups.
+    #[serde(default)]
+    pub group: Vec<GroupSection>,
+    /// Tokens.
+    #[serde(default)]
+    pub token: Vec<TokenSection>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// A file of `[[user]]`, `[[group]]` and `[[token]]` entries, relative
+    /// to `data_dir`. Default: none.
+    pub users_file: Option<Spanned<String>>,
+    /// A session ends after this long without a request. Default `"30m"`.
+    pub session_idle: Option<Spanned<String>>,
+    /// A session ends this long after login, whatever happens. Default `"12h"`.
+    pub session_max: Option<Spanned<String>>,
+    /// Failed logins tolerated per source address and per user name within
+    /// `login_window` before further attempts get 429. Default 5.
+    pub login_attempts: Option<Spanned<i64>>,
+    /// The window of `login_attempts`. Default `"15m"`.
+    pub login_window: Option<Spanned<String>>,
+    /// PEM file of the CA that signs client certificates (optional mTLS);
+    /// a certificate whose common name is a user's `client_cert_cn` logs
+    /// that user in. Default: none (no client certificates requested).
+    pub client_ca: Option<Spanned<String>>,
+}
+
+/// `[[user]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    /// Login name: 1 to 64 of `a-z`, `0-9`, `.`, `_`, `-`, `@`. Required.
+    pub name: Spanned<String>,
+    /// argon2id PHC string from `gateway hash-password`. Default: none
+    /// (the user can only log in with a client certificate).
+    pub password_hash: Option<Spanned<String>>,
+    /// Devices the user may open: device ids, `"group:<name>"`, or `"*"`
+    /// for all. Default: none.
+    #[serde(default)]
+    pub devices: Vec<Spanned<String>>,
+    /// Common name of this user's client certificate. Default: none.
+    pub client_cert_cn: Option<Spanned<String>>,
+}
+
+/// `[[group]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    /// Name, referred to as `"group:<name>"`. Required.
+    pub name: Spanned<String>,
+    /// Device ids. Required.
+    pub devices: Vec<Spanned<String>>,
+}
+
+/// `[[token]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// A name for logs and revocation. Required.
+    pub name: Spanned<String>,
+    /// SHA-256 of the token, 64 hex digits (`gateway token` prints both). Required.
+    pub sha256: Spanned<String>,
+    /// Devices the token may open, as for users. Required.
+    pub devices: Vec<Spanned<String>>,
 }
 
 /// A devices file (`gateway.devices_file`): `[[device]]` entries only, the

@@ -100,6 +100,7 @@
 //! - `value`: checks of single values.
 //! - [`Secret`]: the wrapper that keeps secrets out of logs.
 
+pub mod auth;
 pub mod device;
 pub mod error;
 pub mod file;
@@ -143,6 +144,8 @@ pub struct Config {
     pub metrics: Metrics,
     /// `[[device]]` from the file, then from the devices file.
     pub devices: Devices,
+    /// `[auth]`, users, groups and tokens.
+    pub auth: auth::Auth,
 }
 
 /// Loads and checks the configuration at `path`, and the files it names
@@ -274,7 +277,10 @@ fn convert(src: &Source, raw: &file::File, errors: &mut Vec<ConfigError>) -> Opt
         }
     }
 
+    let auth = auth::auth(&mut ctx, raw, &data_dir);
+
     Some(Config {
+        auth,
         path: src.path().to_path_buf(),
         gateway: gateway?,
         listeners,
@@ -288,6 +294,21 @@ fn convert(src: &Source, raw: &file::File, errors: &mut Vec<ConfigError>) -> Opt
 }
 
 impl Config {
+    /// The gateway's own origins (`scheme://domain[:port]` per listener):
+    /// where its login form may be posted from.
+    pub fn gateway_origins(&self) -> Vec<String> {
+        let marker = "devlink-origin-probe";
+        device::own_origins(
+            marker,
+            &self.gateway.domain,
+            &self.listeners,
+            self.gateway.public_port,
+        )
+        .into_iter()
+        .filter(|o| !o.contains(marker))
+        .collect()
+    }
+
     /// A one-paragraph summary for `gateway check-config` and the start-up log.
     pub fn summary(&self) -> String {
         let listeners: Vec<String> = self

@@ -78,9 +78,16 @@ impl Gw {
              [tls]\ncertificates = [{{ cert = \"tls/fullchain.pem\", key = \"tls/privkey.pem\" }}]\n\n\
              [link]\naddress = \"127.0.0.1:{link_port}\"\n\n{sections}\n"
         );
+        // Devices are public unless the test says otherwise (access
+        // control has tests of its own).
         for Dev(id, extra) in devices {
+            let public = if extra.contains("public =") {
+                ""
+            } else {
+                "public = true\n"
+            };
             text.push_str(&format!(
-                "\n[[device]]\nid = \"{id}\"\npublic_key = \"{}\"\n{extra}\n",
+                "\n[[device]]\nid = \"{id}\"\npublic_key = \"{}\"\n{public}{extra}\n",
                 device_key(id).public_key()
             ));
         }
