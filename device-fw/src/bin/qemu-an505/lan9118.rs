@@ -24,9 +24,14 @@ use core::task::Context;
 use embassy_net_driver::{Capabilities, HardwareAddress, LinkState};
 use embassy_sync::waitqueue::AtomicWaker;
 
-/// The register block (AN505 "eth", behind AHB PPC expansion 0).
+/// The register block: QEMU's `hw/arm/mps2-tz.c` maps the AN505's "eth"
+/// port of AHB PPC expansion 0 at 0x42000000. The core runs Secure with
+/// the SAU off, so this address is accessed as Secure and the PPC (its
+/// ports Secure after reset) lets it through; the secure alias 0x52000000
+/// reaches the same device.
 pub(crate) const BASE: usize = 0x4200_0000;
-/// Its interrupt line: expansion IRQ 16, NVIC interrupt 32 + 16.
+/// Its interrupt line: `mps2-tz.c` wires it to expansion IRQ 16, which the
+/// IoT Kit presents to the NVIC as interrupt 32 + 16.
 pub(crate) const IRQ: u16 = 48;
 /// Largest Ethernet frame without FCS.
 const MTU: usize = 1514;

@@ -20,7 +20,9 @@ use critical_section::{CriticalSection, Mutex};
 use embassy_time_driver::Driver;
 use embassy_time_queue_utils::Queue;
 
-/// The clock SysTick counts, Hz.
+/// The clock SysTick counts, Hz: the processor clock, which QEMU's IoT Kit
+/// takes from the board's MAINCLK (`mps2-tz.c`: 20 MHz on AN505). The
+/// firmware's log timestamps track the host's clock, which checks it.
 pub(crate) const CPU_HZ: u32 = 20_000_000;
 /// Counts per millisecond interrupt, minus one (SysTick counts down to 0).
 const RELOAD: u32 = CPU_HZ / 1000 - 1;
