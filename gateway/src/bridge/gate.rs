@@ -304,11 +304,14 @@ impl Bridge {
             .filter(|d| d.public || allowed.as_ref().is_some_and(|a| a.contains(&d.id)))
             .map(|d| {
                 let online = self.hub.device(&d.id);
+                let presence = self.hub.presence(&d.id);
                 page::DeviceRow {
                     id: d.id.clone(),
                     name: d.name.clone(),
                     online: online.is_some(),
                     firmware: online.map(|h| h.firmware),
+                    last_seen: presence.map(|p| p.last_seen),
+                    rtt: presence.and_then(|p| p.rtt),
                 }
             })
             .collect()
@@ -325,8 +328,14 @@ impl Bridge {
             if i > 0 {
                 json.push(',');
             }
+            let last_seen = r.last_seen.map_or("null".to_string(), |t| {
+                format!("\"{}\"", humantime::format_rfc3339_seconds(t))
+            });
+            let rtt = r.rtt.map_or("null".to_string(), |d| {
+                format!("{:.3}", d.as_secs_f64() * 1000.0)
+            });
             json.push_str(&format!(
-                "{{\"id\":\"{}\",\"name\":{},\"online\":{}}}",
+                "{{\"id\":\"{}\",\"name\":{},\"online\":{},\"last_seen\":{last_seen},\"rtt_ms\":{rtt}}}",
                 r.id,
                 page::json_string(&r.name),
                 r.online

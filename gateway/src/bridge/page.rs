@@ -101,6 +101,34 @@ pub struct DeviceRow {
     pub online: bool,
     /// Firmware version from its HELLO, when online.
     pub firmware: Option<String>,
+    /// When it was last connected (now, if online), if ever.
+    pub last_seen: Option<std::time::SystemTime>,
+    /// Its last link round trip.
+    pub rtt: Option<std::time::Duration>,
+}
+
+impl DeviceRow {
+    /// "online, firmware 1.2, RTT 3 ms" or "offline, last seen ...".
+    pub fn state(&self) -> String {
+        if self.online {
+            let mut s = String::from("online");
+            if let Some(fw) = &self.firmware {
+                s.push_str(&format!(", firmware {fw}"));
+            }
+            if let Some(rtt) = self.rtt {
+                s.push_str(&format!(", RTT {:.1} ms", rtt.as_secs_f64() * 1000.0));
+            }
+            s
+        } else {
+            match self.last_seen {
+                Some(t) => format!(
+                    "offline, last seen {}",
+                    humantime::format_rfc3339_seconds(t)
+                ),
+                None => "offline, never connected since the gateway started".to_string(),
+            }
+        }
+    }
 }
 
 /// The landing page: the devices `user` may open, with links to them, and
@@ -108,11 +136,7 @@ pub struct DeviceRow {
 pub fn landing(domain: &str, user: &str, rows: &[DeviceRow], csrf: Option<&str>) -> Response<Body> {
     let mut list = String::new();
     for r in rows {
-        let state = match (&r.online, &r.firmware) {
-            (true, Some(fw)) => format!("online, firmware {}", escape_html(fw)),
-            (true, None) => "online".to_string(),
-            (false, _) => "offline".to_string(),
-        };
+        let state = escape_html(&r.state());
         list.push_str(&format!(
             "<li><a href=\"/d/{id}/\">{name}</a> <code>{id}</code> — {state}</li>\n",
             id = r.id,

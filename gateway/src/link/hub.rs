@@ -134,6 +134,16 @@ impl DeviceHandle {
     }
 }
 
+/// What the landing page shows of a device beyond online or not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Presence {
+    /// The last time the device was known connected (its last ping answer,
+    /// or when its session ended).
+    pub last_seen: std::time::SystemTime,
+    /// The last link round trip.
+    pub rtt: Option<Duration>,
+}
+
 /// The device link's shared state.
 pub struct Hub {
     pub(crate) key: proto::SecretKey,
@@ -142,6 +152,7 @@ pub struct Hub {
     /// Highest handshake timestamp accepted per key: the replay floor.
     floors: Mutex<HashMap<PublicKey, u64>>,
     online: RwLock<HashMap<String, DeviceHandle>>,
+    presence: Mutex<HashMap<String, Presence>>,
     generation: AtomicU64,
     /// Counters.
     pub stats: HubStats,
@@ -159,6 +170,7 @@ impl Hub {
             registry: RwLock::new(Arc::new(registry)),
             floors: Mutex::new(HashMap::new()),
             online: RwLock::new(HashMap::new()),
+            presence: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             stats,
             shutdown: watch::channel(false).0,
@@ -220,6 +232,7 @@ impl Hub {
     pub(crate) fn register(&self, mut handle: DeviceHandle) -> u64 {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         handle.generation = generation;
+        self.touch_presence(&handle.id, |p| p.last_seen = std::time::SystemTime::now());
         let old = self
             .online
             .write()
@@ -234,7 +247,34 @@ impl Hub {
     }
 
     /// Removes a session, unless a newer one already took its place.
+    /// When a device was last connected, and its last link round trip.
+    pub fn presence(&self, id: &str) -> Option<Presence> {
+        self.presence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+    }
+
+    fn touch_presence(&self, id: &str, f: impl FnOnce(&mut Presence)) {
+        let mut map = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded by the registry: only registered devices get here.
+        let p = map.entry(id.to_string()).or_insert(Presence {
+            last_seen: std::time::SystemTime::now(),
+            rtt: None,
+        });
+        f(p);
+    }
+
+    pub(crate) fn note_rtt(&self, id: &str, rtt: Duration) {
+        self.touch_presence(id, |p| {
+            p.rtt = Some(rtt);
+            p.last_seen = std::time::SystemTime::now();
+        });
+    }
+
     pub(crate) fn unregister(&self, id: &str, generation: u64) {
+        self.touch_presence(id, |p| p.last_seen = std::time::SystemTime::now());
         let mut online = self.online.write().unwrap_or_else(|e| e.into_inner());
         if online.get(id).is_some_and(|h| h.generation == generation) {
             online.remove(id);

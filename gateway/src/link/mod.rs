@@ -30,7 +30,7 @@ mod session;
 mod stats;
 mod stream;
 
-pub use hub::{DeviceHandle, DeviceInfo, Hub, LinkSettings, Registry, ServiceInfo};
+pub use hub::{DeviceHandle, DeviceInfo, Hub, LinkSettings, Presence, Registry, ServiceInfo};
 pub use session::serve;
 pub use stats::{DeviceCounters, DeviceSeries, HubStats};
 pub use stream::{DeviceStream, OpenError, StreamClosed, StreamEvent, StreamSender};

@@ -374,6 +374,9 @@ fn handle_events(
                 if let Some(c) = &state.counters {
                     hub.stats.observe_rtt(c, rtt);
                 }
+                if let Some((id, _)) = &state.registered {
+                    hub.note_rtt(id, rtt);
+                }
             }
             Event::Refused { .. }
             | Event::Credit { .. }
