@@ -60,6 +60,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The client-certificate CA is unusable.
+    #[error("[auth] client_ca: {0}")]
+    ClientCa(crate::edge::tls::TlsError),
     /// A TLS listener without any certificate.
     #[error("TLS listener {0} has no certificate: add [[tls.certificate]] entries")]
     NoCertificate(SocketAddr),
@@ -183,7 +186,15 @@ impl Server {
             edge_addrs.push(bound.local_addr().unwrap_or(l.address));
             let tls = l
                 .tls
-                .then(|| Tls::new(certs.clone(), config.tls.handshake_timeout));
+                .then(|| {
+                    Tls::with_client_ca(
+                        certs.clone(),
+                        config.tls.handshake_timeout,
+                        config.auth.client_ca.as_deref(),
+                    )
+                })
+                .transpose()
+                .map_err(StartError::ClientCa)?;
             edges.push(Edge {
                 listener: bound,
                 tls,

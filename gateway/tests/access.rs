@@ -647,3 +647,86 @@ fn user_configuration_errors_name_their_line() {
         "a password hash value was echoed"
     );
 }
+
+/// A CA and a client certificate with common name `cn`, in DER.
+fn client_ca(cn: &str) -> (String, Vec<u8>, Vec<u8>) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "test client CA");
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.der().to_vec(), key.serialize_der())
+}
+
+#[tokio::test]
+async fn a_client_certificate_logs_its_user_in() {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let (ca_pem, cert, key) = client_ca("ann@plant");
+    let dir = common::TempDir::new("mtls-ca");
+    let ca_file = dir.write("clients.pem", &ca_pem);
+    let s = setup(&format!("client_ca = \"{}\"", ca_file.display())).await;
+    let mut auth = gateway::config::load(s.gw.dir.path().join("gateway.toml"))
+        .unwrap()
+        .auth;
+    for u in &mut auth.users {
+        if u.name == "ann" {
+            u.client_cert_cn = Some("ann@plant".into());
+        }
+    }
+    // ann's entry names the certificate (as `client_cert_cn` in the file would).
+    s.gw.server().bridge.set_access(auth, vec![s.origin()]);
+    let dev = s.gw.echo("a", &[], link_config(4096, 16384, 1024)).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(s.gw.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![CertificateDer::from(cert)],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+    )
+    .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.gw.addr).await.unwrap();
+    let io = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from(host("a")).unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, common::harness::ReqBody>(
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = send
+        .send_request(get(1, &host("a"), "/head").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "the certificate did not log ann in");
+    assert_eq!(dev.requests.load(Ordering::Relaxed), 1);
+    // Without a certificate the same request needs a login.
+    let mut c = s.gw.client(1, &host("a")).await;
+    let (p, _) = c
+        .fetch(get(1, &host("a"), "/head").body(empty()).unwrap())
+        .await;
+    assert_eq!(p.status, 401);
+    s.gw.stop().await;
+}

@@ -112,7 +112,11 @@ impl Bridge {
         if device.is_some_and(|d| d.public) {
             return Ok(None);
         }
-        let principal = match self.access.authenticate(req.headers(), None) {
+        let cn = req
+            .extensions()
+            .get::<super::ClientCn>()
+            .map(|c| c.0.clone());
+        let principal = match self.access.authenticate(req.headers(), cn.as_deref()) {
             Ok(p) => p,
             Err(why) => return Err(Box::new(self.unauthenticated(conn, req, websocket, why))),
         };

@@ -83,6 +83,11 @@ pub struct Conn {
     pub scheme: &'static str,
 }
 
+/// The common name of the verified client certificate of the connection a
+/// request came in on (a request extension).
+#[derive(Clone, Debug)]
+pub struct ClientCn(pub Arc<str>);
+
 /// The bridge: routing, checks and the exchanges.
 pub struct Bridge {
     hub: Arc<Hub>,

@@ -40,7 +40,7 @@ use tracing::{Instrument as _, Span, debug, info_span, warn};
 use super::listener::{SocketOptions, tune_accepted};
 use super::tls::{Tls, TlsError};
 use crate::bridge::route::{self, Route};
-use crate::bridge::{Bridge, Conn};
+use crate::bridge::{Bridge, ClientCn, Conn};
 use crate::config;
 
 /// Counters for the metrics endpoint.
@@ -210,7 +210,8 @@ impl Connection {
                     self.stats
                         .tls_handshake
                         .observe(started.elapsed().as_secs_f64());
-                    self.http(stream, peer, "https").await;
+                    let cn = crate::edge::tls::client_common_name(&stream).map(Arc::<str>::from);
+                    self.http(stream, peer, "https", cn).await;
                 }
                 Err(e @ TlsError::Stalled(_)) => {
                     self.stats.tls_stalled.fetch_add(1, Ordering::Relaxed);
@@ -221,13 +222,18 @@ impl Connection {
                     debug!(outcome = e.outcome(), "{e}");
                 }
             },
-            None => self.http(tcp, peer, "http").await,
+            None => self.http(tcp, peer, "http", None).await,
         }
         self.stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    async fn http<I>(&self, io: I, client: SocketAddr, scheme: &'static str)
-    where
+    async fn http<I>(
+        &self,
+        io: I,
+        client: SocketAddr,
+        scheme: &'static str,
+        client_cn: Option<Arc<str>>,
+    ) where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let bridge = self.bridge.clone();
@@ -237,7 +243,10 @@ impl Connection {
         let counter = active.clone();
         let conn_span = Span::current();
         let named = Arc::new(AtomicBool::new(false));
-        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            if let Some(cn) = &client_cn {
+                req.extensions_mut().insert(ClientCn(cn.clone()));
+            }
             let bridge = bridge.clone();
             let active = counter.clone();
             active.fetch_add(1, Ordering::Relaxed);

@@ -201,22 +201,56 @@ impl Tls {
     /// TLS 1.2 and 1.3, ALPN h2 then http/1.1, stateless tickets plus a
     /// 4096-entry session cache.
     pub fn new(resolver: Arc<CertResolver>, handshake_timeout: Duration) -> Self {
-        let mut config = ServerConfig::builder_with_provider(provider())
+        Self::with_client_ca(resolver, handshake_timeout, None)
+            .unwrap_or_else(|e| unreachable!("no client CA to reject: {e}"))
+    }
+
+    /// [`Tls::new`], and with `client_ca` clients may present a certificate
+    /// signed by it (optional: browsers without one still connect); a
+    /// certificate from anyone else fails the handshake.
+    pub fn with_client_ca(
+        resolver: Arc<CertResolver>,
+        handshake_timeout: Duration,
+        client_ca: Option<&[CertificateDer<'static>]>,
+    ) -> Result<Self, TlsError> {
+        let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .unwrap_or_else(|e| unreachable!("ring supports TLS 1.2 and 1.3: {e}"))
-            .with_no_client_auth()
-            .with_cert_resolver(resolver.clone());
+            .unwrap_or_else(|e| unreachable!("ring supports TLS 1.2 and 1.3: {e}"));
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(certs) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs {
+                    roots.add(c.clone()).map_err(|e| TlsError::Key {
+                        path: "client CA".into(),
+                        reason: e.to_string(),
+                    })?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Key {
+                    path: "client CA".into(),
+                    reason: e.to_string(),
+                })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.session_storage = ServerSessionMemoryCache::new(4096);
         if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
             config.ticketer = t;
         }
         config.send_tls13_tickets = 2;
-        Self {
+        Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             resolver,
             handshake_timeout,
-        }
+        })
     }
 
     /// Runs the handshake on an accepted connection within the deadline.
@@ -227,6 +261,15 @@ impl Tls {
             Ok(Ok(s)) => Ok(s),
         }
     }
+}
+
+/// The common name of a verified client certificate, if any (the first
+/// CN of the subject).
+pub fn client_common_name<IO>(stream: &TlsStream<IO>) -> Option<String> {
+    let der = stream.get_ref().1.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
 }
 
 /// A local certificate authority and a leaf it signed, in PEM.

@@ -51,7 +51,7 @@ pub struct Gw {
     /// The device link.
     pub link: SocketAddr,
     pub gateway_key: PublicKey,
-    ca_pem: String,
+    pub ca_pem: String,
 }
 
 /// A device `[[device]]` entry: id and extra TOML lines under it.
