@@ -66,6 +66,9 @@ pub struct Policy {
     pub origin: OriginPolicy,
     /// Subprotocols toward the device.
     pub subprotocol: SubprotocolPolicy,
+    /// Subprotocols the device's server supports when it cannot announce
+    /// them (raw services, direct upstreams).
+    pub protocols: Vec<String>,
 }
 
 /// Why a request was refused before reaching the device.

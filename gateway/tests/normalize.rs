@@ -22,6 +22,7 @@ fn policy() -> Policy {
         ],
         origin: OriginPolicy::Rewrite,
         subprotocol: SubprotocolPolicy::Negotiate,
+        protocols: Vec::new(),
     }
 }
 

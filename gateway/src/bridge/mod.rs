@@ -41,8 +41,10 @@
 mod exchange;
 mod gate;
 pub mod page;
+mod relay;
 pub mod route;
 mod stats;
+mod upstream;
 mod ws;
 
 use std::convert::Infallible;
@@ -65,8 +67,10 @@ use crate::config::{self, Device, Devices, ServiceChoice, Upstream};
 use crate::link::{DeviceHandle, Hub, OpenError};
 use crate::normalize::{self, Incoming as Inbound};
 use gate::LiveSockets;
+use http_body_util::BodyExt as _;
 use page::ErrorPage;
 use route::{DeviceTarget, Route};
+use upstream::UpstreamRequest;
 
 pub use stats::BridgeStats;
 pub use ws::close_code_for_link_end;
@@ -95,6 +99,7 @@ pub struct Bridge {
     access: Access,
     site: RwLock<Site>,
     live: LiveSockets,
+    direct: upstream::DirectClients,
     domain: String,
     http: config::Http,
     websocket: config::WebSocket,
@@ -121,6 +126,7 @@ impl Bridge {
             access: Access::new(Auth::default()),
             site: RwLock::new(site),
             live: LiveSockets::default(),
+            direct: upstream::DirectClients::default(),
             domain,
             http,
             websocket,
@@ -258,24 +264,39 @@ impl Bridge {
             self.stats.origin_rejected.fetch_add(1, Ordering::Relaxed);
             self.refuse(ErrorPage::new(r.status(), r.label(), r.to_string()))
         })?;
-        if let Upstream::Direct(d) = &device.upstream {
-            return Err(ErrorPage::new(
-                502,
-                "upstream_unavailable",
-                format!(
-                    "Device {} is configured as a direct upstream ({}), which this build does not serve yet.",
-                    device.id, d.address
-                ),
-            ));
-        }
-        let Some(handle) = self.hub.device(&device.id) else {
-            self.stats.offline.fetch_add(1, Ordering::Relaxed);
-            return Err(offline(device));
+        // Which server answers: a link HTTP service, a link raw service
+        // (HTTP/1.1 over its bytes) or a direct upstream.
+        let (upstream, announced) = match &device.upstream {
+            Upstream::Direct(d) => (Target::Direct(d), None),
+            Upstream::Link => {
+                let Some(handle) = self.hub.device(&device.id) else {
+                    self.stats.offline.fetch_add(1, Ordering::Relaxed);
+                    return Err(offline(device));
+                };
+                let (service, kind, announced) = pick_service(device, &handle, &target.path)?;
+                match kind {
+                    ServiceKind::Raw => (Target::Raw(handle, service), None),
+                    _ => (Target::Link(handle, service), Some(announced)),
+                }
+            }
         };
-        let (service, announced) = pick_service(device, &handle, &target.path)?;
+        let offered = normalize::offered_subprotocols(req.headers());
+        // Link services announce their subprotocols; other servers have them
+        // configured, or get the browser's offer as it is.
+        let known = announced.unwrap_or_else(|| device.policy.protocols.clone());
+        let transparent =
+            websocket.is_some() && known.is_empty() && !matches!(upstream, Target::Link(..));
         let choice = websocket.as_ref().map(|_| {
-            let offered = normalize::offered_subprotocols(req.headers());
-            let c = normalize::choose_subprotocol(&offered, &announced, &device.policy.subprotocol);
+            if transparent {
+                let all = (!offered.is_empty()
+                    && device.policy.subprotocol != normalize::SubprotocolPolicy::Strip)
+                    .then(|| offered.join(", "));
+                return normalize::SubprotocolChoice {
+                    browser: None,
+                    device: all,
+                };
+            }
+            let c = normalize::choose_subprotocol(&offered, &known, &device.policy.subprotocol);
             if offered.first() != c.device.as_ref() {
                 self.stats
                     .subprotocol_rewritten
@@ -283,7 +304,93 @@ impl Bridge {
             }
             c
         });
-        let head = self.request_head(conn, &req, device, &target, choice.as_ref(), &handle)?;
+        if let Some(c) = &choice
+            && !matches!(upstream, Target::Link(..))
+            && !offered.is_empty()
+            && c.browser.is_none()
+            && !transparent
+        {
+            // A server with a fixed list would refuse or misroute the socket:
+            // say so now instead of letting the browser wait.
+            return Err(self.refuse(ErrorPage::new(
+                400,
+                "no_common_subprotocol",
+                format!(
+                    "None of the offered WebSocket subprotocols ({}) is one device {} supports ({}).",
+                    offered.join(", "),
+                    device.name,
+                    known.join(", ")
+                ),
+            )));
+        }
+        let mut normalized = self.normalized(conn, &req, device, &target, choice.as_ref())?;
+        let timeout = self.http.response_timeout;
+        let (handle, service) = match upstream {
+            Target::Link(handle, service) => (handle, service),
+            Target::Raw(handle, service) => {
+                let stream = handle
+                    .open(StreamKind::Raw, service)
+                    .await
+                    .map_err(|e| open_error(device, e))?;
+                let io = upstream::raw_io(stream);
+                return self
+                    .http1(
+                        req,
+                        normalized,
+                        websocket,
+                        choice,
+                        principal,
+                        device,
+                        transparent,
+                        |r, body| {
+                            Box::pin(async move {
+                                upstream::send_on(io, &r, body, timeout, &device.id).await
+                            })
+                        },
+                    )
+                    .await;
+            }
+            Target::Direct(d) => {
+                let direct = d.clone();
+                let id = device.id.clone();
+                let bridge = self.clone();
+                return self
+                    .http1(
+                        req,
+                        normalized,
+                        websocket,
+                        choice,
+                        principal,
+                        device,
+                        transparent,
+                        move |r, body| {
+                            Box::pin(async move {
+                                bridge.direct.send(&id, &direct, &r, body, timeout).await
+                            })
+                        },
+                    )
+                    .await;
+            }
+        };
+        normalized.ws_key = None;
+        let head = normalize::encode_request_head(
+            &normalized.method,
+            &normalized.target,
+            &normalized.fields,
+        )
+        .map_err(|r| self.refuse(ErrorPage::new(r.status(), r.label(), r.to_string())))?;
+        if head.len() > usize::from(handle.max_head) {
+            return Err(self.refuse(ErrorPage::new(
+                431,
+                "headers_too_large",
+                format!(
+                    "The request head is {} bytes after normalization; device {} accepts at most {}.",
+                    head.len(),
+                    device.id,
+                    handle.max_head
+                ),
+            )));
+        }
         let kind = if websocket.is_some() {
             StreamKind::WebSocket
         } else {
@@ -293,7 +400,6 @@ impl Bridge {
             .open(kind, service)
             .await
             .map_err(|e| open_error(device, e))?;
-        let timeout = self.http.response_timeout;
         match (websocket, choice) {
             (Some(hs), Some(choice)) => {
                 let upgrade = hyper::upgrade::on(&mut req);
@@ -311,15 +417,83 @@ impl Bridge {
         }
     }
 
-    fn request_head(
+    /// An exchange with an HTTP/1.1 upstream (raw service or direct):
+    /// `send` delivers the request; a WebSocket is relayed after a valid 101.
+    #[allow(clippy::too_many_arguments)]
+    async fn http1<'a, F>(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        mut normalized: UpstreamRequest,
+        websocket: Option<ws::Handshake>,
+        choice: Option<normalize::SubprotocolChoice>,
+        principal: Option<crate::auth::Principal>,
+        device: &'a Device,
+        transparent: bool,
+        send: F,
+    ) -> Result<Response<Body>, ErrorPage>
+    where
+        F: FnOnce(UpstreamRequest, Body) -> Sending<'a>,
+    {
+        let Some(hs) = websocket else {
+            let body = req.into_body().map_err(std::io::Error::other).boxed();
+            let resp = send(normalized, body)
+                .await
+                .inspect_err(|e| self.count_upstream(e))?;
+            return Ok(upstream::pass_back(resp));
+        };
+        let key = upstream::ws_key();
+        normalized.ws_key = Some(key.clone());
+        let browser = hyper::upgrade::on(&mut req);
+        let resp = send(normalized, upstream::no_body())
+            .await
+            .inspect_err(|e| self.count_upstream(e))?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            self.stats.upstream_rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(device = %device.id, status = resp.status().as_u16(), "upstream refused the WebSocket upgrade");
+            return Ok(upstream::pass_back(resp));
+        }
+        if !upstream::accept_matches(&key, resp.headers().get(header::SEC_WEBSOCKET_ACCEPT)) {
+            self.stats.upstream_rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(upstream::bad_upgrade(&device.id, resp.status()));
+        }
+        let offered = normalize::offered_subprotocols(req.headers());
+        let chosen = resp
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let browser_protocol = if transparent {
+            chosen.filter(|c| offered.contains(c))
+        } else {
+            choice.and_then(|c| c.browser)
+        };
+        let answer = relay::browser_answer(&hs, browser_protocol.as_deref());
+        let live = LiveSockets::register(self, principal, &device.id);
+        relay::spawn(
+            self.clone(),
+            browser,
+            hyper::upgrade::on(resp),
+            live,
+            &device.id,
+        );
+        Ok(answer)
+    }
+
+    fn count_upstream(&self, e: &ErrorPage) {
+        if e.label == "upstream_rejected" {
+            self.stats.upstream_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The request toward the device, normalized per its policy.
+    fn normalized(
         &self,
         conn: Conn,
         req: &Request<Incoming>,
         device: &Device,
         target: &DeviceTarget,
         choice: Option<&normalize::SubprotocolChoice>,
-        handle: &DeviceHandle,
-    ) -> Result<Vec<u8>, ErrorPage> {
+    ) -> Result<UpstreamRequest, ErrorPage> {
         let public_host = req
             .uri()
             .authority()
@@ -344,15 +518,12 @@ impl Bridge {
         if !public_host.eq_ignore_ascii_case(&device_host) {
             self.stats.host_rewritten.fetch_add(1, Ordering::Relaxed);
         }
-        let rejected = |r: normalize::Rejection| {
-            self.refuse(ErrorPage::new(r.status(), r.label(), r.to_string()))
-        };
         let mut fields = normalize::device_headers(
             &inbound,
             &device.policy,
             choice.and_then(|c| c.device.as_deref()),
         )
-        .map_err(rejected)?;
+        .map_err(|r| self.refuse(ErrorPage::new(r.status(), r.label(), r.to_string())))?;
         if let Some(prefix) = &target.prefix {
             fields.push((
                 HeaderName::from_static("x-forwarded-prefix"),
@@ -361,26 +532,31 @@ impl Bridge {
         }
         // An HTTP/2 extended CONNECT is, toward the device, the GET of RFC 6455.
         let method = if choice.is_some() {
-            "GET"
+            "GET".to_string()
         } else {
-            req.method().as_str()
+            req.method().as_str().to_string()
         };
-        let head =
-            normalize::encode_request_head(method, &target.target, &fields).map_err(rejected)?;
-        if head.len() > usize::from(handle.max_head) {
-            return Err(self.refuse(ErrorPage::new(
-                431,
-                "headers_too_large",
-                format!(
-                    "The request head is {} bytes after normalization; device {} accepts at most {}.",
-                    head.len(),
-                    device.id,
-                    handle.max_head
-                ),
-            )));
-        }
-        Ok(head)
+        Ok(UpstreamRequest {
+            method,
+            target: target.target.clone(),
+            fields,
+            ws_key: None,
+        })
     }
+}
+
+/// A request on its way to an HTTP/1.1 upstream.
+type Sending<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Response<Incoming>, ErrorPage>> + Send + 'a>>;
+
+/// Where a device request goes.
+enum Target<'a> {
+    /// A link HTTP service.
+    Link(DeviceHandle, u8),
+    /// A link raw service: HTTP/1.1 over its bytes.
+    Raw(DeviceHandle, u8),
+    /// A direct upstream.
+    Direct(&'a config::Direct),
 }
 
 fn offline(device: &Device) -> ErrorPage {
@@ -416,12 +592,12 @@ fn open_error(device: &Device, e: OpenError) -> ErrorPage {
     }
 }
 
-/// The service number for `path`, and its announced subprotocols.
+/// The service number for `path`, its kind and its announced subprotocols.
 fn pick_service(
     device: &Device,
     handle: &DeviceHandle,
     path: &str,
-) -> Result<(u8, Vec<String>), ErrorPage> {
+) -> Result<(u8, ServiceKind, Vec<String>), ErrorPage> {
     let found = match device.service_for(path) {
         ServiceChoice::FirstHttp => handle
             .services
@@ -448,17 +624,7 @@ fn pick_service(
             ),
         ));
     };
-    if service.kind != ServiceKind::Http {
-        return Err(ErrorPage::new(
-            502,
-            "service_kind",
-            format!(
-                "Service {} of device {} is a raw service, which this build does not bridge yet.",
-                service.name, device.name
-            ),
-        ));
-    }
-    Ok((number, service.subprotocols.clone()))
+    Ok((number, service.kind, service.subprotocols.clone()))
 }
 
 /// Hop-by-hop and framing fields never copied from a device's response.

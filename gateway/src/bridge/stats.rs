@@ -39,6 +39,9 @@ pub struct BridgeStats {
     pub subprotocol_rewritten: AtomicU64,
     /// Host headers replaced by the device's own name.
     pub host_rewritten: AtomicU64,
+    /// HTTP/1.1 upstreams (raw services, direct) that closed before
+    /// answering or refused a WebSocket upgrade.
+    pub upstream_rejected: AtomicU64,
 }
 
 impl Default for BridgeStats {
@@ -67,6 +70,7 @@ impl Default for BridgeStats {
             origin_rejected: AtomicU64::new(0),
             subprotocol_rewritten: AtomicU64::new(0),
             host_rewritten: AtomicU64::new(0),
+            upstream_rejected: AtomicU64::new(0),
         }
     }
 }

@@ -306,6 +306,7 @@ pub(crate) fn device(
             allowed_origins,
             origin: origin?,
             subprotocol: subprotocol?,
+            protocols: protocols(ctx, &n.protocols),
         },
         services: services?,
         id,
@@ -434,6 +435,22 @@ fn origin_policy(
             }
         },
     })
+}
+
+fn protocols(ctx: &mut Ctx<'_>, list: &[Spanned<String>]) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in list {
+        let v = p.get_ref();
+        let ok = (1..=MAX_PROTOCOL).contains(&v.len())
+            && v.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+        if ok {
+            out.push(v.clone());
+        } else {
+            ctx.invalid(p, "protocol", v, "1 to 64 token characters (RFC 9110)");
+        }
+    }
+    out
 }
 
 fn subprotocol_policy(

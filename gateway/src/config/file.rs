@@ -368,6 +368,13 @@ pub struct NormalizeSection {
     pub origin: Option<Spanned<OriginSection>>,
     /// WebSocket subprotocols toward the device. Default `"negotiate"`.
     pub subprotocol: Option<Spanned<SubprotocolSection>>,
+    /// The WebSocket subprotocols the device's server supports, in its order
+    /// of preference, for servers that do not announce them: raw services
+    /// and direct upstreams (a link HTTP service announces its own in
+    /// HELLO). Default: none (the browser's offer is forwarded, filtered
+    /// by `subprotocol`).
+    #[serde(default)]
+    pub protocols: Vec<Spanned<String>>,
 }
 
 /// `origin = "rewrite" | "keep" | "strip" | { set = "http://x" }`.

@@ -136,6 +136,26 @@ impl Gw {
         Device { task }
     }
 
+    /// The sample controller with raw services forwarded to TCP servers
+    /// (`device-sim --forward`), as device `id`.
+    pub fn forwarding(
+        &self,
+        id: &str,
+        forwards: Vec<device_fw::host::Forward>,
+        link: LinkConfig,
+    ) -> Device {
+        let identity = self.identity(id);
+        let addr = self.link;
+        let id = id.to_string();
+        let task = tokio::spawn(async move {
+            let mut app = SimApp::new(SimBoard::new(7), &id, "sim-test", forwards, None);
+            let mut platform = TokioPlatform::new(addr);
+            let mut mem = Box::new(DeviceLinkMemory::new());
+            run(&mut platform, &mut app, &identity, &link, &mut mem).await;
+        });
+        Device { task }
+    }
+
     /// The sample controller (the firmware's application) as device `id`.
     pub fn controller(&self, id: &str, link: LinkConfig) -> Device {
         let identity = self.identity(id);
