@@ -380,3 +380,77 @@ async fn a_direct_tls_upstream_is_pinned() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_raw_service_exposed_as_a_websocket_carries_bytes() {
+    // A TCP server that echoes until it reads "bye", then closes.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || buf[..n].ends_with(b"bye") {
+                        break;
+                    }
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gw::start(
+        "",
+        &[Dev(
+            "modbus",
+            "[[device.service]]\nname = \"mb\"\npath = \"/modbus\"\nexpose = \"websocket\"\n",
+        )],
+    )
+    .await;
+    let _dev = gw.forwarding(
+        "modbus",
+        vec![Forward {
+            service: "mb".into(),
+            target: addr,
+        }],
+        link_config(4096, 16384, 1024),
+    );
+    gw.wait_online("modbus").await;
+    let o = format!("https://{}:{}", host("modbus"), gw.addr.port());
+    for v in [1u8, 2] {
+        let (mut ws, _) = gw
+            .ws(v, &host("modbus"), "/modbus", &[("origin", &o)])
+            .await
+            .unwrap_or_else(|r| panic!("h{v}: {r:?}"));
+        let frame: Vec<u8> = (0..3000u32).map(|i| (i % 256) as u8).collect();
+        ws.send(Message::binary(frame.clone())).await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < frame.len() {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Binary(b) => got.extend_from_slice(&b),
+                m => panic!("{m:?}"),
+            }
+        }
+        assert_eq!(got, frame);
+        // The server closes: the browser hears 1000.
+        ws.send(Message::binary(b"bye".to_vec())).await.unwrap();
+        let code = loop {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Close(Some(f)) => break u16::from(f.code),
+                Message::Binary(_) => continue,
+                m => panic!("{m:?}"),
+            }
+        };
+        assert_eq!(code, 1000);
+    }
+    // Not a WebSocket: told so.
+    let mut c = gw.client(1, &host("modbus")).await;
+    let (p, _) = c
+        .fetch(get(1, &host("modbus"), "/modbus").body(empty()).unwrap())
+        .await;
+    assert_eq!(p.status, 426);
+    gw.stop().await;
+}

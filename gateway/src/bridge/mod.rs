@@ -44,6 +44,7 @@ pub mod page;
 mod relay;
 pub mod route;
 mod stats;
+mod tunnel;
 mod upstream;
 mod ws;
 
@@ -274,7 +275,28 @@ impl Bridge {
                     return Err(offline(device));
                 };
                 let (service, kind, announced) = pick_service(device, &handle, &target.path)?;
+                let tunnel = matches!(
+                    device.service_for(&target.path),
+                    ServiceChoice::Route(r) if r.expose == config::Exposure::WebSocket
+                );
                 match kind {
+                    ServiceKind::Raw if tunnel => {
+                        let Some(hs) = websocket else {
+                            return Err(self.refuse(ErrorPage::new(
+                                426,
+                                "websocket_required",
+                                format!("{} is a WebSocket carrying a device service's bytes; open it as a WebSocket.", target.path),
+                            )));
+                        };
+                        let stream = handle
+                            .open(StreamKind::Raw, service)
+                            .await
+                            .map_err(|e| open_error(device, e))?;
+                        let browser = hyper::upgrade::on(&mut req);
+                        let live = LiveSockets::register(self, principal, &device.id);
+                        tunnel::spawn(self.clone(), browser, stream, live, &device.id);
+                        return Ok(relay::browser_answer(&hs, None));
+                    }
                     ServiceKind::Raw => (Target::Raw(handle, service), None),
                     _ => (Target::Link(handle, service), Some(announced)),
                 }
