@@ -446,6 +446,7 @@ async fn serve_demo(args: &DemoArgs) -> anyhow::Result<()> {
             &files,
             server.edge_addrs[0],
             server.link_addr,
+            server.metrics_addr,
             &config.gateway.public_key
         )
     );

@@ -211,9 +211,14 @@ pub fn banner(
     files: &DemoFiles,
     https: SocketAddr,
     link: SocketAddr,
+    metrics: Option<SocketAddr>,
     gateway: &PublicKey,
 ) -> String {
     let port = https.port();
+    let metrics = metrics.map_or_else(
+        || "not served".to_string(),
+        |m| format!("http://{m}/metrics (also /healthz, /readyz)"),
+    );
     format!(
         "\
 gateway demo is running.
@@ -225,6 +230,7 @@ gateway demo is running.
                browsers: import it as an authority, or accept the warning once
   Scripts:     curl --cacert {ca} -H 'Authorization: Bearer {token}' \\
                     https://localhost:{port}/d/{DEVICE_ID}/api/status
+  Metrics:     {metrics}
   Device link: {link} (gateway key {gateway}); more devices:
                device-sim --gateway {link} --gateway-key {gateway} ...
   Files:       {dir} (configuration: {config})
