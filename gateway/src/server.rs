@@ -41,7 +41,8 @@ use tracing::{error, info, warn};
 
 use crate::bridge::Bridge;
 use crate::config::{self, Config, ConfigErrors, Devices, Upstream};
-use crate::edge::http::{Edge, EdgeStats};
+use crate::edge::admission::{Admission, Overload};
+use crate::edge::http::{Edge, EdgeStats, Shared};
 use crate::edge::listener;
 use crate::edge::tls::{CertResolver, Tls};
 use crate::link::{DeviceInfo, Hub, LinkSettings, Registry};
@@ -104,6 +105,17 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     metrics_task: Option<JoinHandle<()>>,
+    /// Samples memory and descriptors for overload protection.
+    overload_task: AbortOnDrop,
+}
+
+/// A task aborted when its owner goes (a server dropped without shutdown).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Sockets bound before the configuration is final (port 0 in tests and
@@ -173,7 +185,10 @@ impl Server {
         bridge.set_access(config.auth.clone(), config.gateway_origins());
         let certs = CertResolver::new(config.tls.pairs());
         let (shutdown, _) = watch::channel(false);
-        let edge_stats = Arc::new(EdgeStats::default());
+        let limits = config.gateway.limits;
+        let overload = Overload::new(&limits);
+        let admission = Admission::new(&limits, overload.clone());
+        let edge_stats = Arc::new(EdgeStats::new(overload.clone()));
         let mut tasks = JoinSet::new();
 
         let link_addr = listeners.link.local_addr().unwrap_or(config.link.address);
@@ -204,18 +219,30 @@ impl Server {
 
         tasks.spawn(crate::link::serve(listeners.link, hub.clone()));
         info!(address = %link_addr, "device link listening");
-        let domain: Arc<str> = config.gateway.domain.as_str().into();
+        let shared = Arc::new(Shared {
+            bridge: bridge.clone(),
+            http: config.http,
+            limits,
+            admission,
+            domain: config.gateway.domain.as_str().into(),
+            stats: edge_stats.clone(),
+        });
         for (edge, addr) in edges.into_iter().zip(&edge_addrs) {
             info!(address = %addr, tls = edge.tls.is_some(), mss = edge.socket.mss, "browsers listening");
             tasks.spawn(crate::edge::http::serve(
                 edge,
-                bridge.clone(),
-                config.http,
-                domain.clone(),
-                edge_stats.clone(),
+                shared.clone(),
                 shutdown.subscribe(),
             ));
         }
+        info!(
+            max_connections = limits.max_connections,
+            per_address = limits.max_connections_per_address,
+            overload_memory = limits.overload_memory,
+            overload_open_files = limits.overload_open_files,
+            "browser connection limits"
+        );
+        let overload_task = AbortOnDrop(tokio::spawn(overload.run()));
         let metrics = Metrics::new(bridge.clone(), edge_stats.clone());
         Ok(Self {
             bridge,
@@ -231,6 +258,7 @@ impl Server {
             shutdown,
             tasks,
             metrics_task: None,
+            overload_task,
         })
     }
 
@@ -333,6 +361,7 @@ impl Server {
         if let Some(task) = self.metrics_task.take() {
             task.abort();
         }
+        self.overload_task.0.abort();
     }
 }
 
@@ -367,6 +396,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         "[gateway] drain_timeout",
     );
     check(old.http != new.http, "[http]");
+    check(old.gateway.limits != new.gateway.limits, "[gateway.limits]");
     check(old.websocket != new.websocket, "[websocket]");
     check(old.link != new.link, "[link]");
     check(old.metrics != new.metrics, "[metrics]");

@@ -169,6 +169,44 @@ pub struct GatewaySection {
     /// How long a graceful shutdown (SIGTERM) waits for in-flight requests
     /// and device sessions before closing them. Default `"10s"`.
     pub drain_timeout: Option<Spanned<String>>,
+    /// `[gateway.limits]`: connection caps, overload protection and the
+    /// browser timeouts that guard against slow clients.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[gateway.limits]`: what hostile or simply too many clients may hold.
+/// The defaults suit a small VPS with 20,000 file descriptors, where one
+/// browser connection or device session costs one descriptor.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Browser connections open at once, all listeners together, 1 to
+    /// 1000000; more are closed right after `accept`, before TLS.
+    /// Default 10000 (half the descriptors, the rest for devices).
+    pub max_connections: Option<Spanned<i64>>,
+    /// Browser connections open at once from one source: an IPv4 address
+    /// or an IPv6 /64, 1 to 1000000. Default 256 (an office behind one
+    /// NAT address with a few dozen browsers).
+    pub max_connections_per_address: Option<Spanned<i64>>,
+    /// Resident memory (RSS) above which new browser connections are
+    /// refused until it falls below 90 % of this again, 16 MiB to 1 TiB.
+    /// Device sessions and open connections are kept. Default 1 GiB.
+    pub overload_memory: Option<Spanned<Size>>,
+    /// Open file descriptors above which new browser connections are
+    /// refused until they fall below 90 % of this again, 64 to 10000000.
+    /// Default 16000 (80 % of a 20,000 descriptor limit: devices can still
+    /// connect while browsers are turned away).
+    pub overload_open_files: Option<Spanned<i64>>,
+    /// A write toward a browser that makes no progress for this long ends
+    /// the connection (slow readers). Default `"30s"`.
+    pub send_timeout: Option<Spanned<String>>,
+    /// Slowest HTTP/1.1 request body accepted, bytes per second averaged
+    /// from the request head on, checked once the request is older than
+    /// `[http] header_timeout` and the client is still sending; 0 turns
+    /// the check off, at most 1 GiB. Default 256 (slow-body attacks send a
+    /// few bytes every few seconds; a phone on GPRS sends 5,000).
+    pub min_body_rate: Option<Spanned<Size>>,
 }
 
 /// `[[listen]]`: one browser-facing listener.

@@ -38,6 +38,76 @@ pub struct Gateway {
     pub devices_file: Option<PathBuf>,
     /// Graceful shutdown deadline. Default 10 s.
     pub drain_timeout: Duration,
+    /// `[gateway.limits]`: connection caps, overload, slow-client timers.
+    pub limits: Limits,
+}
+
+/// `[gateway.limits]`: connection caps, overload thresholds and the
+/// timers against slow browsers (see `edge::admission` and `edge::guard`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Browser connections at once, all listeners. Default 10000.
+    pub max_connections: usize,
+    /// Browser connections at once per IPv4 address or IPv6 /64. Default 256.
+    pub max_connections_per_address: usize,
+    /// RSS that starts overload protection. Default 1 GiB.
+    pub overload_memory: u64,
+    /// Open descriptors that start overload protection. Default 16000.
+    pub overload_open_files: u64,
+    /// No write progress toward a browser for this long closes it. Default 30 s.
+    pub send_timeout: Duration,
+    /// Slowest HTTP/1.1 request body, bytes per second; 0 is off. Default 256.
+    pub min_body_rate: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_connections_per_address: 256,
+            overload_memory: 1 << 30,
+            overload_open_files: 16_000,
+            send_timeout: Duration::from_secs(30),
+            min_body_rate: 256,
+        }
+    }
+}
+
+pub(crate) fn limits(ctx: &mut Ctx<'_>, raw: &file::LimitsSection) -> Limits {
+    let d = Limits::default();
+    Limits {
+        max_connections: ctx.int(
+            "max_connections",
+            raw.max_connections.as_ref(),
+            d.max_connections as u64,
+            1..=1_000_000,
+        ) as usize,
+        max_connections_per_address: ctx.int(
+            "max_connections_per_address",
+            raw.max_connections_per_address.as_ref(),
+            d.max_connections_per_address as u64,
+            1..=1_000_000,
+        ) as usize,
+        overload_memory: ctx.size(
+            "overload_memory",
+            raw.overload_memory.as_ref(),
+            d.overload_memory,
+            16 << 20..=1 << 40,
+        ),
+        overload_open_files: ctx.int(
+            "overload_open_files",
+            raw.overload_open_files.as_ref(),
+            d.overload_open_files,
+            64..=10_000_000,
+        ),
+        send_timeout: ctx.duration(raw.send_timeout.as_ref(), d.send_timeout),
+        min_body_rate: ctx.size(
+            "min_body_rate",
+            raw.min_body_rate.as_ref(),
+            d.min_body_rate,
+            0..=1 << 30,
+        ),
+    }
 }
 
 /// Default `[gateway] drain_timeout`.
@@ -219,6 +289,7 @@ pub(crate) fn gateway(
         .as_ref()
         .map(|f| data_dir.join(f.get_ref()));
     let drain_timeout = ctx.duration(raw.drain_timeout.as_ref(), DEFAULT_DRAIN_TIMEOUT);
+    let limits = limits(ctx, &raw.limits);
     let key = match keys::read_key_file(&key_file) {
         Ok(k) => Some(k),
         Err(e) => {
@@ -250,6 +321,7 @@ pub(crate) fn gateway(
         key,
         devices_file,
         drain_timeout,
+        limits,
     })
 }
 

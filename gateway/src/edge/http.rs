@@ -20,28 +20,77 @@
 //! `h2_max_local_error_resets` (rapid-reset defences), keepalive pings
 //! every `idle_timeout / 2`, and the connection closed when it has had no
 //! open stream for `idle_timeout`.
+//!
+//! # Hardening (from `[gateway.limits]`)
+//!
+//! - Before TLS, [`super::admission`] applies the global and per-source
+//!   caps and overload protection; a refused connection is closed at once.
+//! - The socket is wrapped in [`super::guard::Guarded`]: a write stalled
+//!   for `send_timeout` ends the connection (slow readers).
+//! - HTTP/1.1 request bodies slower than `min_body_rate` (averaged from
+//!   the request on, checked once the request is older than
+//!   `header_timeout` and while bytes still trickle in) end the
+//!   connection (slow-body attacks).
+//! - Before the bridge: a request whose host (Host, or the authority of an
+//!   HTTP/2 or absolute-form target) is not covered by the TLS SNI the
+//!   client used gets 421 `misdirected` (RFC 9110 §15.5.20). Covered means
+//!   equal to the SNI, or named by the certificate the gateway presented
+//!   for that SNI: that is the check a browser makes before it reuses an
+//!   HTTP/2 connection for another name (RFC 9113 §9.1.1), so with a
+//!   `*.<domain>` certificate a connection opened for one device may carry
+//!   requests for another, while a name the presented certificate does
+//!   not cover (another certificate's, or a foreign host) never rides on
+//!   it; browsers answer 421 by retrying on a fresh connection. CONNECT
+//!   other than the WebSocket extended CONNECT (RFC 8441) gets 405
+//!   `connect_refused`: the gateway is never an open proxy. The SNI
+//!   travels with each request as a [`TlsSni`] extension.
+//!
+//! # Timeouts
+//!
+//! | timer | default | where |
+//! |---|---|---|
+//! | TLS handshake | 10 s | `[tls] handshake_timeout` |
+//! | request head (also idle HTTP/1.1 keep-alive) | 10 s | `[http] header_timeout` |
+//! | idle connection | 60 s | `[http] idle_timeout` |
+//! | HTTP/2 ping answer | 20 s | fixed |
+//! | request body rate (HTTP/1.1) | 256 B/s after `header_timeout` | `[gateway.limits] min_body_rate` |
+//! | stalled write | 30 s | `[gateway.limits] send_timeout` |
+//! | device response head | 30 s | `[http] response_timeout` |
+//! | WebSocket pings, two unanswered close | 20 s | `[websocket] ping_interval` |
+//! | device-link handshake | 10 s | `[link] handshake_timeout` |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::header;
+use http::{Method, header};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus::{Histogram, HistogramOpts};
+use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span, debug, info_span, warn};
 
+use super::admission::{Admission, Overload, Permit, Refused};
+use super::framing::{Framing, Verdict};
+use super::guard::Guarded;
 use super::listener::{SocketOptions, tune_accepted};
-use super::tls::{Tls, TlsError};
+use super::tls::{CertResolver, Tls, TlsError};
+use crate::bridge::page::ErrorPage;
 use crate::bridge::route::{self, Route};
 use crate::bridge::{Bridge, ClientCn, Conn};
 use crate::config;
+use crate::config::settings::Limits;
+
+/// The server name (SNI) the client sent in its TLS handshake, lower case
+/// (a request extension, like [`ClientCn`]).
+#[derive(Clone, Debug)]
+pub struct TlsSni(pub Arc<str>);
 
 /// Counters for the metrics endpoint.
 #[derive(Debug)]
@@ -61,6 +110,25 @@ pub struct EdgeStats {
     /// Durations of completed TLS handshakes
     /// (`gateway_tls_handshake_duration_seconds`).
     pub tls_handshake: Histogram,
+    /// Connections refused before TLS, by reason.
+    pub refused: Refused,
+    /// Connections closed because a request head did not arrive within
+    /// `[http] header_timeout`.
+    pub header_timeouts: AtomicU64,
+    /// Connections closed because a write stalled for `send_timeout`.
+    pub send_timeouts: Arc<AtomicU64>,
+    /// Connections closed because a request body came slower than `min_body_rate`.
+    pub body_timeouts: AtomicU64,
+    /// Connections closed after `[http] idle_timeout` without requests.
+    pub idle_timeouts: AtomicU64,
+    /// Requests hyper refused as malformed (400, 431) before the gateway saw them.
+    pub malformed: AtomicU64,
+    /// Requests whose host differs from the TLS SNI (421).
+    pub misdirected: AtomicU64,
+    /// CONNECT requests that are not WebSockets (405).
+    pub connect_refused: AtomicU64,
+    /// Overload state and the last process sample.
+    pub overload: Arc<Overload>,
 }
 
 /// Buckets of [`EdgeStats::tls_handshake`], in seconds: 1 ms to 10 s (the
@@ -71,6 +139,13 @@ const HANDSHAKE_BUCKETS: &[f64] = &[
 
 impl Default for EdgeStats {
     fn default() -> Self {
+        Self::new(Overload::new(&Limits::default()))
+    }
+}
+
+impl EdgeStats {
+    /// Counters at zero, reporting `overload`'s state.
+    pub fn new(overload: Arc<Overload>) -> Self {
         let opts = HistogramOpts::new(
             "gateway_tls_handshake_duration_seconds",
             "Durations of completed TLS handshakes with browsers.",
@@ -85,6 +160,15 @@ impl Default for EdgeStats {
             http_errors: AtomicU64::new(0),
             tls_handshake: Histogram::with_opts(opts)
                 .unwrap_or_else(|e| unreachable!("constant histogram options: {e}")),
+            refused: Refused::default(),
+            header_timeouts: AtomicU64::new(0),
+            send_timeouts: Arc::new(AtomicU64::new(0)),
+            body_timeouts: AtomicU64::new(0),
+            idle_timeouts: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            misdirected: AtomicU64::new(0),
+            connect_refused: AtomicU64::new(0),
+            overload,
         }
     }
 }
@@ -99,24 +183,33 @@ pub struct Edge {
     pub socket: SocketOptions,
 }
 
+/// What every browser listener shares.
+pub struct Shared {
+    /// Where requests go.
+    pub bridge: Arc<Bridge>,
+    /// `[http]`.
+    pub http: config::Http,
+    /// `[gateway.limits]`.
+    pub limits: Limits,
+    /// The caps and the overload state.
+    pub admission: Arc<Admission>,
+    /// The gateway's domain (to name the device of a request in logs).
+    pub domain: Arc<str>,
+    /// Counters.
+    pub stats: Arc<EdgeStats>,
+}
+
 /// Serves browsers on `edge` until `shutdown` turns true; connections then
-/// drain (see the module docs). `domain` is the gateway's (to name the
-/// device of a request in logs).
+/// drain (see the module docs).
 ///
 /// Each connection runs in a `conn` span with the peer's address and,
 /// once a request names one, the device; each request in a `request`
 /// span with its method and device. Neither carries the path, query or
 /// any header value: those may hold credentials.
-pub async fn serve(
-    edge: Edge,
-    bridge: Arc<Bridge>,
-    http: config::Http,
-    domain: Arc<str>,
-    stats: Arc<EdgeStats>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let builder = Arc::new(builder(&http));
+pub async fn serve(edge: Edge, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let builder = Arc::new(builder(&shared.http));
     let tls = edge.tls.map(Arc::new);
+    let stats = &shared.stats;
     loop {
         let (tcp, peer) = tokio::select! {
             r = edge.listener.accept() => match r {
@@ -130,30 +223,36 @@ pub async fn serve(
             () = stopping(&mut shutdown) => return,
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let permit = match shared.admission.admit(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                stats.refused.count(why);
+                debug!(%peer, reason = why.label(), "browser connection refused");
+                // A reset, not a FIN: nothing lingers in TIME_WAIT.
+                let _ = SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                drop(tcp);
+                continue;
+            }
+        };
         if let Err(e) = tune_accepted(&tcp, &edge.socket) {
             debug!(%peer, "socket options not applied: {e}");
         }
         let conn = Connection {
-            bridge: bridge.clone(),
-            domain: domain.clone(),
+            shared: shared.clone(),
             builder: builder.clone(),
-            stats: stats.clone(),
             shutdown: shutdown.clone(),
-            idle: http.idle_timeout,
+            received: Arc::new(AtomicU64::new(0)),
         };
         let tls = tls.clone();
         let span = info_span!("conn", %peer, device = Empty);
-        tokio::spawn(conn.run(tcp, peer, tls).instrument(span));
+        tokio::spawn(conn.run(tcp, peer, tls, permit).instrument(span));
     }
 }
 
 /// The span of one request: its method and, when the route names one, its
 /// device (also recorded on the connection's span, where the first wins).
 fn request_span<B>(domain: &str, req: &hyper::Request<B>, conn: &Span, named: &AtomicBool) -> Span {
-    let host = route::request_host(
-        req.uri(),
-        req.headers().get(header::HOST).map(|v| v.as_bytes()),
-    );
+    let host = request_host(req);
     let span = info_span!("request", method = %req.method(), device = Empty);
     if let Route::Device(target) = route::route(domain, host.as_deref(), req.uri()) {
         span.record("device", target.device.as_str());
@@ -164,12 +263,53 @@ fn request_span<B>(domain: &str, req: &hyper::Request<B>, conn: &Span, named: &A
     span
 }
 
+fn request_host<B>(req: &hyper::Request<B>) -> Option<String> {
+    route::request_host(
+        req.uri(),
+        req.headers().get(header::HOST).map(|v| v.as_bytes()),
+    )
+}
+
+/// The checks made before the bridge sees a request: CONNECT that is not
+/// a WebSocket (405), and a host other than the TLS SNI (421).
+fn screen<B>(
+    req: &hyper::Request<B>,
+    sni: Option<(&str, &CertResolver)>,
+    stats: &EdgeStats,
+) -> Option<ErrorPage> {
+    if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
+        stats.connect_refused.fetch_add(1, Ordering::Relaxed);
+        return Some(ErrorPage::new(
+            405,
+            "connect_refused",
+            "CONNECT is only accepted for WebSockets (RFC 8441): this gateway is not a proxy.",
+        ));
+    }
+    let (sni, certs) = sni?;
+    // No host at all is the bridge's 400.
+    let host = request_host(req)?;
+    if certs.covers(sni, &host) {
+        return None;
+    }
+    stats.misdirected.fetch_add(1, Ordering::Relaxed);
+    Some(ErrorPage::new(
+        421,
+        "misdirected",
+        format!(
+            "This connection was opened for {sni}, whose certificate does not cover {host}; requests for {host} need a connection of their own."
+        ),
+    ))
+}
+
 /// Resolves once the shutdown flag is set (never if the sender is gone).
 async fn stopping(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
     }
 }
+
+/// How long hyper's HTTP/2 keepalive waits for a PING answer.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn builder(http: &config::Http) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
@@ -186,73 +326,147 @@ fn builder(http: &config::Http) -> auto::Builder<TokioExecutor> {
         .max_pending_accept_reset_streams(http.h2_max_pending_resets)
         .max_local_error_reset_streams(http.h2_max_local_error_resets)
         .keep_alive_interval(http.idle_timeout / 2)
-        .keep_alive_timeout(Duration::from_secs(20));
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     b
 }
 
 struct Connection {
-    bridge: Arc<Bridge>,
-    domain: Arc<str>,
+    shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stats: Arc<EdgeStats>,
     shutdown: watch::Receiver<bool>,
-    idle: Duration,
+    /// Bytes received on the socket (TLS records included).
+    received: Arc<AtomicU64>,
+}
+
+/// What the HTTP stage knows of the TLS stage.
+struct Session {
+    client: SocketAddr,
+    scheme: &'static str,
+    client_cn: Option<Arc<str>>,
+    /// The SNI and the certificates it was matched against.
+    sni: Option<(Arc<str>, Arc<CertResolver>)>,
+    /// ALPN chose HTTP/2.
+    h2: bool,
+    /// HTTP/1.1 framing watch (see [`super::framing`]).
+    framing: Option<Arc<Verdict>>,
 }
 
 impl Connection {
-    async fn run(self, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<Tls>>) {
+    async fn run(self, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<Tls>>, permit: Permit) {
         let started = std::time::Instant::now();
-        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        let stats = self.shared.stats.clone();
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let io = Guarded::new(
+            tcp,
+            self.shared.limits.send_timeout,
+            self.received.clone(),
+            stats.send_timeouts.clone(),
+        );
         match tls {
-            Some(tls) => match tls.accept(tcp).await {
+            Some(tls) => match tls.accept(io).await {
                 Ok(stream) => {
-                    self.stats.tls_ok.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .tls_handshake
-                        .observe(started.elapsed().as_secs_f64());
-                    let cn = crate::edge::tls::client_common_name(&stream).map(Arc::<str>::from);
-                    self.http(stream, peer, "https", cn).await;
+                    stats.tls_ok.fetch_add(1, Ordering::Relaxed);
+                    stats.tls_handshake.observe(started.elapsed().as_secs_f64());
+                    let mut session = Session {
+                        client: peer,
+                        scheme: "https",
+                        client_cn: crate::edge::tls::client_common_name(&stream)
+                            .map(Arc::<str>::from),
+                        sni: crate::edge::tls::server_name(&stream)
+                            .map(|n| (Arc::<str>::from(n), tls.resolver.clone())),
+                        h2: stream.get_ref().1.alpn_protocol() == Some(b"h2"),
+                        framing: None,
+                    };
+                    if session.h2 {
+                        self.http(stream, session).await;
+                    } else {
+                        let verdict = Arc::new(Verdict::default());
+                        session.framing = Some(verdict.clone());
+                        let max = self.shared.http.max_header_bytes;
+                        self.http(Framing::new(stream, max, verdict), session).await;
+                    }
                 }
                 Err(e @ TlsError::Stalled(_)) => {
-                    self.stats.tls_stalled.fetch_add(1, Ordering::Relaxed);
+                    stats.tls_stalled.fetch_add(1, Ordering::Relaxed);
                     warn!(outcome = e.outcome(), "{e}");
                 }
                 Err(e) => {
-                    self.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                    stats.tls_failed.fetch_add(1, Ordering::Relaxed);
                     debug!(outcome = e.outcome(), "{e}");
                 }
             },
-            None => self.http(tcp, peer, "http", None).await,
+            None => {
+                let verdict = Arc::new(Verdict::default());
+                let session = Session {
+                    client: peer,
+                    scheme: "http",
+                    client_cn: None,
+                    sni: None,
+                    h2: false,
+                    framing: Some(verdict.clone()),
+                };
+                let max = self.shared.http.max_header_bytes;
+                self.http(Framing::new(io, max, verdict), session).await;
+            }
         }
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        stats.open.fetch_sub(1, Ordering::Relaxed);
+        drop(permit);
     }
 
-    async fn http<I>(
-        &self,
-        io: I,
-        client: SocketAddr,
-        scheme: &'static str,
-        client_cn: Option<Arc<str>>,
-    ) where
+    async fn http<I>(&self, io: I, session: Session)
+    where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let bridge = self.bridge.clone();
-        let domain = self.domain.clone();
-        let conn_info = Conn { client, scheme };
+        let shared = self.shared.clone();
+        let conn_info = Conn {
+            client: session.client,
+            scheme: session.scheme,
+        };
         let active = Arc::new(AtomicU64::new(0));
         let counter = active.clone();
         let conn_span = Span::current();
         let named = Arc::new(AtomicBool::new(false));
+        let h2 = Arc::new(AtomicBool::new(session.h2));
+        let saw_h2 = h2.clone();
+        let (client_cn, sni, framing) = (session.client_cn, session.sni, session.framing);
+        let requests = AtomicU64::new(0);
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             if let Some(cn) = &client_cn {
                 req.extensions_mut().insert(ClientCn(cn.clone()));
             }
-            let bridge = bridge.clone();
+            if let Some((sni, _)) = &sni {
+                req.extensions_mut().insert(TlsSni(sni.clone()));
+            }
+            if req.version() == http::Version::HTTP_2 {
+                saw_h2.store(true, Ordering::Relaxed);
+            }
+            let bridge = shared.bridge.clone();
             let active = counter.clone();
             active.fetch_add(1, Ordering::Relaxed);
-            let span = request_span(&domain, &req, &conn_span, &named);
+            let span = request_span(&shared.domain, &req, &conn_span, &named);
+            let n = requests.fetch_add(1, Ordering::Relaxed);
+            let ambiguous = req.version() != http::Version::HTTP_2
+                && framing.as_ref().is_some_and(|v| v.is_bad(n));
+            let refused = if ambiguous {
+                shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                Some(ErrorPage::new(
+                    400,
+                    "ambiguous_framing",
+                    "The request has both Content-Length and Transfer-Encoding.",
+                ))
+            } else {
+                let sni = sni.as_ref().map(|(n, c)| (&**n, &**c));
+                screen(&req, sni, &shared.stats)
+            };
             async move {
-                let r = bridge.handle(conn_info, req).await;
+                let r = match refused {
+                    Some(page) => {
+                        let resp = page.render(req.headers());
+                        debug!(status = resp.status().as_u16(), "refused before the bridge");
+                        Ok(resp)
+                    }
+                    None => bridge.handle(conn_info, req).await,
+                };
                 active.fetch_sub(1, Ordering::Relaxed);
                 r
             }
@@ -262,15 +476,27 @@ impl Connection {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
+        let stats = &self.shared.stats;
+        let idle = self.shared.http.idle_timeout;
         let mut shutdown = self.shutdown.clone();
         let mut idle_since = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval(self.idle.min(Duration::from_secs(5)));
+        let mut body = BodyRate::new(
+            self.shared.limits.min_body_rate,
+            self.shared.http.header_timeout,
+        );
+        let period = if body.min_rate > 0 {
+            Duration::from_secs(1)
+        } else {
+            idle.min(Duration::from_secs(5))
+        };
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut draining = false;
         loop {
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
-                        self.stats.http_errors.fetch_add(1, Ordering::Relaxed);
+                        self.classify(&*e);
                         debug!("connection ended: {e}");
                     }
                     return;
@@ -279,18 +505,85 @@ impl Connection {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tick.tick(), if !draining => {
+                _ = tick.tick() => {
+                    let busy = active.load(Ordering::Relaxed) > 0;
+                    let received = self.received.load(Ordering::Relaxed);
+                    if !h2.load(Ordering::Relaxed) && body.too_slow(busy, received) {
+                        stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                        debug!(min_rate = body.min_rate, "request body slower than the minimum rate; closing");
+                        return;
+                    }
+                    if draining {
+                        continue;
+                    }
                     // Responses in flight keep a connection busy; streams
                     // (bodies, WebSockets) carry on outside this counter.
-                    if active.load(Ordering::Relaxed) > 0 {
+                    if busy {
                         idle_since = tokio::time::Instant::now();
-                    } else if idle_since.elapsed() >= self.idle {
-                        debug!("idle for {:?}; closing", self.idle);
+                    } else if idle_since.elapsed() >= idle {
+                        debug!("idle for {idle:?}; closing");
+                        stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                         draining = true;
                         conn.as_mut().graceful_shutdown();
                     }
                 }
             }
         }
+    }
+
+    /// Counts why hyper ended a connection.
+    fn classify(&self, e: &(dyn std::error::Error + 'static)) {
+        let stats = &self.shared.stats;
+        stats.http_errors.fetch_add(1, Ordering::Relaxed);
+        let Some(h) = e.downcast_ref::<hyper::Error>() else {
+            return;
+        };
+        if h.is_timeout() {
+            stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+        } else if h.is_parse() || h.is_parse_too_large() || h.is_parse_status() {
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The slow-body check of one HTTP/1.1 connection: while a request is in
+/// flight, the bytes received since it started must keep up with
+/// `min_rate` per second, judged only once the request is older than
+/// `grace` and only on ticks where bytes still arrive (a request whose
+/// body is complete and that waits for its device is never judged).
+struct BodyRate {
+    min_rate: u64,
+    grace: Duration,
+    /// Since when a request is in flight, and the byte counts then and at
+    /// the last tick.
+    period: Option<(tokio::time::Instant, u64, u64)>,
+}
+
+impl BodyRate {
+    fn new(min_rate: u64, grace: Duration) -> Self {
+        Self {
+            min_rate,
+            grace,
+            period: None,
+        }
+    }
+
+    fn too_slow(&mut self, busy: bool, received: u64) -> bool {
+        if self.min_rate == 0 || !busy {
+            self.period = None;
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let Some((start, first, last)) = self.period else {
+            self.period = Some((now, received, received));
+            return false;
+        };
+        self.period = Some((start, first, received));
+        let elapsed = now.duration_since(start);
+        if received == last || elapsed < self.grace {
+            return false;
+        }
+        let floor = self.min_rate as f64 * elapsed.as_secs_f64();
+        ((received - first) as f64) < floor
     }
 }

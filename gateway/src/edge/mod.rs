@@ -3,9 +3,15 @@
 //! ## Layout
 //!
 //! - [`listener`]: socket2 listeners with the MSS clamp, keepalive and dual stack.
+//! - [`admission`]: connection caps (global, per source) and overload protection, before TLS.
+//! - [`guard`]: the socket watched: bytes received, stalled writes timed out.
+//! - [`framing`]: HTTP/1.1 request framing followed, to refuse Content-Length with Transfer-Encoding.
 //! - [`tls`]: rustls acceptor: ALPN, resumption, SNI, reload, handshake deadline, local CA.
 //! - [`http`]: the accept loop: TLS, then hyper (HTTP/1.1 and HTTP/2) into the bridge.
 
+pub mod admission;
+pub mod framing;
+pub mod guard;
 pub mod http;
 pub mod listener;
 pub mod tls;

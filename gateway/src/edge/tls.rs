@@ -19,7 +19,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
@@ -136,6 +136,8 @@ pub struct CertResolver {
 struct Certs {
     by_name: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// Every certificate with the names it covers.
+    all: Vec<(Arc<CertifiedKey>, Vec<String>)>,
 }
 
 impl CertResolver {
@@ -161,6 +163,7 @@ impl CertResolver {
                     .entry(n.clone())
                     .or_insert_with(|| p.key.clone());
             }
+            certs.all.push((p.key, p.names));
         }
         *self.inner.write().unwrap_or_else(|e| e.into_inner()) = certs;
     }
@@ -178,6 +181,39 @@ impl CertResolver {
             }
         }
         certs.default.clone()
+    }
+}
+
+impl CertResolver {
+    /// Whether the certificate served to a client that asked for `sni`
+    /// is also valid for `host` (lower case, no port): the test a client
+    /// makes before it reuses a connection for another name (RFC 9113
+    /// §9.1.1). A name is covered by an equal SAN, or by `*.<parent>`
+    /// when it is one label below `<parent>`.
+    pub fn covers(&self, sni: &str, host: &str) -> bool {
+        if sni == host {
+            return true;
+        }
+        let Some(key) = self.pick(Some(sni)) else {
+            return false;
+        };
+        let certs = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        certs
+            .all
+            .iter()
+            .filter(|(k, _)| Arc::ptr_eq(k, &key))
+            .flat_map(|(_, names)| names)
+            .any(|n| name_matches(n, host))
+    }
+}
+
+/// A certificate name (`x.example` or `*.example`) against a host name.
+fn name_matches(name: &str, host: &str) -> bool {
+    match name.strip_prefix("*.") {
+        None => name == host,
+        Some(parent) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
     }
 }
 
@@ -253,14 +289,25 @@ impl Tls {
         })
     }
 
-    /// Runs the handshake on an accepted connection within the deadline.
-    pub async fn accept(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, TlsError> {
-        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(tcp)).await {
+    /// Runs the handshake on an accepted connection (a `TcpStream`, or
+    /// one wrapped by [`super::guard::Guarded`]) within the deadline.
+    pub async fn accept<IO>(&self, io: IO) -> Result<TlsStream<IO>, TlsError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(io)).await {
             Err(_) => Err(TlsError::Stalled(self.handshake_timeout)),
             Ok(Err(e)) => Err(TlsError::Handshake(e)),
             Ok(Ok(s)) => Ok(s),
         }
     }
+}
+
+/// The server name (SNI) the client asked for, lower case and without a
+/// trailing dot; `None` when it sent none (an IP address in the URL).
+pub fn server_name<IO>(stream: &TlsStream<IO>) -> Option<String> {
+    let name = stream.get_ref().1.server_name()?;
+    Some(name.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// The common name of a verified client certificate, if any (the first
@@ -330,5 +377,26 @@ impl LocalCa {
                 reason: e.to_string(),
             })?;
         CertPair::from_der(chain, key, "generated")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_covered_by_the_certificate_served_for_the_sni() {
+        let apex = local_ca(&["gw.example".into()]).unwrap().pair().unwrap();
+        let wild = local_ca(&["*.gw.example".into()]).unwrap().pair().unwrap();
+        let certs = CertResolver::new(vec![apex, wild]);
+        // The wildcard certificate, served for any device, covers every device.
+        assert!(certs.covers("plc-1.gw.example", "plc-1.gw.example"));
+        assert!(certs.covers("plc-1.gw.example", "plc-2.gw.example"));
+        assert!(!certs.covers("plc-1.gw.example", "gw.example"));
+        assert!(!certs.covers("plc-1.gw.example", "a.b.gw.example"));
+        assert!(!certs.covers("plc-1.gw.example", "evil.example"));
+        // The apex certificate covers only the apex.
+        assert!(!certs.covers("gw.example", "plc-1.gw.example"));
+        assert!(certs.covers("gw.example", "gw.example"));
     }
 }

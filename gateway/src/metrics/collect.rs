@@ -85,6 +85,36 @@ const CONNECTION_ERRORS: Family = counter(
     &[],
     "Browser connections that ended with an HTTP error (header timeout, malformed request, reset).",
 );
+const CONNECTIONS_REFUSED: Family = counter(
+    "gateway_browser_connections_refused_total",
+    &["reason"],
+    "Browser connections closed right after accept, before TLS: overload, global_cap ([gateway.limits] max_connections), per_address_cap (max_connections_per_address).",
+);
+const BROWSER_TIMEOUTS: Family = counter(
+    "gateway_browser_timeouts_total",
+    &["timer"],
+    "Browser connections ended by a timer: header ([http] header_timeout), body_rate ([gateway.limits] min_body_rate), send ([gateway.limits] send_timeout), idle ([http] idle_timeout).",
+);
+const MALFORMED: Family = counter(
+    "gateway_browser_malformed_requests_total",
+    &[],
+    "Requests refused by the HTTP parser (400 or 431, connection closed) before the gateway routed them: smuggling attempts, bad framing, oversized heads.",
+);
+const EDGE_REFUSED: Family = counter(
+    "gateway_browser_requests_refused_total",
+    &["reason"],
+    "Requests refused at the edge before the bridge: misdirected (Host differs from the TLS SNI, 421), connect (CONNECT that is not a WebSocket, 405).",
+);
+const OVERLOAD_ACTIVE: Family = gauge(
+    "gateway_overload_active",
+    &[],
+    "1 while overload protection refuses new browser connections ([gateway.limits] overload_memory or overload_open_files crossed), else 0.",
+);
+const OVERLOAD_TRANSITIONS: Family = counter(
+    "gateway_overload_transitions_total",
+    &[],
+    "Times overload protection switched on or off.",
+);
 const HTTP_REQUESTS: Family = counter(
     "gateway_http_requests_total",
     &["code"],
@@ -214,6 +244,12 @@ pub const FAMILIES: &[Family] = &[
     CONNECTIONS_ACCEPTED,
     CONNECTIONS_OPEN,
     CONNECTION_ERRORS,
+    CONNECTIONS_REFUSED,
+    BROWSER_TIMEOUTS,
+    MALFORMED,
+    EDGE_REFUSED,
+    OVERLOAD_ACTIVE,
+    OVERLOAD_TRANSITIONS,
     HTTP_REQUESTS,
     HTTP_REFUSED,
     HTTP_DEVICE_ERRORS,
@@ -352,6 +388,39 @@ impl Gateway {
         out.one(&CONNECTIONS_ACCEPTED, load(&e.accepted));
         out.one(&CONNECTIONS_OPEN, load(&e.open));
         out.one(&CONNECTION_ERRORS, load(&e.http_errors));
+        by_label(
+            out,
+            &CONNECTIONS_REFUSED,
+            &[
+                ("overload", &e.refused.overload),
+                ("global_cap", &e.refused.global_cap),
+                ("per_address_cap", &e.refused.per_address_cap),
+            ],
+        );
+        by_label(
+            out,
+            &BROWSER_TIMEOUTS,
+            &[
+                ("header", &e.header_timeouts),
+                ("body_rate", &e.body_timeouts),
+                ("send", &e.send_timeouts),
+                ("idle", &e.idle_timeouts),
+            ],
+        );
+        out.one(&MALFORMED, load(&e.malformed));
+        by_label(
+            out,
+            &EDGE_REFUSED,
+            &[
+                ("misdirected", &e.misdirected),
+                ("connect", &e.connect_refused),
+            ],
+        );
+        out.one(
+            &OVERLOAD_ACTIVE,
+            f64::from(u8::from(e.overload.is_active())),
+        );
+        out.one(&OVERLOAD_TRANSITIONS, load(&e.overload.transitions));
     }
 
     fn bridge(&self, out: &mut Out) {
