@@ -7,6 +7,7 @@
 //!
 //! - `config`: the TOML configuration, typed once at load.
 //! - `edge`: listeners (MSS clamp), TLS, the HTTP accept loop.
+//! - `acme`: certificates obtained and renewed from an ACME CA.
 //! - `auth`: users, sessions, tokens, login, audit.
 //! - `bridge`: routing, checks, and HTTP and WebSocket exchanges with devices.
 //! - `server`: a configuration turned into listeners and tasks.
@@ -17,6 +18,7 @@
 //! - `link`: the device link: listener, handshakes against the registry, one task per device session.
 //! - `metrics`: Prometheus exposition, `/healthz` and `/readyz` on their own listener.
 
+pub mod acme;
 pub mod auth;
 pub mod bridge;
 pub mod cli;

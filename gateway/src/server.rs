@@ -95,6 +95,9 @@ pub struct Server {
     pub link_addr: SocketAddr,
     /// Certificates, replaceable at run time.
     pub certs: Arc<CertResolver>,
+    /// Automatic certificates, when `[acme]` is configured.
+    pub acme: Option<Arc<crate::acme::Manager>>,
+    acme_task: Option<tokio::task::AbortHandle>,
     /// Metrics, readiness and reload outcomes.
     pub metrics: Arc<Metrics>,
     /// Where `/metrics` is served, once [`Server::serve_metrics`] ran.
@@ -194,8 +197,17 @@ impl Server {
         let link_addr = listeners.link.local_addr().unwrap_or(config.link.address);
         let mut edges = Vec::new();
         let mut edge_addrs = Vec::new();
+        let acme = config.acme.as_ref().map(|a| {
+            let m = crate::acme::Manager::new(a.clone(), certs.clone(), config.tls.pairs());
+            bridge.set_acme(m.challenges.clone());
+            m
+        });
+        // Outside `tasks`: it never ends by itself, and the drain waits for those.
+        let acme_task = acme
+            .as_ref()
+            .map(|m| tokio::spawn(m.clone().run()).abort_handle());
         for (l, bound) in config.listeners.iter().zip(listeners.edges) {
-            if l.tls && config.tls.certificates.is_empty() {
+            if l.tls && config.tls.certificates.is_empty() && acme.is_none() {
                 return Err(StartError::NoCertificate(l.address));
             }
             edge_addrs.push(bound.local_addr().unwrap_or(l.address));
@@ -245,6 +257,8 @@ impl Server {
         let overload_task = AbortOnDrop(tokio::spawn(overload.run()));
         let metrics = Metrics::new(bridge.clone(), edge_stats.clone());
         Ok(Self {
+            acme,
+            acme_task,
             bridge,
             hub,
             edge_stats,
@@ -322,7 +336,10 @@ impl Server {
         if closed > 0 {
             info!(closed, "reload: closed WebSockets whose access was revoked");
         }
-        self.certs.replace(new.tls.pairs());
+        match &self.acme {
+            Some(m) => m.set_static(new.tls.pairs()),
+            None => self.certs.replace(new.tls.pairs()),
+        }
         self.metrics.reloads.success();
         info!(
             devices = new.devices.len(),
@@ -339,6 +356,9 @@ impl Server {
     /// Stops accepting, drains browsers and devices, and returns once done
     /// or after the drain deadline.
     pub async fn shutdown(mut self) {
+        if let Some(t) = &self.acme_task {
+            t.abort();
+        }
         self.metrics.set_ready(false);
         let _ = self.shutdown.send(true);
         self.hub.shutdown();

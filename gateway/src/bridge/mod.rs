@@ -101,6 +101,7 @@ pub struct Bridge {
     site: RwLock<Site>,
     live: LiveSockets,
     direct: upstream::DirectClients,
+    acme: RwLock<Option<Arc<crate::acme::Challenges>>>,
     domain: String,
     http: config::Http,
     websocket: config::WebSocket,
@@ -128,6 +129,7 @@ impl Bridge {
             site: RwLock::new(site),
             live: LiveSockets::default(),
             direct: upstream::DirectClients::default(),
+            acme: RwLock::new(None),
             domain,
             http,
             websocket,
@@ -157,6 +159,35 @@ impl Bridge {
         site.origins = origins;
         drop(site);
         self.recheck_live()
+    }
+
+    /// Answers ACME HTTP-01 challenges from `challenges` (on any host and
+    /// listener, before routing and access control).
+    pub fn set_acme(&self, challenges: Arc<crate::acme::Challenges>) {
+        *self.acme.write().unwrap_or_else(|e| e.into_inner()) = Some(challenges);
+    }
+
+    fn acme_answer(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+        let token = req
+            .uri()
+            .path()
+            .strip_prefix("/.well-known/acme-challenge/")?;
+        let challenges = self
+            .acme
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let mut resp = match challenges.answer(token) {
+            Some(ka) => Response::new(page::full(ka)),
+            None => {
+                let mut r = Response::new(page::full("no such challenge\n"));
+                *r.status_mut() = StatusCode::NOT_FOUND;
+                r
+            }
+        };
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        Some(resp)
     }
 
     /// Users, sessions and tokens.
@@ -203,6 +234,9 @@ impl Bridge {
         conn: Conn,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ErrorPage> {
+        if let Some(answer) = self.acme_answer(&req) {
+            return Ok(answer);
+        }
         let host = route::request_host(
             req.uri(),
             req.headers().get(header::HOST).map(HeaderValue::as_bytes),

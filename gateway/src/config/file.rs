@@ -56,6 +56,29 @@ pub struct File {
     /// `[[token]]`: API bearer tokens for scripts.
     #[serde(default)]
     pub token: Vec<TokenSection>,
+    /// `[acme]`: certificates obtained and renewed automatically. Default:
+    /// none (certificates come from `[tls]` only).
+    pub acme: Option<AcmeSection>,
+}
+
+/// `[acme]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeSection {
+    /// The CA's ACME directory URL (`https://...`). Required.
+    pub directory: Spanned<String>,
+    /// Contact URLs for the account (`mailto:ops@example.com`). Default: none.
+    #[serde(default)]
+    pub contact: Vec<Spanned<String>>,
+    /// Names on the certificate. Default: the domain and `<id>.<domain>`
+    /// for every configured device (wildcards need DNS-01, not offered).
+    pub names: Option<Vec<Spanned<String>>>,
+    /// Renew this long before expiry. Default `"30d"`.
+    pub renew_before: Option<Spanned<String>>,
+    /// PEM file of a root to trust for the ACME server's own TLS (a
+    /// private CA, a test server), relative to `data_dir`. Default: the
+    /// system's web roots.
+    pub ca_root: Option<Spanned<String>>,
 }
 
 /// A users file (`auth.users_file`): `[[user]]`, `[[group]]` and

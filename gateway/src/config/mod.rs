@@ -100,6 +100,7 @@
 //! - `value`: checks of single values.
 //! - [`Secret`]: the wrapper that keeps secrets out of logs.
 
+pub mod acme;
 pub mod auth;
 pub mod device;
 pub mod error;
@@ -146,6 +147,8 @@ pub struct Config {
     pub devices: Devices,
     /// `[auth]`, users, groups and tokens.
     pub auth: auth::Auth,
+    /// `[acme]`, if certificates are obtained automatically.
+    pub acme: Option<acme::Acme>,
 }
 
 /// Loads and checks the configuration at `path`, and the files it names
@@ -208,7 +211,7 @@ fn convert(src: &Source, raw: &file::File, errors: &mut Vec<ConfigError>) -> Opt
     let mut listeners = Vec::new();
     for r in &raw.listen {
         if let Some(l) = settings::listener(&mut ctx, r, &mut bound) {
-            if l.tls && raw.tls.certificates.is_empty() {
+            if l.tls && raw.tls.certificates.is_empty() && raw.acme.is_none() {
                 let kind = ErrorKind::MissingCertificates { address: l.address };
                 ctx.error_at(&r.address, kind);
             }
@@ -278,8 +281,14 @@ fn convert(src: &Source, raw: &file::File, errors: &mut Vec<ConfigError>) -> Opt
     }
 
     let auth = auth::auth(&mut ctx, raw, &data_dir);
+    let acme = raw.acme.as_ref().and_then(|a| {
+        let mut names = vec![domain.clone()];
+        names.extend(devices.iter().map(|d| format!("{}.{domain}", d.id)));
+        acme::acme(&mut ctx, a, &data_dir, names)
+    });
 
     Some(Config {
+        acme,
         auth,
         path: src.path().to_path_buf(),
         gateway: gateway?,
