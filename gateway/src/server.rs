@@ -256,6 +256,11 @@ impl Server {
         );
         let overload_task = AbortOnDrop(tokio::spawn(overload.run()));
         let metrics = Metrics::new(bridge.clone(), edge_stats.clone());
+        for c in acme.iter().flat_map(|m| m.stats.collectors()) {
+            if let Err(e) = metrics.register(c) {
+                unreachable!("ACME metrics registration: {e}");
+            }
+        }
         Ok(Self {
             acme,
             acme_task,

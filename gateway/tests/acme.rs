@@ -10,7 +10,6 @@ mod common;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::TempDir;
@@ -252,14 +251,18 @@ async fn certificates_from_a_real_acme_server() {
     // Issue: HTTP-01 answered by the gateway itself; served at once.
     let server = start(&dir, https, http, &p, "30d").await;
     let acme = server.acme.clone().unwrap();
-    eventually("the first certificate", 60, || {
-        acme.stats.issued.load(Ordering::Relaxed) >= 1
-    })
-    .await;
+    eventually("the first certificate", 60, || acme.stats.issued.get() >= 1).await;
     let root = issuing_root(&p).await;
     let first = served(addr, "plc.gw.example.com", &root).await;
     assert_eq!(served(addr, "gw.example.com", &root).await, first);
-    assert!(acme.stats.expiry_unix.load(Ordering::Relaxed) > 0);
+    assert!(acme.stats.expiry_unix.get() > 0);
+    let exposition = server.metrics.render();
+    let line = exposition
+        .lines()
+        .find(|l| l.starts_with("gateway_tls_certificate_expiry_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no expiry metric in:\n{exposition}"));
+    assert!(!line.ends_with(" 0"), "{line}");
+    assert!(exposition.contains("gateway_acme_certificates_issued_total 1"));
     let key_mode = std::fs::metadata(dir.path().join("acme/key.pem")).unwrap();
     #[cfg(unix)]
     {
@@ -271,34 +274,18 @@ async fn certificates_from_a_real_acme_server() {
     // A restart serves the stored certificate: no new order.
     let server = start(&dir, https, http, &p, "30d").await;
     eventually("the stored certificate", 10, || {
-        server
-            .acme
-            .as_ref()
-            .unwrap()
-            .stats
-            .expiry_unix
-            .load(Ordering::Relaxed)
-            > 0
+        server.acme.as_ref().unwrap().stats.expiry_unix.get() > 0
     })
     .await;
     assert_eq!(served(addr, "plc.gw.example.com", &root).await, first);
-    assert_eq!(
-        server
-            .acme
-            .as_ref()
-            .unwrap()
-            .stats
-            .issued
-            .load(Ordering::Relaxed),
-        0
-    );
+    assert_eq!(server.acme.as_ref().unwrap().stats.issued.get(), 0);
     server.shutdown().await;
 
     // Renewal (a margin longer than the certificate's life): a new one.
     let server = start(&dir, https, http, &p, "100000d").await;
     let acme = server.acme.clone().unwrap();
     eventually("the renewed certificate", 60, || {
-        acme.stats.issued.load(Ordering::Relaxed) >= 1
+        acme.stats.issued.get() >= 1
     })
     .await;
     let second = served(addr, "plc.gw.example.com", &root).await;
@@ -310,11 +297,8 @@ async fn certificates_from_a_real_acme_server() {
     p.dns = None;
     let server = start(&dir, https, http, &p, "100000d").await;
     let acme = server.acme.clone().unwrap();
-    eventually("a failed renewal", 60, || {
-        acme.stats.failures.load(Ordering::Relaxed) >= 1
-    })
-    .await;
+    eventually("a failed renewal", 60, || acme.stats.failures.get() >= 1).await;
     assert_eq!(served(addr, "plc.gw.example.com", &root).await, second);
-    assert_eq!(acme.stats.issued.load(Ordering::Relaxed), 0);
+    assert_eq!(acme.stats.issued.get(), 0);
     server.shutdown().await;
 }

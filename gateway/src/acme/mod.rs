@@ -19,7 +19,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -27,6 +26,7 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy,
 };
+use prometheus::{IntCounter, IntGauge};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use tracing::{info, warn};
@@ -94,15 +94,49 @@ impl Challenges {
     }
 }
 
-/// Counters for the metrics endpoint.
-#[derive(Debug, Default)]
+/// Counters for the metrics endpoint (registered by the server).
+#[derive(Debug, Clone)]
 pub struct AcmeStats {
     /// Certificates obtained.
-    pub issued: AtomicU64,
+    pub issued: IntCounter,
     /// Attempts that failed.
-    pub failures: AtomicU64,
+    pub failures: IntCounter,
     /// Expiry of the certificate served, Unix seconds (0: none yet).
-    pub expiry_unix: AtomicU64,
+    pub expiry_unix: IntGauge,
+}
+
+impl Default for AcmeStats {
+    fn default() -> Self {
+        let counter = |name: &str, help: &str| {
+            IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
+        };
+        Self {
+            issued: counter(
+                "gateway_acme_certificates_issued_total",
+                "Certificates obtained from the ACME CA.",
+            ),
+            failures: counter(
+                "gateway_acme_failures_total",
+                "ACME orders that failed (the current certificate kept serving).",
+            ),
+            expiry_unix: IntGauge::new(
+                "gateway_tls_certificate_expiry_timestamp_seconds",
+                "Expiry of the ACME certificate served, Unix time (0 before the first).",
+            )
+            .unwrap_or_else(|e| unreachable!("metric: {e}")),
+        }
+    }
+}
+
+impl AcmeStats {
+    /// The collectors, for a registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.issued.clone()),
+            Box::new(self.failures.clone()),
+            Box::new(self.expiry_unix.clone()),
+        ]
+    }
 }
 
 /// Obtains, stores, installs and renews the certificate.
@@ -211,7 +245,7 @@ impl Manager {
             }
             match self.obtain().await {
                 Ok(expiry) => {
-                    self.stats.issued.fetch_add(1, Ordering::Relaxed);
+                    self.stats.issued.inc();
                     info!(names = ?self.cfg.names, ?expiry, "ACME certificate obtained");
                     retry = Duration::from_secs(60);
                     // Never order again at once, even if renew_before is
@@ -229,7 +263,7 @@ impl Manager {
                     tokio::time::sleep(jitter(next)).await;
                 }
                 Err(e) => {
-                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats.failures.inc();
                     warn!(retry_in = ?retry, "ACME: could not obtain a certificate; the current one keeps serving: {e}");
                     tokio::time::sleep(jitter(retry)).await;
                     retry = (retry * 2).min(Duration::from_secs(3600));
@@ -242,7 +276,9 @@ impl Manager {
         let secs = expiry
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.stats.expiry_unix.store(secs, Ordering::Relaxed);
+        self.stats
+            .expiry_unix
+            .set(i64::try_from(secs).unwrap_or(i64::MAX));
     }
 
     async fn account(&self) -> Result<Account, AcmeError> {

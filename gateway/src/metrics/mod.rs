@@ -135,6 +135,11 @@ impl Metrics {
         })
     }
 
+    /// Adds collectors made elsewhere (the ACME manager's).
+    pub fn register(&self, c: Box<dyn prometheus::core::Collector>) -> prometheus::Result<()> {
+        self.registry.register(c)
+    }
+
     /// The exposition, Prometheus text format 0.0.4.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
