@@ -462,3 +462,35 @@ fn hash_password_and_token_print_configuration_lines() {
     let digest = toml_value(&stdout, "sha256");
     assert_eq!(gateway::auth::password::token_digest(&token), digest);
 }
+
+#[test]
+fn the_fleet_example_is_accepted() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let main = std::fs::read_to_string(examples.join("fleet.toml")).unwrap();
+    let dir = TempDir::new("fleet-example");
+    let line = "data_dir = \"/var/lib/devlink-gateway\"";
+    assert!(main.contains(line));
+    let file = dir.write(
+        "gateway.toml",
+        &main.replace(line, &format!("data_dir = {:?}", dir.path())),
+    );
+    dir.write(
+        "users.toml",
+        &std::fs::read_to_string(examples.join("users.toml")).unwrap(),
+    );
+    let fleet = device_fw::host::fleet("example", "sim", 3);
+    dir.write("devices.toml", &device_fw::host::registry_toml(&fleet));
+    keys::write_key_file(
+        &dir.path().join("gateway.key"),
+        &keys::generate().unwrap(),
+        false,
+    )
+    .unwrap();
+    let out = gateway(&["check-config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let c = gateway::config::load(&file).unwrap();
+    assert_eq!(c.devices.len(), 3);
+    assert_eq!(c.auth.users.len(), 2);
+    assert!(c.auth.users[0].devices.contains("sim-1"));
+    assert_eq!(c.acme.unwrap().names, vec!["fleet.example.com".to_string()]);
+}

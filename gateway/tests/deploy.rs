@@ -99,3 +99,90 @@ fn the_systemd_unit_is_hardened_and_runs_this_cli() {
         );
     }
 }
+
+/// Every metric a dashboard or the compose set-up queries is one the
+/// gateway exports (histograms by their `_bucket` series; the ACME ones
+/// exist when `[acme]` is configured).
+#[test]
+fn the_grafana_dashboard_and_compose_files_fit_the_gateway() {
+    let dashboard = std::fs::read_to_string(deploy().join("grafana/devlink-gateway.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut exported: Vec<String> = gateway::metrics::collect::FAMILIES
+        .iter()
+        .map(|f| f.name.to_string())
+        .collect();
+    exported.extend(
+        [
+            "gateway_http_request_duration_seconds",
+            "gateway_tls_handshake_duration_seconds",
+            "gateway_link_rtt_seconds",
+        ]
+        .map(|h| format!("{h}_bucket")),
+    );
+    exported.extend(
+        gateway::acme::AcmeStats::default()
+            .collectors()
+            .iter()
+            .flat_map(|c| {
+                c.desc()
+                    .into_iter()
+                    .map(|d| d.fq_name.clone())
+                    .collect::<Vec<_>>()
+            }),
+    );
+    let panels = json["panels"].as_array().unwrap();
+    assert!(panels.len() >= 8);
+    let mut checked = 0;
+    for p in panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("gateway_") {
+                    assert!(
+                        exported.iter().any(|e| e == word),
+                        "the dashboard queries {word}, which is not exported"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 10);
+    let compose = std::fs::read_to_string(deploy().join("compose/compose.yaml")).unwrap();
+    for needle in [
+        "deploy/container/Containerfile",
+        "NET_BIND_SERVICE",
+        "grafana/provisioning",
+        "prometheus.yml",
+    ] {
+        assert!(compose.contains(needle), "compose.yaml lacks {needle}");
+    }
+    let image = std::fs::read_to_string(deploy().join("container/Containerfile")).unwrap();
+    assert!(
+        image.contains("USER 10001"),
+        "the image must not run as root"
+    );
+    assert!(image.contains("--locked -p gateway"));
+}
+
+#[test]
+fn the_compose_prometheus_configuration_passes_promtool() {
+    let Some(bin) = external::program("promtool") else {
+        return;
+    };
+    // As mounted in the container: the rules next to the configuration.
+    let dir = std::env::temp_dir().join(format!("compose-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        deploy().join("compose/prometheus.yml"),
+        dir.join("prometheus.yml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        deploy().join("prometheus/alerts.yml"),
+        dir.join("alerts.yml"),
+    )
+    .unwrap();
+    promtool(&bin, &["check", "config", "prometheus.yml"], &dir);
+    let _ = std::fs::remove_dir_all(&dir);
+}
