@@ -5,6 +5,7 @@
 //!
 //! ## Layout
 //!
+//! - [`browser`]: headless Chromium over WebDriver (chromedriver), screenshots.
 //! - [`acceptor`]: a minimal gateway-role acceptor for device-side tests.
 //! - [`netns`]: network namespaces a test creates and removes (the PMTU
 //!   black hole), tokio runtimes inside them.
@@ -14,5 +15,6 @@
 //!   against the acceptor).
 
 pub mod acceptor;
+pub mod browser;
 pub mod netns;
 pub mod wss;
