@@ -10,11 +10,22 @@
 //! - [`netns`]: network namespaces a test creates and removes (the PMTU
 //!   black hole), tokio runtimes inside them.
 //! - [`wss`]: WSS clients, latency percentiles, a process's RSS and CPU time.
+//! - [`load`]: the load generator's workloads (echo, idle, handshakes, bulk).
+//! - [`procs`]: processes the benchmarks start and measure (CPU, RSS, pinning).
+//! - [`setup`]: a benchmark directory (certificates, keys, gateway configuration).
+//! - `bin/loadgen`: one workload against one target, a `RESULT` line.
+//! - `bin/ws-echo`: the plain WebSocket echo upstream.
+//! - `bin/echo-devices`: `EchoApp` devices dialing a gateway's link.
+//! - `bin/bench-proxies`: the gateway against nginx and HAProxy, A/B rounds.
 //! - `bin/wss-bench`: WSS echo and idle connections through the gateway.
+//! - `bin/fleet-bench`: simulated device fleets (memory, reconnect storms).
 //! - `tests/`: the scenarios (`device_sim.rs`: the `device-sim` binary
 //!   against the acceptor).
 
 pub mod acceptor;
+pub mod load;
 pub mod browser;
 pub mod netns;
+pub mod procs;
+pub mod setup;
 pub mod wss;

@@ -1,0 +1,523 @@
+//! The load generator's workloads, each against one TLS WebSocket target
+//! (the gateway, nginx or HAProxy) and measured on the target's own process:
+//!
+//! | workload | what it does | what it reports |
+//! |---|---|---|
+//! | [`echo`] | N WSS connections echoing M-byte messages, closed loop, pipelined, or paced to a rate | messages/s, p50/p90/p99/max, target CPU per message |
+//! | [`idle`] | opens up to ~9,500 WSS connections from several 127.0.0.x sources and holds them | target RSS per idle connection |
+//! | [`handshakes`] | TLS 1.3 handshakes (full or resumed), `close_notify` both ways | handshakes/s, target CPU per handshake |
+//! | [`bulk`] | one connection, large messages pipelined | MB/s (payload, one direction), target CPU per MB |
+//!
+//! Every result is a [`Report`]: `key=value` pairs printed on one
+//! `RESULT` line, so a driver can collect rounds and take medians.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use rustls::ClientConfig;
+use rustls::client::Resumption;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::procs::{cpu_ns, rss_kib};
+use crate::wss::{Latencies, connect};
+
+/// Where the load goes.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The TLS listener.
+    pub addr: SocketAddr,
+    /// Host names to spread connections over (SNI and `Host`).
+    pub hosts: Vec<String>,
+    /// The WebSocket path.
+    pub path: String,
+    /// TLS client settings (trusting the target's CA).
+    pub tls: Arc<ClientConfig>,
+    /// The target's processes, whose CPU time and RSS are measured.
+    pub pids: Vec<u32>,
+}
+
+impl Target {
+    fn host(&self, i: usize) -> &str {
+        &self.hosts[i % self.hosts.len()]
+    }
+
+    fn origin(&self, i: usize) -> String {
+        format!("https://{}:{}", self.host(i), self.addr.port())
+    }
+
+    /// CPU time of the target's processes so far, nanoseconds.
+    pub fn cpu_ns(&self) -> u64 {
+        self.pids.iter().filter_map(|p| cpu_ns(*p)).sum()
+    }
+
+    /// Resident memory of the target's processes, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.pids.iter().filter_map(|p| rss_kib(*p)).sum()
+    }
+
+    async fn open(&self, i: usize, source: Option<IpAddr>) -> Result<crate::wss::Wss, String> {
+        connect(
+            &self.tls,
+            self.addr,
+            source,
+            self.host(i),
+            &self.path,
+            &self.origin(i),
+        )
+        .await
+        .map_err(|e| e.0)
+    }
+}
+
+/// One measurement: ordered `key=value` pairs.
+#[derive(Default, Debug, Clone)]
+pub struct Report(pub Vec<(String, String)>);
+
+impl Report {
+    /// Adds a pair.
+    pub fn put(&mut self, k: &str, v: impl std::fmt::Display) -> &mut Self {
+        self.0.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    /// The `RESULT k=v ...` line.
+    pub fn line(&self) -> String {
+        let mut s = String::from("RESULT");
+        for (k, v) in &self.0 {
+            let _ = write!(s, " {k}={v}");
+        }
+        s
+    }
+
+    /// Parses a `RESULT` line.
+    pub fn parse(line: &str) -> Option<Self> {
+        let rest = line.strip_prefix("RESULT")?;
+        Some(Self(
+            rest.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ))
+    }
+
+    /// A value by key.
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A numeric value by key.
+    pub fn num(&self, k: &str) -> Option<f64> {
+        self.get(k)?.parse().ok()
+    }
+}
+
+/// Settings of [`echo`].
+#[derive(Clone, Debug)]
+pub struct EchoOptions {
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Message size, bytes.
+    pub size: usize,
+    /// Messages in flight per connection (1: closed loop).
+    pub pipeline: usize,
+    /// Total messages per second over all connections; `None`: as fast as
+    /// the target answers. Latency is measured from each message's
+    /// scheduled send time, so a stalled target is not hidden.
+    pub rate: Option<f64>,
+    /// Measured time.
+    pub duration: Duration,
+    /// Unmeasured time first.
+    pub warmup: Duration,
+}
+
+/// WSS echo: messages/s, latency percentiles, target CPU per message.
+pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
+    let mut sockets = Vec::with_capacity(o.connections);
+    for i in 0..o.connections {
+        sockets.push(
+            t.open(i, None)
+                .await
+                .map_err(|e| format!("echo connection {i}: {e}"))?,
+        );
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let recording = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let interval = o
+        .rate
+        .map(|r| Duration::from_secs_f64(o.connections as f64 / r.max(1.0)));
+    let mut tasks = Vec::new();
+    for (i, ws) in sockets.into_iter().enumerate() {
+        let (stop, recording, count) = (stop.clone(), recording.clone(), count.clone());
+        let (size, depth) = (o.size, o.pipeline.max(1));
+        tasks.push(tokio::spawn(async move {
+            let (mut sink, mut src) = ws.split();
+            // Send times of the messages in flight, oldest first; the
+            // writer holds a permit per message in flight.
+            let inflight = Arc::new(std::sync::Mutex::new(VecDeque::<Instant>::new()));
+            let permits = Arc::new(tokio::sync::Semaphore::new(depth));
+            let writer = {
+                let (inflight, permits, stop) = (inflight.clone(), permits.clone(), stop.clone());
+                async move {
+                    let payload = bytes_of(size);
+                    // Spread paced connections over one interval.
+                    let mut next = Instant::now()
+                        + interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / 997.0 % 1.0));
+                    while !stop.load(Ordering::Relaxed) {
+                        let Ok(p) = permits.acquire().await else {
+                            break;
+                        };
+                        p.forget();
+                        let scheduled = match interval {
+                            Some(iv) => {
+                                tokio::time::sleep_until(next.into()).await;
+                                let s = next;
+                                next += iv;
+                                s
+                            }
+                            None => Instant::now(),
+                        };
+                        if let Ok(mut q) = inflight.lock() {
+                            q.push_back(scheduled);
+                        }
+                        // Flush only when no more can go out at once.
+                        let r = if permits.available_permits() == 0 || interval.is_some() {
+                            sink.send(Message::binary(payload.clone())).await
+                        } else {
+                            sink.feed(Message::binary(payload.clone())).await
+                        };
+                        if r.is_err() {
+                            return Err("send failed".to_string());
+                        }
+                    }
+                    let _ = sink.flush().await;
+                    Ok(sink)
+                }
+            };
+            let reader = async {
+                let r = async {
+                    let mut lat = Latencies::default();
+                    loop {
+                        let empty = inflight.lock().map(|q| q.is_empty()).unwrap_or(true);
+                        if stop.load(Ordering::Relaxed) && empty {
+                            break;
+                        }
+                        let reply = tokio::time::timeout(Duration::from_secs(10), src.next()).await;
+                        match reply {
+                            Ok(Some(Ok(Message::Binary(b)))) if b.len() == size => {}
+                            Ok(other) => return Err(format!("echo failed: {other:?}")),
+                            Err(_) if stop.load(Ordering::Relaxed) => break,
+                            Err(_) => return Err("no echo within 10 s".to_string()),
+                        }
+                        let sent = inflight
+                            .lock()
+                            .ok()
+                            .and_then(|mut q| q.pop_front())
+                            .unwrap_or_else(Instant::now);
+                        permits.add_permits(1);
+                        if recording.load(Ordering::Relaxed) {
+                            lat.record(sent.elapsed());
+                            count.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(lat)
+                }
+                .await;
+                // A reader that stopped early frees a writer waiting for credit.
+                permits.close();
+                r
+            };
+            let (w, l) = tokio::join!(writer, reader);
+            if let Ok(mut sink) = w {
+                let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
+            }
+            l
+        }));
+    }
+    tokio::time::sleep(o.warmup).await;
+    let cpu0 = t.cpu_ns();
+    recording.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(o.duration).await;
+    recording.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    let n = count.load(Ordering::Relaxed);
+    let cpu = t.cpu_ns().saturating_sub(cpu0);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Latencies::default();
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(30), task).await {
+            Ok(Ok(Ok(l))) => all.0.extend(l.0),
+            Ok(Ok(Err(e))) => return Err(e),
+            Ok(Err(e)) => return Err(format!("echo task: {e}")),
+            Err(_) => return Err("a connection did not finish within 30 s".into()),
+        }
+    }
+    let mut r = Report::default();
+    r.put("test", "echo")
+        .put("size", o.size)
+        .put("connections", o.connections)
+        .put("pipeline", o.pipeline)
+        .put("rate_target", o.rate.unwrap_or(0.0))
+        .put("msgs", n)
+        .put(
+            "msg_per_s",
+            format!("{:.0}", n as f64 / elapsed.as_secs_f64()),
+        )
+        .put("p50_us", all.percentile(50.0))
+        .put("p90_us", all.percentile(90.0))
+        .put("p99_us", all.percentile(99.0))
+        .put("max_us", all.percentile(100.0))
+        .put(
+            "cpu_us_per_msg",
+            format!("{:.2}", cpu as f64 / 1e3 / n.max(1) as f64),
+        )
+        .put(
+            "cpu_util",
+            format!("{:.3}", cpu as f64 / 1e9 / elapsed.as_secs_f64()),
+        );
+    // The latency distribution, for charts: p10..p90 by tens, p95, p99, p99.9.
+    let mut dist = String::new();
+    for p in [
+        10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.9,
+    ] {
+        let _ = write!(
+            dist,
+            "{}{}",
+            if dist.is_empty() { "" } else { "," },
+            all.percentile(p)
+        );
+    }
+    r.put("dist_us", dist);
+    Ok(r)
+}
+
+fn bytes_of(size: usize) -> tokio_tungstenite::tungstenite::Bytes {
+    tokio_tungstenite::tungstenite::Bytes::from(
+        (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
+    )
+}
+
+/// Settings of [`idle`].
+#[derive(Clone, Debug)]
+pub struct IdleOptions {
+    /// Connections to open and hold.
+    pub count: usize,
+    /// Source addresses 127.0.0.2, 127.0.0.3, …: this many.
+    pub sources: u8,
+    /// Connections opened at once.
+    pub parallel: usize,
+    /// How long to hold them before sampling memory.
+    pub settle: Duration,
+}
+
+/// Idle WSS connections: target RSS per connection.
+pub async fn idle(t: &Target, o: &IdleOptions) -> Result<Report, String> {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = t.rss_kib();
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..o.parallel.max(1) {
+        let (t, next, failed, o) = (t.clone(), next.clone(), failed.clone(), o.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            let mut error = None;
+            while !failed.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= o.count {
+                    break;
+                }
+                let src = Ipv4Addr::new(127, 0, 0, 2 + (i % usize::from(o.sources.max(1))) as u8);
+                match t.open(i, Some(IpAddr::V4(src))).await {
+                    Ok(ws) => held.push(ws),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        error = Some(format!("idle connection {i}: {e}"));
+                    }
+                }
+            }
+            (held, error)
+        }));
+    }
+    let mut held = Vec::new();
+    let mut error = None;
+    for task in tasks {
+        let (h, e) = task.await.map_err(|e| format!("idle task: {e}"))?;
+        held.extend(h);
+        error = error.or(e);
+    }
+    let opened = started.elapsed();
+    tokio::time::sleep(o.settle).await;
+    let after = t.rss_kib();
+    let n = held.len();
+    let per = (after.saturating_sub(before) * 1024) as f64 / n.max(1) as f64;
+    let mut r = Report::default();
+    r.put("test", "idle")
+        .put("connections", n)
+        .put("wanted", o.count)
+        .put("open_s", format!("{:.1}", opened.as_secs_f64()))
+        .put("rss_before_kib", before)
+        .put("rss_after_kib", after)
+        .put("bytes_per_conn", format!("{per:.0}"));
+    if let Some(e) = error {
+        r.put("error", e.replace(' ', "_"));
+    }
+    drop(held);
+    Ok(r)
+}
+
+/// Settings of [`handshakes`].
+#[derive(Clone, Debug)]
+pub struct HandshakeOptions {
+    /// Resume sessions (TLS 1.3 tickets) instead of full handshakes.
+    pub resume: bool,
+    /// Handshake loops at once.
+    pub parallel: usize,
+    /// Measured time.
+    pub duration: Duration,
+}
+
+/// TLS handshakes: each connects, completes the handshake, sends
+/// `close_notify` and reads to the end (taking the server's tickets).
+pub async fn handshakes(t: &Target, o: &HandshakeOptions) -> Result<Report, String> {
+    let mut cfg = (*t.tls).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if o.resume {
+        cfg.resumption = Resumption::in_memory_sessions(4096);
+    } else {
+        cfg.resumption = Resumption::disabled();
+    }
+    let connector = TlsConnector::from(Arc::new(cfg));
+    let host = ServerName::try_from(t.host(0).to_string()).map_err(|e| e.to_string())?;
+    // Warm up: tickets in the cache for the resumed run.
+    for _ in 0..o.parallel.max(1) * 2 {
+        one_handshake(&connector, t.addr, &host).await?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = t.cpu_ns();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..o.parallel.max(1) {
+        let (connector, host, stop, addr) = (connector.clone(), host.clone(), stop.clone(), t.addr);
+        tasks.push(tokio::spawn(async move {
+            let (mut n, mut resumed, mut lat) = (0u64, 0u64, Latencies::default());
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let r = one_handshake(&connector, addr, &host).await?;
+                lat.record(t0.elapsed());
+                n += 1;
+                resumed += u64::from(r);
+            }
+            Ok::<_, String>((n, resumed, lat))
+        }));
+    }
+    tokio::time::sleep(o.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut n, mut resumed, mut lat) = (0, 0, Latencies::default());
+    for task in tasks {
+        let (a, b, l) = task.await.map_err(|e| format!("handshake task: {e}"))??;
+        n += a;
+        resumed += b;
+        lat.0.extend(l.0);
+    }
+    let elapsed = started.elapsed();
+    let cpu = t.cpu_ns().saturating_sub(cpu0);
+    let mut r = Report::default();
+    r.put("test", if o.resume { "tls_resumed" } else { "tls_full" })
+        .put("handshakes", n)
+        .put("resumed", resumed)
+        .put("per_s", format!("{:.0}", n as f64 / elapsed.as_secs_f64()))
+        .put("p50_us", lat.percentile(50.0))
+        .put("p99_us", lat.percentile(99.0))
+        .put(
+            "cpu_us_per_handshake",
+            format!("{:.1}", cpu as f64 / 1e3 / n.max(1) as f64),
+        )
+        .put(
+            "cpu_util",
+            format!("{:.3}", cpu as f64 / 1e9 / elapsed.as_secs_f64()),
+        );
+    Ok(r)
+}
+
+/// One connection: handshake, `close_notify`, read to the end. `true` if
+/// the session was resumed.
+async fn one_handshake(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+    host: &ServerName<'static>,
+) -> Result<bool, String> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let mut tls = connector
+        .connect(host.clone(), tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))?;
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    let _ = tls.shutdown().await;
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n) = tls.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(resumed)
+}
+
+/// Settings of [`bulk`].
+#[derive(Clone, Debug)]
+pub struct BulkOptions {
+    /// Message size, bytes.
+    pub size: usize,
+    /// Bytes in flight (at least one message).
+    pub window: usize,
+    /// Measured time.
+    pub duration: Duration,
+}
+
+/// One connection echoing large messages: MB/s of payload (one direction).
+pub async fn bulk(t: &Target, o: &BulkOptions) -> Result<Report, String> {
+    let echo_opts = EchoOptions {
+        connections: 1,
+        size: o.size,
+        pipeline: (o.window / o.size.max(1)).max(1),
+        rate: None,
+        duration: o.duration,
+        warmup: Duration::from_millis(500),
+    };
+    let r0 = echo(t, &echo_opts).await?;
+    let msgs = r0.num("msg_per_s").unwrap_or(0.0);
+    let cpu = r0.num("cpu_us_per_msg").unwrap_or(0.0);
+    let mb = msgs * o.size as f64 / 1e6;
+    let mut r = Report::default();
+    r.put("test", "bulk")
+        .put("size", o.size)
+        .put("pipeline", echo_opts.pipeline)
+        .put("mb_per_s", format!("{mb:.1}"))
+        .put("msg_per_s", format!("{msgs:.1}"))
+        .put(
+            "cpu_us_per_mb",
+            format!("{:.1}", cpu * 1e6 / o.size.max(1) as f64),
+        )
+        .put("cpu_util", r0.get("cpu_util").unwrap_or("0"));
+    Ok(r)
+}

@@ -1,0 +1,198 @@
+//! Processes the benchmarks start and measure: CPU time and RSS from
+//! `/proc`, children pinned to a core, stopped by their own id.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Resident memory of a process, KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time of a process so far, nanoseconds: the sum of its threads'
+/// `schedstat` run times (nanosecond resolution), or, where that is not
+/// available, user + system time from `/proc/<pid>/stat` (10 ms ticks,
+/// threads that exited included).
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let from_schedstat = || -> Option<u64> {
+        let mut sum = 0u64;
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+            let p = t.ok()?.path().join("schedstat");
+            let s = std::fs::read_to_string(p).ok()?;
+            sum += s.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+        Some(sum)
+    };
+    from_schedstat().or_else(|| {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = &s[s.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some(ticks * 10_000_000)
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; racy only against
+/// other programs binding port 0 at the same moment).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A child process, terminated (SIGTERM, then SIGKILL after 5 s) by its id
+/// when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    /// Starts `program args` with stdout and stderr to `log` (or nowhere),
+    /// pinned to `core` when given (`taskset`), with the open-files limit
+    /// raised to the hard limit (`ulimit -n`).
+    pub fn start(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        core: Option<usize>,
+        log: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let mut cmd = Command::new("sh");
+        let pin = core.map(pin_prefix).unwrap_or_default();
+        cmd.arg("-c")
+            .arg(format!("ulimit -n $(ulimit -Hn); exec {pin}\"$@\""))
+            .arg("sh")
+            .arg(program)
+            .args(args)
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        match log {
+            Some(p) => {
+                let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let g = f.try_clone().map_err(|e| e.to_string())?;
+                cmd.stdout(f).stderr(g);
+            }
+            None => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({}): {e}", program.display()))?;
+        Ok(Self {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    /// Its process id (the program itself: `sh` and `taskset` exec it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stops it: SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        if !self.running() {
+            return;
+        }
+        let pid = self.pid().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + grace;
+        while std::time::Instant::now() < deadline {
+            if !self.running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// `taskset -c CORE ` when this machine has that core and `taskset`
+/// works; empty otherwise (the benchmark then runs unpinned).
+pub fn pin_prefix(core: usize) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let works = core < cores
+        && Command::new("taskset")
+            .args(["-c", &core.to_string(), "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+    if works {
+        format!("taskset -c {core} ")
+    } else {
+        String::new()
+    }
+}
+
+/// A program built next to the running one (`target/<profile>/NAME`), or
+/// next to its parent directory (test binaries run from `deps/`).
+pub fn sibling(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join(name), dir.parent()?.join(name)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
+/// Waits until `addr` accepts TCP connections, at most `limit`.
+pub fn wait_listening(addr: std::net::SocketAddr, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The 1-minute load average, for the record.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A sample's value from a Prometheus endpoint at `addr` (`GET /metrics`).
+pub fn metric(addr: std::net::SocketAddr, name: &str) -> Option<f64> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ')))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}

@@ -1,0 +1,95 @@
+//! The benchmark harness runs: `bench-proxies` for a few seconds against the
+//! gateway alone (link mode, and direct mode where this build serves it),
+//! every workload once, and its report has numbers for each. No figure is
+//! checked against a speed: the benchmarks' numbers go to BENCHMARKS.md.
+//!
+//! The gateway binary is `target/<profile>/gateway`: `cargo test
+//! --workspace` builds it; under `cargo test -p e2e` alone this test builds
+//! it with the cargo that runs the test.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `target/<profile>`, from this test's `target/<profile>/deps/<exe>`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+fn gateway_binary(dir: &Path) -> PathBuf {
+    let bin = dir.join("gateway");
+    if bin.is_file() {
+        return bin;
+    }
+    let target = dir.parent().expect("target dir");
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "-p", "gateway", "--bin", "gateway", "--target-dir"])
+        .arg(target);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let ok = cmd.status().is_ok_and(|s| s.success());
+    assert!(
+        ok && bin.is_file(),
+        "{} is missing and could not be built: cargo build -p gateway --bin gateway",
+        bin.display()
+    );
+    bin
+}
+
+#[test]
+fn the_benchmark_harness_measures_the_gateway() {
+    let dir = profile_dir();
+    gateway_binary(&dir);
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench-proxies"));
+    let out = std::env::temp_dir().join(format!("bench-smoke-{}.md", std::process::id()));
+    let run = Command::new(&bench)
+        .args([
+            "--only=gw-link,gw-direct",
+            "--rounds=1",
+            "--idle-rounds=1",
+            "--idle=200",
+            "--echo-seconds=1",
+            "--short-seconds=0.5",
+            "--devices=10",
+        ])
+        .arg("--bin-dir")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run bench-proxies");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "bench-proxies failed:\n{stderr}");
+    let report = std::fs::read_to_string(&out).expect("report");
+    let _ = std::fs::remove_file(&out);
+    // Every workload produced a figure for the gateway in link mode.
+    for row in [
+        "WSS echo 64 B ×100, msg/s",
+        "echo at half nginx peak, p99 µs",
+        "RSS per idle WSS, bytes",
+        "TLS 1.3 full handshakes/s",
+        "TLS 1.3 resumed handshakes/s",
+        "bulk 64 KiB msgs, 1 conn, MB/s",
+        "bulk 1 MiB msgs, 1 conn, MB/s",
+    ] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row} |")))
+            .unwrap_or_else(|| panic!("no row {row:?} in the report:\n{report}\n{stderr}"));
+        let link = line.split('|').nth(3).unwrap_or("").trim();
+        assert!(
+            link.starts_with(|c: char| c.is_ascii_digit()),
+            "no gw-link figure in {line:?}:\n{stderr}"
+        );
+    }
+    assert!(
+        report.contains("p99 gw-link"),
+        "no latency chart:\n{report}"
+    );
+}
