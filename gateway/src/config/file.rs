@@ -230,6 +230,13 @@ pub struct LimitsSection {
     /// the check off, at most 1 GiB. Default 256 (slow-body attacks send a
     /// few bytes every few seconds; a phone on GPRS sends 5,000).
     pub min_body_rate: Option<Spanned<Size>>,
+    /// Slowest reader of responses, bytes per second: while the gateway's
+    /// writes find the socket full, the bytes sent, averaged over that
+    /// time, must keep up with this once it lasts `send_timeout`; 0 turns
+    /// the check off, at most 1 GiB. Default 1 KiB (slow-read attacks
+    /// drain a TLS record every few seconds, holding a device stream for
+    /// minutes).
+    pub min_send_rate: Option<Spanned<Size>>,
 }
 
 /// `[[listen]]`: one browser-facing listener.

@@ -58,6 +58,9 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Slowest HTTP/1.1 request body, bytes per second; 0 is off. Default 256.
     pub min_body_rate: u64,
+    /// Slowest reader of responses while writes block, bytes per second;
+    /// 0 is off. Default 1024.
+    pub min_send_rate: u64,
 }
 
 impl Default for Limits {
@@ -69,6 +72,7 @@ impl Default for Limits {
             overload_open_files: 16_000,
             send_timeout: Duration::from_secs(30),
             min_body_rate: 256,
+            min_send_rate: 1024,
         }
     }
 }
@@ -105,6 +109,12 @@ pub(crate) fn limits(ctx: &mut Ctx<'_>, raw: &file::LimitsSection) -> Limits {
             "min_body_rate",
             raw.min_body_rate.as_ref(),
             d.min_body_rate,
+            0..=1 << 30,
+        ),
+        min_send_rate: ctx.size(
+            "min_send_rate",
+            raw.min_send_rate.as_ref(),
+            d.min_send_rate,
             0..=1 << 30,
         ),
     }

@@ -1,6 +1,7 @@
-//! The socket of a browser connection, watched: bytes received are
-//! counted (for the slow-body check in [`super::http`]) and a write that
-//! makes no progress for `[gateway.limits] send_timeout` fails with
+//! The socket of a browser connection, watched: bytes received and sent
+//! and whether writes are blocked are counted in a [`Meter`] (for the
+//! slow-body and slow-read rate checks in [`super::http`]), and a write
+//! that makes no progress for `[gateway.limits] send_timeout` fails with
 //! `TimedOut`, which ends the connection (slow readers, `slowhttptest -X`).
 //!
 //! It sits under TLS, so it sees the TLS handshake, every HTTP version and
@@ -11,35 +12,49 @@ use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-/// `inner`, with a received-bytes counter and a send stall timer.
+/// What a connection's socket did, shared with its HTTP task.
+#[derive(Debug, Default)]
+pub struct Meter {
+    /// Bytes read.
+    pub received: AtomicU64,
+    /// Bytes written.
+    pub sent: AtomicU64,
+    /// Writes that found the socket full (the client reads slower than
+    /// the gateway sends).
+    pub stalls: AtomicU64,
+    /// The last write found the socket full and none went through since.
+    pub blocked: AtomicBool,
+}
+
+/// `inner`, metered, with a send stall timer.
 #[derive(Debug)]
 pub struct Guarded<I> {
     inner: I,
-    received: Arc<AtomicU64>,
+    meter: Arc<Meter>,
     send_timeouts: Arc<AtomicU64>,
     send_timeout: Duration,
     stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl<I> Guarded<I> {
-    /// Watches `inner`: `received` counts bytes read, `send_timeouts`
-    /// counts connections ended by a stalled write.
+    /// Watches `inner` into `meter`; `send_timeouts` counts connections
+    /// ended by a stalled write.
     pub fn new(
         inner: I,
         send_timeout: Duration,
-        received: Arc<AtomicU64>,
+        meter: Arc<Meter>,
         send_timeouts: Arc<AtomicU64>,
     ) -> Self {
         Self {
             inner,
-            received,
+            meter,
             send_timeouts,
             send_timeout,
             stall: None,
@@ -54,6 +69,9 @@ impl<I> Guarded<I> {
     /// A write returned `Pending`: arms the stall timer (once per stall)
     /// and fails once it fires.
     fn stalled<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if !self.meter.blocked.swap(true, Ordering::Relaxed) {
+            self.meter.stalls.fetch_add(1, Ordering::Relaxed);
+        }
         let timeout = self.send_timeout;
         let sleep = self
             .stall
@@ -71,9 +89,16 @@ impl<I> Guarded<I> {
         match r {
             Poll::Ready(r) => {
                 self.stall = None;
+                self.meter.blocked.store(false, Ordering::Relaxed);
                 Poll::Ready(r)
             }
             Poll::Pending => self.stalled(cx),
+        }
+    }
+
+    fn wrote(&self, r: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = r {
+            self.meter.sent.fetch_add(*n as u64, Ordering::Relaxed);
         }
     }
 }
@@ -88,7 +113,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         let n = buf.filled().len().saturating_sub(before);
         if n > 0 {
-            self.received.fetch_add(n as u64, Ordering::Relaxed);
+            self.meter.received.fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }
@@ -101,6 +126,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&r);
         self.progress(r, cx)
     }
 
@@ -110,6 +136,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&r);
         self.progress(r, cx)
     }
 
@@ -136,14 +163,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_stalled_write_times_out_and_progress_resets_the_timer() {
         let (a, mut b) = tokio::io::duplex(64);
-        let received = Arc::new(AtomicU64::new(0));
+        let meter = Arc::new(Meter::default());
         let timeouts = Arc::new(AtomicU64::new(0));
-        let mut g = Guarded::new(
-            a,
-            Duration::from_secs(5),
-            received.clone(),
-            timeouts.clone(),
-        );
+        let mut g = Guarded::new(a, Duration::from_secs(5), meter.clone(), timeouts.clone());
         // Progress within the timeout keeps the connection.
         let reader = tokio::spawn(async move {
             let mut buf = [0u8; 64];
@@ -158,7 +180,9 @@ mod tests {
         let _b = reader.await.unwrap();
         let mut buf = [0u8; 5];
         g.read_exact(&mut buf).await.unwrap();
-        assert_eq!(received.load(Ordering::Relaxed), 5);
+        assert_eq!(meter.received.load(Ordering::Relaxed), 5);
+        assert_eq!(meter.sent.load(Ordering::Relaxed), 200);
+        assert!(meter.stalls.load(Ordering::Relaxed) >= 1);
         // Nobody reads: the write fails after 5 s.
         let e = g.write_all(&[0u8; 200]).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);

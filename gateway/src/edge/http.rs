@@ -26,7 +26,10 @@
 //! - Before TLS, [`super::admission`] applies the global and per-source
 //!   caps and overload protection; a refused connection is closed at once.
 //! - The socket is wrapped in [`super::guard::Guarded`]: a write stalled
-//!   for `send_timeout` ends the connection (slow readers).
+//!   for `send_timeout` ends the connection, and so does a client that,
+//!   while the gateway's writes block, reads slower than `min_send_rate`
+//!   for longer than `send_timeout` (slow readers: over TLS a reader
+//!   drains a whole record at a time, so a stall timer alone never fires).
 //! - HTTP/1.1 request bodies slower than `min_body_rate` (averaged from
 //!   the request on, checked once the request is older than
 //!   `header_timeout` and while bytes still trickle in) end the
@@ -55,6 +58,7 @@
 //! | HTTP/2 ping answer | 20 s | fixed |
 //! | request body rate (HTTP/1.1) | 256 B/s after `header_timeout` | `[gateway.limits] min_body_rate` |
 //! | stalled write | 30 s | `[gateway.limits] send_timeout` |
+//! | response read rate while writes block | 1 KiB/s after `send_timeout` | `[gateway.limits] min_send_rate` |
 //! | device response head | 30 s | `[http] response_timeout` |
 //! | WebSocket pings, two unanswered close | 20 s | `[websocket] ping_interval` |
 //! | device-link handshake | 10 s | `[link] handshake_timeout` |
@@ -78,7 +82,7 @@ use tracing::{Instrument as _, Span, debug, info_span, warn};
 
 use super::admission::{Admission, Overload, Permit, Refused};
 use super::framing::{Framing, Verdict};
-use super::guard::Guarded;
+use super::guard::{Guarded, Meter};
 use super::listener::{SocketOptions, tune_accepted};
 use super::tls::{CertResolver, Tls, TlsError};
 use crate::bridge::page::ErrorPage;
@@ -119,6 +123,8 @@ pub struct EdgeStats {
     pub send_timeouts: Arc<AtomicU64>,
     /// Connections closed because a request body came slower than `min_body_rate`.
     pub body_timeouts: AtomicU64,
+    /// Connections closed because the client read slower than `min_send_rate`.
+    pub send_rate_timeouts: AtomicU64,
     /// Connections closed after `[http] idle_timeout` without requests.
     pub idle_timeouts: AtomicU64,
     /// Requests hyper refused as malformed (400, 431) before the gateway saw them.
@@ -164,6 +170,7 @@ impl EdgeStats {
             header_timeouts: AtomicU64::new(0),
             send_timeouts: Arc::new(AtomicU64::new(0)),
             body_timeouts: AtomicU64::new(0),
+            send_rate_timeouts: AtomicU64::new(0),
             idle_timeouts: AtomicU64::new(0),
             malformed: AtomicU64::new(0),
             misdirected: AtomicU64::new(0),
@@ -241,7 +248,7 @@ pub async fn serve(edge: Edge, shared: Arc<Shared>, mut shutdown: watch::Receive
             shared: shared.clone(),
             builder: builder.clone(),
             shutdown: shutdown.clone(),
-            received: Arc::new(AtomicU64::new(0)),
+            meter: Arc::new(Meter::default()),
         };
         let tls = tls.clone();
         let span = info_span!("conn", %peer, device = Empty);
@@ -334,8 +341,8 @@ struct Connection {
     shared: Arc<Shared>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: watch::Receiver<bool>,
-    /// Bytes received on the socket (TLS records included).
-    received: Arc<AtomicU64>,
+    /// What the socket did (TLS records included).
+    meter: Arc<Meter>,
 }
 
 /// What the HTTP stage knows of the TLS stage.
@@ -359,7 +366,7 @@ impl Connection {
         let io = Guarded::new(
             tcp,
             self.shared.limits.send_timeout,
-            self.received.clone(),
+            self.meter.clone(),
             stats.send_timeouts.clone(),
         );
         match tls {
@@ -484,7 +491,11 @@ impl Connection {
             self.shared.limits.min_body_rate,
             self.shared.http.header_timeout,
         );
-        let period = if body.min_rate > 0 {
+        let mut send = SendRate::new(
+            self.shared.limits.min_send_rate,
+            self.shared.limits.send_timeout,
+        );
+        let period = if body.min_rate > 0 || send.min_rate > 0 {
             Duration::from_secs(1)
         } else {
             idle.min(Duration::from_secs(5))
@@ -507,10 +518,15 @@ impl Connection {
                 }
                 _ = tick.tick() => {
                     let busy = active.load(Ordering::Relaxed) > 0;
-                    let received = self.received.load(Ordering::Relaxed);
+                    let received = self.meter.received.load(Ordering::Relaxed);
                     if !h2.load(Ordering::Relaxed) && body.too_slow(busy, received) {
                         stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
                         debug!(min_rate = body.min_rate, "request body slower than the minimum rate; closing");
+                        return;
+                    }
+                    if send.too_slow(&self.meter) {
+                        stats.send_rate_timeouts.fetch_add(1, Ordering::Relaxed);
+                        debug!(min_rate = send.min_rate, "client reads slower than the minimum rate; closing");
                         return;
                     }
                     if draining {
@@ -585,5 +601,48 @@ impl BodyRate {
         }
         let floor = self.min_rate as f64 * elapsed.as_secs_f64();
         ((received - first) as f64) < floor
+    }
+}
+
+/// The slow-read check of one connection: while the gateway's writes find
+/// the socket full, the bytes sent since that started must keep up with
+/// `min_rate` per second, judged once it lasted `grace`. A tick in which
+/// no write blocked (the client kept up) ends the period.
+struct SendRate {
+    min_rate: u64,
+    grace: Duration,
+    /// Since when writes block, the bytes sent then, and the stall count
+    /// at the last tick.
+    period: Option<(tokio::time::Instant, u64)>,
+    stalls: u64,
+}
+
+impl SendRate {
+    fn new(min_rate: u64, grace: Duration) -> Self {
+        Self {
+            min_rate,
+            grace,
+            period: None,
+            stalls: 0,
+        }
+    }
+
+    fn too_slow(&mut self, meter: &Meter) -> bool {
+        let stalls = meter.stalls.load(Ordering::Relaxed);
+        let limited = meter.blocked.load(Ordering::Relaxed) || stalls != self.stalls;
+        self.stalls = stalls;
+        let sent = meter.sent.load(Ordering::Relaxed);
+        if self.min_rate == 0 || !limited {
+            self.period = None;
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        let Some((start, first)) = self.period else {
+            self.period = Some((now, sent));
+            return false;
+        };
+        let elapsed = now.duration_since(start);
+        elapsed >= self.grace
+            && ((sent - first) as f64) < self.min_rate as f64 * elapsed.as_secs_f64()
     }
 }

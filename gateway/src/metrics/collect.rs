@@ -93,7 +93,7 @@ const CONNECTIONS_REFUSED: Family = counter(
 const BROWSER_TIMEOUTS: Family = counter(
     "gateway_browser_timeouts_total",
     &["timer"],
-    "Browser connections ended by a timer: header ([http] header_timeout), body_rate ([gateway.limits] min_body_rate), send ([gateway.limits] send_timeout), idle ([http] idle_timeout).",
+    "Browser connections ended by a timer: header ([http] header_timeout), body_rate ([gateway.limits] min_body_rate), send ([gateway.limits] send_timeout), send_rate (min_send_rate), idle ([http] idle_timeout).",
 );
 const MALFORMED: Family = counter(
     "gateway_browser_malformed_requests_total",
@@ -404,6 +404,7 @@ impl Gateway {
                 ("header", &e.header_timeouts),
                 ("body_rate", &e.body_timeouts),
                 ("send", &e.send_timeouts),
+                ("send_rate", &e.send_rate_timeouts),
                 ("idle", &e.idle_timeouts),
             ],
         );
