@@ -258,15 +258,22 @@ async fn login_sets_a_safe_cookie_that_opens_allowed_devices_only() {
     let jar = format!("devlink_session={session}");
     for (h, path) in [(host("a"), "/head"), (DOMAIN.to_string(), "/d/a/head")] {
         let mut c = s.gw.client(2, &h).await;
-        let (p, _) = c
+        let (p, b) = c
             .fetch(
                 get(2, &h, path)
-                    .header("cookie", &jar)
+                    .header("cookie", format!("theme=dark; {jar}; lang=en"))
                     .body(empty())
                     .unwrap(),
             )
             .await;
         assert_eq!(p.status, 200, "{h}{path}");
+        // The device gets its own cookies, never the gateway's session.
+        let seen = String::from_utf8_lossy(&b);
+        assert!(
+            seen.contains("[\"cookie\",\"theme=dark; lang=en\"]"),
+            "{seen}"
+        );
+        assert!(!seen.contains("devlink_session"), "{seen}");
     }
     assert_eq!(dev.requests.load(Ordering::Relaxed), 2);
     let mut c = s.gw.client(2, &host("b")).await;
@@ -473,7 +480,7 @@ async fn tokens_open_their_devices_only() {
     let _b = s.gw.echo("b", &[], link_config(4096, 16384, 1024)).await;
     let bearer = format!("Bearer {}", s.token_a);
     let mut c = s.gw.client(2, DOMAIN).await;
-    let (p, _) = c
+    let (p, b) = c
         .fetch(
             get(2, DOMAIN, "/d/a/head")
                 .header("authorization", &bearer)
@@ -482,6 +489,10 @@ async fn tokens_open_their_devices_only() {
         )
         .await;
     assert_eq!(p.status, 200);
+    assert!(
+        !String::from_utf8_lossy(&b).contains("dlt_"),
+        "the token reached the device"
+    );
     assert!(audited("token_used"));
     let (p, _) = c
         .fetch(

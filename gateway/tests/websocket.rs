@@ -346,6 +346,31 @@ async fn the_sample_controller_works_through_the_gateway() {
     assert_eq!(p.headers["content-encoding"], "gzip");
     assert_eq!(p.headers["content-length"], b.len().to_string().as_str());
     let etag = p.headers["etag"].clone();
+    // A real browser's navigation head is larger than the controller's
+    // 512 bytes: what only browsers use is dropped to fit.
+    let (p, _) = c
+        .fetch(
+            get(2, &h, "/")
+                .header("sec-ch-ua", "\"Chromium\";v=\"156\", \"Not)A;Brand\";v=\"8\"")
+                .header("sec-ch-ua-mobile", "?0")
+                .header("sec-ch-ua-platform", "\"Linux\"")
+                .header("upgrade-insecure-requests", "1")
+                .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36")
+                .header("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,image/apng,*/*;q=0.8")
+                .header("sec-fetch-site", "none")
+                .header("sec-fetch-mode", "navigate")
+                .header("sec-fetch-user", "?1")
+                .header("sec-fetch-dest", "document")
+                .header("accept-encoding", "gzip, deflate, br, zstd")
+                .header("accept-language", "en-US,en;q=0.9")
+                .header("priority", "u=0, i")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(p.status, 200, "a browser's head was refused");
+    assert_eq!(p.headers["content-encoding"], "gzip");
+    assert!(gw.server().bridge.stats.trimmed.load(Ordering::Relaxed) > 0);
     let (p, _) = c
         .fetch(
             get(2, &h, "/")

@@ -23,8 +23,8 @@
 //!   against the acceptor).
 
 pub mod acceptor;
-pub mod load;
 pub mod browser;
+pub mod load;
 pub mod netns;
 pub mod procs;
 pub mod setup;

@@ -534,7 +534,6 @@ async fn a_real_browser_logs_in_and_sees_the_lws_counter_run() {
 /// `431 headers_too_large`. Neither a shorter user agent nor a shorter
 /// `accept-language` gets it under 512.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway/device-fw: a real Chromium request head is 850-970 bytes after normalization, the controller's max_head is 512 (431)"]
 async fn a_real_browser_drives_the_sample_controller() {
     run("controller", controller).await;
 }
@@ -545,7 +544,6 @@ async fn a_real_browser_drives_the_sample_controller() {
 /// is another origin. The session cookie is set, but the browser stays on
 /// the login page. (Path-based `next` is same-origin and works.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway: the login page's CSP form-action 'self' blocks the redirect to a host-based device"]
 async fn a_real_browser_lands_on_a_host_based_device_after_login() {
     run("host_based_login", host_based_login).await;
 }

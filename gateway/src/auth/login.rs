@@ -103,7 +103,11 @@ fn html(status: StatusCode, body: String) -> Response<Body> {
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"),
+        // No form-action: it would also govern the redirect after login, to
+        // a device's own host.
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
+        ),
     );
     r
 }

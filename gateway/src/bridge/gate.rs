@@ -316,6 +316,7 @@ impl Bridge {
                     firmware: online.map(|h| h.firmware),
                     last_seen: presence.map(|p| p.last_seen),
                     rtt: presence.and_then(|p| p.rtt),
+                    direct: matches!(d.upstream, crate::config::Upstream::Direct(_)),
                 }
             })
             .collect()

@@ -429,12 +429,7 @@ impl Bridge {
             }
         };
         normalized.ws_key = None;
-        let head = normalize::encode_request_head(
-            &normalized.method,
-            &normalized.target,
-            &normalized.fields,
-        )
-        .map_err(|r| self.refuse(ErrorPage::new(r.status(), r.label(), r.to_string())))?;
+        let head = self.fit_head(&mut normalized, usize::from(handle.max_head))?;
         if head.len() > usize::from(handle.max_head) {
             return Err(self.refuse(ErrorPage::new(
                 431,
@@ -535,6 +530,29 @@ impl Bridge {
         Ok(answer)
     }
 
+    /// Encodes the head for a link service; when it is larger than the
+    /// device takes, drops what only browsers need (client hints, fetch
+    /// metadata, user agent, language, referrer, ...) until it fits.
+    fn fit_head(&self, req: &mut UpstreamRequest, max: usize) -> Result<Vec<u8>, ErrorPage> {
+        let encode = |r: &UpstreamRequest| {
+            normalize::encode_request_head(&r.method, &r.target, &r.fields)
+                .map_err(|e| self.refuse(ErrorPage::new(e.status(), e.label(), e.to_string())))
+        };
+        let mut head = encode(req)?;
+        for expendable in EXPENDABLE {
+            if head.len() <= max {
+                break;
+            }
+            let before = req.fields.len();
+            req.fields.retain(|(n, _)| !expendable(n.as_str()));
+            if req.fields.len() != before {
+                self.stats.trimmed.fetch_add(1, Ordering::Relaxed);
+                head = encode(req)?;
+            }
+        }
+        Ok(head)
+    }
+
     fn count_upstream(&self, e: &ErrorPage) {
         if e.label == "upstream_rejected" {
             self.stats.upstream_rejected.fetch_add(1, Ordering::Relaxed);
@@ -586,6 +604,7 @@ impl Bridge {
                 prefix.as_bytes().to_vec(),
             ));
         }
+        strip_gateway_credentials(&mut fields);
         // An HTTP/2 extended CONNECT is, toward the device, the GET of RFC 6455.
         let method = if choice.is_some() {
             "GET".to_string()
@@ -599,6 +618,46 @@ impl Bridge {
             ws_key: None,
         })
     }
+}
+
+/// Header fields dropped, group by group in this order, when a request head
+/// does not fit the device's `max_head`: what only browsers and caches use.
+const EXPENDABLE: &[fn(&str) -> bool] = &[
+    |n| n.starts_with("sec-ch-"),
+    |n| n.starts_with("sec-fetch-") || n == "priority" || n == "upgrade-insecure-requests",
+    |n| n == "user-agent",
+    |n| n == "accept-language" || n == "dnt" || n == "sec-gpc",
+    |n| n == "referer",
+    |n| n == "cache-control" || n == "pragma",
+    |n| n == "x-forwarded-host" || n == "x-forwarded-proto" || n == "x-forwarded-for",
+    |n| n == "accept",
+];
+
+/// Removes the gateway's own credentials from what the device receives:
+/// its session and login cookies, and its API bearer tokens. (A device
+/// must never learn a credential it could replay at the gateway.)
+fn strip_gateway_credentials(fields: &mut Vec<(HeaderName, Vec<u8>)>) {
+    fields.retain_mut(|(name, value)| {
+        if *name == header::COOKIE {
+            let text = String::from_utf8_lossy(value);
+            let kept: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|kv| {
+                    let k = kv.split('=').next().unwrap_or("");
+                    !kv.is_empty()
+                        && k != crate::auth::COOKIE
+                        && k != crate::auth::login::LOGIN_COOKIE
+                })
+                .collect();
+            *value = kept.join("; ").into_bytes();
+            !value.is_empty()
+        } else if *name == header::AUTHORIZATION {
+            !value.starts_with(b"Bearer dlt_")
+        } else {
+            true
+        }
+    });
 }
 
 /// A request on its way to an HTTP/1.1 upstream.

@@ -105,11 +105,16 @@ pub struct DeviceRow {
     pub last_seen: Option<std::time::SystemTime>,
     /// Its last link round trip.
     pub rtt: Option<std::time::Duration>,
+    /// A direct upstream (reached on demand; no session to show).
+    pub direct: bool,
 }
 
 impl DeviceRow {
     /// "online, firmware 1.2, RTT 3 ms" or "offline, last seen ...".
     pub fn state(&self) -> String {
+        if self.direct {
+            return "direct upstream, reached on demand".to_string();
+        }
         if self.online {
             let mut s = String::from("online");
             if let Some(fw) = &self.firmware {

@@ -42,6 +42,9 @@ pub struct BridgeStats {
     /// HTTP/1.1 upstreams (raw services, direct) that closed before
     /// answering or refused a WebSocket upgrade.
     pub upstream_rejected: AtomicU64,
+    /// Requests whose browser-only headers were dropped to fit a device's
+    /// `max_head`.
+    pub trimmed: AtomicU64,
 }
 
 impl Default for BridgeStats {
@@ -71,6 +74,7 @@ impl Default for BridgeStats {
             subprotocol_rewritten: AtomicU64::new(0),
             host_rewritten: AtomicU64::new(0),
             upstream_rejected: AtomicU64::new(0),
+            trimmed: AtomicU64::new(0),
         }
     }
 }

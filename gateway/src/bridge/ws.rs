@@ -229,16 +229,42 @@ pub(super) async fn bridge(
     Ok(resp)
 }
 
-/// What the up task tells the down loop.
+/// What the up task tells the down loop. (Signs of life go through
+/// [`LastSeen`], not here: one wake-up of the down loop less per message.)
 enum Ctl {
-    /// The browser showed life (pong or message).
-    Alive,
     /// Close the browser's WebSocket with this code and reason.
     Close(u16, &'static str),
     /// The browser sent its close (already answered by tungstenite).
     BrowserClosed,
     /// The browser's connection is gone.
     Gone,
+}
+
+/// When the browser last showed life (a message, ping or pong), in
+/// milliseconds since the session started; written by the up task, read by
+/// the down loop on its ping ticks.
+struct LastSeen {
+    start: Instant,
+    ms: std::sync::atomic::AtomicU64,
+}
+
+impl LastSeen {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn elapsed(&self) -> Duration {
+        let at = self.start + Duration::from_millis(self.ms.load(Ordering::Relaxed));
+        at.elapsed()
+    }
 }
 
 fn ws_config(bridge: &Bridge) -> WebSocketConfig {
@@ -258,13 +284,15 @@ where
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&bridge))).await;
     let (sink, src) = ws.split();
     let (ctl_tx, ctl_rx) = mpsc::channel(8);
+    let seen = Arc::new(LastSeen::new());
     bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
     bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
     let up = tokio::spawn(
-        up(bridge.clone(), src, stream.sender(), ctl_tx).instrument(tracing::Span::current()),
+        up(bridge.clone(), src, stream.sender(), ctl_tx, seen.clone())
+            .instrument(tracing::Span::current()),
     );
     let mut stream = stream;
-    down(&bridge, &mut stream, sink, ctl_rx, &revoked).await;
+    down(&bridge, &mut stream, sink, ctl_rx, &revoked, &seen).await;
     // The stream stays open until the browser's side is done, so the
     // closing handshake can finish toward the device.
     let abort = up.abort_handle();
@@ -288,8 +316,13 @@ type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
 type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 
 /// Browser → device.
-async fn up<S>(bridge: Arc<Bridge>, mut src: Source<S>, to: StreamSender, ctl: mpsc::Sender<Ctl>)
-where
+async fn up<S>(
+    bridge: Arc<Bridge>,
+    mut src: Source<S>,
+    to: StreamSender,
+    ctl: mpsc::Sender<Ctl>,
+    seen: Arc<LastSeen>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let close_device = |code: u16, reason: &str| {
@@ -297,12 +330,14 @@ where
         p.extend_from_slice(reason.as_bytes());
         p
     };
+    let mut device_gone = false;
     loop {
         let (msg, data) = match src.next().await {
-            Some(Ok(Message::Text(t))) => (MsgKind::Text, Bytes::from(t).to_vec()),
-            Some(Ok(Message::Binary(b))) => (MsgKind::Binary, b.to_vec()),
+            // Without a copy where tungstenite's buffer is not shared.
+            Some(Ok(Message::Text(t))) => (MsgKind::Text, Vec::from(Bytes::from(t))),
+            Some(Ok(Message::Binary(b))) => (MsgKind::Binary, Vec::from(b)),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                let _ = ctl.try_send(Ctl::Alive);
+                seen.touch();
                 continue;
             }
             Some(Ok(Message::Close(frame))) => {
@@ -351,9 +386,17 @@ where
                 return;
             }
         };
-        let _ = ctl.try_send(Ctl::Alive);
+        seen.touch();
+        if device_gone {
+            continue;
+        }
         if to.send(msg, data, true, false).await.is_err() {
-            return; // the device side ended; the down loop closes the browser
+            // The device side ended; the down loop closes the browser. Keep
+            // reading (and dropping) what the browser still sends until its
+            // close: closing a socket with unread data would reset it, and
+            // the browser would never see the close frame.
+            device_gone = true;
+            continue;
         }
         bridge.stats.ws_messages_up.fetch_add(1, Ordering::Relaxed);
     }
@@ -371,13 +414,13 @@ async fn down<S>(
     mut sink: Sink<S>,
     mut ctl: mpsc::Receiver<Ctl>,
     revoked: &Notify,
+    seen: &LastSeen,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let max = bridge.websocket.max_message;
     let interval = bridge.websocket.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
-    let mut last_seen = Instant::now();
     let mut message: Vec<u8> = Vec::new();
     let mut closing: Option<Instant> = None;
     let close = |code: u16, reason: String| {
@@ -395,7 +438,12 @@ async fn down<S>(
                             stream.reset(Code::PROTOCOL);
                             Some((close(1011, "device message too big".into()), true))
                         } else {
-                            message.extend_from_slice(&data);
+                            // A whole message in one chunk goes on as it is.
+                            if message.is_empty() && end_msg {
+                                message = data;
+                            } else {
+                                message.extend_from_slice(&data);
+                            }
                             if end_msg {
                                 let body = std::mem::take(&mut message);
                                 match msg {
@@ -442,7 +490,6 @@ async fn down<S>(
                 }
             }
             c = ctl.recv() => match c {
-                Some(Ctl::Alive) => last_seen = Instant::now(),
                 Some(Ctl::Close(code, reason)) => {
                     let _ = sink.send(close(code, reason.into())).await;
                     break;
@@ -454,7 +501,7 @@ async fn down<S>(
                 Some(Ctl::Gone) | None => break,
             },
             _ = ping.tick() => {
-                if last_seen.elapsed() > interval * 2 {
+                if seen.elapsed() > interval * 2 {
                     debug!("browser did not answer pings; closing");
                     let _ = sink.send(close(1001, "ping timeout".into())).await;
                     break;
