@@ -330,6 +330,7 @@ async fn up<S>(
         p.extend_from_slice(reason.as_bytes());
         p
     };
+    let mut device_gone = false;
     loop {
         let (msg, data) = match src.next().await {
             // Without a copy where tungstenite's buffer is not shared.
@@ -386,8 +387,16 @@ async fn up<S>(
             }
         };
         seen.touch();
+        if device_gone {
+            continue;
+        }
         if to.send(msg, data, true, false).await.is_err() {
-            return; // the device side ended; the down loop closes the browser
+            // The device side ended; the down loop closes the browser. Keep
+            // reading (and dropping) what the browser still sends until its
+            // close: closing a socket with unread data would reset it, and
+            // the browser would never see the close frame.
+            device_gone = true;
+            continue;
         }
         bridge.stats.ws_messages_up.fetch_add(1, Ordering::Relaxed);
     }
