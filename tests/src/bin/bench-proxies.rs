@@ -37,8 +37,9 @@ struct Args {
     /// Rounds of the echo, handshake and bulk workloads.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Rounds of the idle-memory workload.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of the idle-memory workload. Only the first sees fresh
+    /// processes; later rounds reuse memory the first freed.
+    #[arg(long, default_value_t = 1)]
     idle_rounds: usize,
     /// Idle connections per idle round (0: skip).
     #[arg(long, default_value_t = 9_500)]
@@ -425,6 +426,18 @@ impl Bench {
         let es = format!("--seconds={}", self.args.echo_seconds);
         let ss = format!("--seconds={}", self.args.short_seconds);
         let n = targets.len();
+        // Idle memory first, on fresh processes: an allocator keeps what a
+        // process freed, so RSS after earlier load is no clean baseline.
+        if self.work("idle") && self.args.idle > 0 {
+            let count = format!("--count={}", self.args.idle);
+            for round in 0..self.args.idle_rounds {
+                eprintln!("idle round {} (load {})", round + 1, loadavg());
+                for i in 0..n {
+                    let t = &targets[(i + round) % n];
+                    self.measure(t, "idle", &["idle", &count, "--sources=4"]);
+                }
+            }
+        }
         for round in 0..self.args.rounds {
             eprintln!(
                 "round {} of {} (load {})",
@@ -479,16 +492,6 @@ impl Bench {
                         "echo_half",
                         &["echo", "--connections=100", "--size=64", &rate, &es],
                     );
-                }
-            }
-        }
-        if self.work("idle") && self.args.idle > 0 {
-            let count = format!("--count={}", self.args.idle);
-            for round in 0..self.args.idle_rounds {
-                eprintln!("idle round {} (load {})", round + 1, loadavg());
-                for i in 0..n {
-                    let t = &targets[(i + round) % n];
-                    self.measure(t, "idle", &["idle", &count, "--sources=4"]);
                 }
             }
         }
