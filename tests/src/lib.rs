@@ -7,10 +7,10 @@
 //!
 //! - [`browser`]: headless Chromium over WebDriver (chromedriver), screenshots.
 //! - [`acceptor`]: a minimal gateway-role acceptor for device-side tests.
-//! - [`netns`]: network namespaces a test creates and removes (the PMTU
-//!   black hole), tokio runtimes inside them.
 //! - [`wss`]: WSS clients, latency percentiles, a process's RSS and CPU time.
 //! - [`load`]: the load generator's workloads (echo, idle, handshakes, bulk).
+//! - [`netns`]: network namespaces a test creates and removes (the PMTU
+//!   black hole), tokio runtimes inside them.
 //! - [`procs`]: processes the benchmarks start and measure (CPU, RSS, pinning).
 //! - [`setup`]: a benchmark directory (certificates, keys, gateway configuration).
 //! - `bin/loadgen`: one workload against one target, a `RESULT` line.
