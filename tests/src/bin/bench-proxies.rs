@@ -159,8 +159,9 @@ fn run(args: Args) -> Result<(), String> {
             });
         } else if want("gw-direct") {
             b.notes.push(
-                "gw-direct: not measured, this build of the gateway does not serve direct \
-                 upstreams yet (answered 502); the gateway is measured in link mode only."
+                "gw-direct: not measured, the probe echo through the direct device failed \
+                 (see the gateway's log in the work directory); the gateway is measured in \
+                 link mode only."
                     .into(),
             );
         }
