@@ -23,7 +23,7 @@ use static_cell::StaticCell;
 use {defmt_rtt as _, panic_probe as _};
 
 use crate::board::{self, Calibration, NucleoBoard};
-use crate::net::{NetPlatform, SOCKET_BUFFER};
+use crate::net::{Board, NetPlatform, SOCKET_BUFFER};
 
 bind_interrupts!(struct Irqs {
     ETH => eth::InterruptHandler;
@@ -165,8 +165,8 @@ async fn main(spawner: Spawner) -> ! {
         stack,
         rx: RX.init([0; SOCKET_BUFFER]),
         tx: TX.init([0; SOCKET_BUFFER]),
-        rng,
         gateway: (embassy_net::Ipv4Address::new(a, b, c, d), prov.gateway_port),
+        board: Entropy(rng),
     };
     let identity = Identity {
         key: SecretKey::from_bytes(prov.device_key),
@@ -186,4 +186,20 @@ async fn main(spawner: Spawner) -> ! {
         memory,
     )
     .await
+}
+
+/// This board's randomness (the hardware RNG) and clock.
+struct Entropy(Rng<'static, peripherals::RNG>);
+
+impl Board for Entropy {
+    fn fill_random(&mut self, buf: &mut [u8]) {
+        self.0.fill_bytes(buf);
+    }
+
+    fn timestamp(&mut self) -> u64 {
+        // No real-time clock: microseconds of uptime. After a reboot the
+        // gateway answers StaleTimestamp with the last value it accepted and
+        // the runtime continues above it (one extra round trip per boot).
+        embassy_time::Instant::now().as_micros()
+    }
 }

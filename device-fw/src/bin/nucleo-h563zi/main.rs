@@ -21,6 +21,7 @@ mod firmware;
 #[cfg(target_os = "none")]
 mod logger;
 #[cfg(target_os = "none")]
+#[path = "../embassy/net.rs"]
 mod net;
 
 #[cfg(not(target_os = "none"))]

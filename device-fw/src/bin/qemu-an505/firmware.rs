@@ -14,7 +14,7 @@ use static_cell::StaticCell;
 
 use crate::board::SimBoard;
 use crate::lan9118::{self, Lan9118};
-use crate::net::{NetPlatform, SOCKET_BUFFER};
+use crate::net::{Board, NetPlatform, SOCKET_BUFFER};
 use crate::rng::JitterRng;
 use crate::{semihosting, stack, time};
 
@@ -150,9 +150,11 @@ async fn main(spawner: Spawner) -> ! {
         stack: net,
         rx: RX.init([0; SOCKET_BUFFER]),
         tx: TX.init([0; SOCKET_BUFFER]),
-        rng,
         gateway: (embassy_net::Ipv4Address::new(a, b, c, d), prov.gateway_port),
-        boot_us: semihosting::host_time() * 1_000_000,
+        board: Entropy {
+            rng,
+            boot_us: semihosting::host_time() * 1_000_000,
+        },
     };
     let identity = Identity {
         key: SecretKey::from_bytes(prov.device_key),
@@ -172,4 +174,23 @@ async fn main(spawner: Spawner) -> ! {
         memory,
     )
     .await
+}
+
+/// This board's randomness and clock.
+struct Entropy {
+    rng: JitterRng,
+    /// The host's clock at boot, µs since 1970 (semihosting SYS_TIME).
+    boot_us: u64,
+}
+
+impl Board for Entropy {
+    fn fill_random(&mut self, buf: &mut [u8]) {
+        self.rng.fill_bytes(buf);
+    }
+
+    fn timestamp(&mut self) -> u64 {
+        // The host's clock at boot plus uptime: increasing across reboots
+        // as long as the host's clock is, so no StaleTimestamp round trip.
+        self.boot_us + embassy_time::Instant::now().as_micros()
+    }
 }

@@ -33,6 +33,7 @@ mod firmware;
 #[cfg(target_os = "none")]
 mod lan9118;
 #[cfg(target_os = "none")]
+#[path = "../embassy/net.rs"]
 mod net;
 #[cfg(target_os = "none")]
 mod rng;

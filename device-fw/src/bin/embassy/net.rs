@@ -1,23 +1,31 @@
-//! The link runtime's platform on embassy: TCP through embassy-net, the
-//! hardware RNG, embassy-time.
+//! The link runtime's platform on an embassy board: TCP through
+//! embassy-net, embassy-time; randomness and handshake timestamps come from
+//! the board ([`Board`]). Shared by the board binaries (`#[path]`).
 
 use device_fw::link::{ConnectError, Platform, Transport};
 use embassy_net::Stack;
 use embassy_net::tcp::{self, TcpReader, TcpSocket, TcpWriter};
-use embassy_stm32::peripherals::RNG;
-use embassy_stm32::rng::Rng;
 use embassy_time::{Duration, Timer};
 use proto::Instant;
 
 /// Socket buffers for the one gateway connection.
 pub(crate) const SOCKET_BUFFER: usize = 2048;
 
-pub(crate) struct NetPlatform {
+/// What differs between boards: where randomness and the handshake
+/// timestamp come from.
+pub(crate) trait Board {
+    /// Fills `buf` with random bytes (ephemeral keys).
+    fn fill_random(&mut self, buf: &mut [u8]);
+    /// Microseconds for the handshake timestamp (increasing per session).
+    fn timestamp(&mut self) -> u64;
+}
+
+pub(crate) struct NetPlatform<B> {
     pub(crate) stack: Stack<'static>,
     pub(crate) rx: &'static mut [u8; SOCKET_BUFFER],
     pub(crate) tx: &'static mut [u8; SOCKET_BUFFER],
-    pub(crate) rng: Rng<'static, RNG>,
     pub(crate) gateway: (embassy_net::Ipv4Address, u16),
+    pub(crate) board: B,
 }
 
 pub(crate) struct TcpConn<'a>(TcpSocket<'a>);
@@ -37,7 +45,7 @@ impl Transport for TcpConn<'_> {
     }
 }
 
-impl Platform for NetPlatform {
+impl<B: Board + 'static> Platform for NetPlatform<B> {
     type Conn<'a> = TcpConn<'a>;
 
     async fn connect(&mut self) -> Result<TcpConn<'_>, ConnectError> {
@@ -67,13 +75,10 @@ impl Platform for NetPlatform {
     }
 
     fn fill_random(&mut self, buf: &mut [u8]) {
-        self.rng.fill_bytes(buf);
+        self.board.fill_random(buf);
     }
 
     fn timestamp(&mut self) -> u64 {
-        // No real-time clock: microseconds of uptime. After a reboot the
-        // gateway answers StaleTimestamp with the last value it accepted and
-        // the runtime continues above it (one extra round trip per boot).
-        embassy_time::Instant::now().as_micros()
+        self.board.timestamp()
     }
 }
