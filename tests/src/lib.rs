@@ -12,6 +12,7 @@
 //! - [`netns`]: network namespaces a test creates and removes (the PMTU
 //!   black hole), tokio runtimes inside them.
 //! - [`procs`]: processes the benchmarks start and measure (CPU, RSS, pinning).
+//! - [`tempdir`]: temporary directories, unique per call, removed on drop.
 //! - [`setup`]: a benchmark directory (certificates, keys, gateway configuration).
 //! - `bin/loadgen`: one workload against one target, a `RESULT` line.
 //! - `bin/ws-echo`: the plain WebSocket echo upstream.
@@ -28,4 +29,5 @@ pub mod load;
 pub mod netns;
 pub mod procs;
 pub mod setup;
+pub mod tempdir;
 pub mod wss;

@@ -27,7 +27,6 @@
 //! `CI=true`. The namespaces are removed on drop, also on failure.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +34,7 @@ use bytes::Bytes;
 use device_fw::host::{EchoApp, EchoOptions, TokioPlatform};
 use device_fw::link::{Identity, LinkConfig, LinkMemory, run};
 use e2e::netns::{self, BlackHole, CLIENT_ADDR, HOP_MTU, SERVER_ADDR};
+use e2e::tempdir::TempDir;
 use futures_util::{SinkExt as _, StreamExt as _};
 use gateway::edge::listener::{self, SocketOptions};
 use gateway::server::Server;
@@ -73,7 +73,7 @@ fn pmtu_black_hole_stalls_unclamped_tls_and_the_gateway_clamp_removes_it() {
     let net = BlackHole::create("pmtu").unwrap_or_else(|e| panic!("namespaces: {e}"));
     let client = net.client.runtime(2).expect("client runtime");
     let server = net.server.runtime(2).expect("server runtime");
-    let dir = TempDir::new();
+    let dir = TempDir::new("pmtu");
 
     // A leaf with a long SAN list: the chain is well past 4 KB, so the
     // server's first flight needs several full-size segments.
@@ -545,34 +545,5 @@ fn wait_until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(t.elapsed() < limit, "timed out: {what}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let p = std::env::temp_dir().join(format!("e2e-pmtu-{}", std::process::id()));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        std::fs::write(&p, text).expect("write");
-        p
-    }
-
-    fn gateway_key(&self) -> PublicKey {
-        let k = gateway::keys::generate().expect("key");
-        gateway::keys::write_key_file(&self.0.join("gateway.key"), &k, false).expect("key file");
-        k.public_key()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

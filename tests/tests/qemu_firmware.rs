@@ -15,6 +15,7 @@
 //! When QEMU cannot be prepared the tests skip with a loud message, except
 //! under `CI=true`, where they fail.
 
+use e2e::tempdir::TempDir;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -96,23 +97,6 @@ fn prepared() -> Option<&'static Path> {
         .as_deref()
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("qemu-fw-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The gateway's files: certificate, key, the device's public key.
 struct GatewayFiles {
     dir: TempDir,
@@ -127,11 +111,11 @@ impl GatewayFiles {
         let dir = TempDir::new("gateway");
         let ca =
             gateway::edge::tls::local_ca(&[DOMAIN.to_string(), format!("*.{DOMAIN}")]).unwrap();
-        std::fs::create_dir_all(dir.0.join("tls")).unwrap();
-        std::fs::write(dir.0.join("tls/fullchain.pem"), &ca.chain_pem).unwrap();
-        std::fs::write(dir.0.join("tls/privkey.pem"), &ca.key_pem).unwrap();
+        std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+        std::fs::write(dir.path().join("tls/fullchain.pem"), &ca.chain_pem).unwrap();
+        std::fs::write(dir.path().join("tls/privkey.pem"), &ca.key_pem).unwrap();
         let key = gateway::keys::generate().unwrap();
-        gateway::keys::write_key_file(&dir.0.join("gateway.key"), &key, false).unwrap();
+        gateway::keys::write_key_file(&dir.path().join("gateway.key"), &key, false).unwrap();
         let mut device = [0u8; 32];
         getrandom::fill(&mut device).unwrap();
         Self {
@@ -168,7 +152,7 @@ impl GatewayFiles {
             link.local_addr().unwrap().port(),
             SecretKey::from_bytes(self.device_key).public_key()
         );
-        let file = self.dir.0.join("gateway.toml");
+        let file = self.dir.path().join("gateway.toml");
         std::fs::write(&file, &text).unwrap();
         let config = gateway::config::load(&file).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let server = Server::start_on(
@@ -374,14 +358,14 @@ async fn the_emulated_firmware_serves_through_the_gateway_and_survives_its_resta
 
     let device_dir = TempDir::new("device");
     std::fs::write(
-        device_dir.0.join("devlink.prov"),
+        device_dir.path().join("devlink.prov"),
         files.provisioning(link_port),
     )
     .unwrap();
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).unwrap();
-    std::fs::write(device_dir.0.join("devlink.seed"), seed).unwrap();
-    let qemu = Qemu::boot(script, &device_dir.0).await;
+    std::fs::write(device_dir.path().join("devlink.seed"), seed).unwrap();
+    let qemu = Qemu::boot(script, device_dir.path()).await;
 
     let booted = Instant::now();
     gw.wait_online(&qemu).await;
