@@ -172,6 +172,8 @@ impl Server {
             session: config.link.session,
             drain_timeout: config.gateway.drain_timeout,
             max_device_series: config.metrics.max_device_series,
+            max_handshakes: config.link.max_handshakes,
+            max_handshakes_per_address: config.link.max_handshakes_per_address,
         };
         let hub = Hub::new(
             config.gateway.key.expose().clone(),

@@ -96,6 +96,10 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(c.websocket.max_message, 1 << 20);
     assert_eq!(c.link.address, "[::]:7000".parse().unwrap());
     assert_eq!(c.link.session, proto::Config::GATEWAY);
+    assert_eq!(
+        (c.link.max_handshakes, c.link.max_handshakes_per_address),
+        (1024, 256)
+    );
     assert_eq!(c.link.socket.mss, 1360);
     assert_eq!(c.metrics.address, "127.0.0.1:9100".parse().unwrap());
     assert_eq!(c.metrics.max_device_series, 1000);
@@ -150,6 +154,8 @@ max_record = "4KiB"
 max_streams = 8
 stream_window = "64KiB"
 conn_window = "512KiB"
+max_handshakes = 50
+max_handshakes_per_address = 5
 
 [metrics]
 address = "127.0.0.1:9200"
@@ -248,6 +254,10 @@ fn a_full_file_types_every_value() {
             handshake_timeout: Duration::from_secs(5),
             stall_timeout: None,
         }
+    );
+    assert_eq!(
+        (c.link.max_handshakes, c.link.max_handshakes_per_address),
+        (50, 5)
     );
     assert_eq!(c.metrics.address, "127.0.0.1:9200".parse().unwrap());
     assert_eq!(c.metrics.max_device_series, 50);
@@ -678,6 +688,23 @@ fn certificate_problems_name_the_entry() {
     let e = only(dir.load(&text).unwrap_err());
     assert!(e.to_string().contains("certificate "), "{e}");
     assert!(e.to_string().contains("nope.pem"), "{e}");
+}
+
+#[test]
+fn handshake_caps_must_admit_someone() {
+    let dir = TempDir::new("handshakes");
+    let e = only(
+        dir.load(&format!(
+            "{MINIMAL}\n[link]\nmax_handshakes = 10\nmax_handshakes_per_address = 0\n"
+        ))
+        .unwrap_err(),
+    );
+    assert_eq!(e.at.position.map(|p| p.line), Some(12));
+    assert!(
+        e.to_string()
+            .contains("max_handshakes_per_address = 0 is out of range 1..=1000000"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -246,10 +246,20 @@ pub struct Link {
     pub socket: SocketOptions,
     /// Session limits and timers. Default `proto::Config::GATEWAY`.
     pub session: proto::Config,
+    /// Unauthenticated handshakes in progress at once. Default 1024.
+    pub max_handshakes: usize,
+    /// Of those, from one source address (IPv6: one /64). Default 256.
+    pub max_handshakes_per_address: usize,
 }
 
 /// Default `[link] address`.
 pub const DEFAULT_LINK_ADDRESS: &str = "[::]:7000";
+/// Default `[link] max_handshakes`: at most this many connections hold
+/// handshake buffers before authenticating (about 64 KiB each).
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// Default `[link] max_handshakes_per_address`: generous for a fleet
+/// behind one NAT reconnecting at once (devices back off when refused).
+pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 256;
 
 /// `[metrics]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -526,10 +536,25 @@ pub(crate) fn link(
         address,
         at: ctx.src.locate(raw.address.as_ref().map(Spanned::span)),
     });
+    let handshakes = 1..=1_000_000;
+    let max_handshakes = ctx.int(
+        "max_handshakes",
+        raw.max_handshakes.as_ref(),
+        DEFAULT_MAX_HANDSHAKES as u64,
+        handshakes.clone(),
+    ) as usize;
+    let max_handshakes_per_address = ctx.int(
+        "max_handshakes_per_address",
+        raw.max_handshakes_per_address.as_ref(),
+        DEFAULT_MAX_HANDSHAKES_PER_ADDRESS as u64,
+        handshakes,
+    ) as usize;
     Some(Link {
         address,
         socket,
         session,
+        max_handshakes,
+        max_handshakes_per_address,
     })
 }
 

@@ -101,15 +101,15 @@ fn source(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The caps on browser connections, shared by every listener.
+/// A global cap and a per-source cap on things open at once (browser
+/// connections here; unauthenticated device-link handshakes in
+/// [`crate::link`]).
 #[derive(Debug)]
-pub struct Admission {
+pub struct SourceCaps {
     max_total: usize,
     max_per_source: usize,
-    /// Open connections by source; the sum is the total.
+    /// Open places by source; the sum is the total.
     open: Mutex<Counts>,
-    /// Overload state, consulted first.
-    pub overload: Arc<Overload>,
 }
 
 #[derive(Debug, Default)]
@@ -118,22 +118,18 @@ struct Counts {
     by_source: HashMap<IpAddr, usize>,
 }
 
-impl Admission {
-    /// Caps from `limits`; `overload` decides on overload.
-    pub fn new(limits: &Limits, overload: Arc<Overload>) -> Arc<Self> {
+impl SourceCaps {
+    /// At most `max_total` places, at most `max_per_source` from one source.
+    pub fn new(max_total: usize, max_per_source: usize) -> Arc<Self> {
         Arc::new(Self {
-            max_total: limits.max_connections,
-            max_per_source: limits.max_connections_per_address,
+            max_total,
+            max_per_source,
             open: Mutex::new(Counts::default()),
-            overload,
         })
     }
 
-    /// Admits a connection from `ip`, or says why not.
-    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
-        if self.overload.is_active() {
-            return Err(Refusal::Overload);
-        }
+    /// Takes a place for `ip`, or says which cap is full.
+    pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
         let key = source(ip);
         let mut open = self.lock();
         if open.total >= self.max_total {
@@ -146,12 +142,12 @@ impl Admission {
         *n += 1;
         open.total += 1;
         Ok(Permit {
-            admission: self.clone(),
+            caps: self.clone(),
             source: key,
         })
     }
 
-    /// Browser connections admitted and still open.
+    /// Places taken and not yet given back.
     pub fn open(&self) -> usize {
         self.lock().total
     }
@@ -172,16 +168,47 @@ impl Admission {
     }
 }
 
-/// An admitted connection's place; given back on drop.
+/// A place taken from [`SourceCaps`]; given back on drop.
 #[derive(Debug)]
 pub struct Permit {
-    admission: Arc<Admission>,
+    caps: Arc<SourceCaps>,
     source: IpAddr,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.admission.release(self.source);
+        self.caps.release(self.source);
+    }
+}
+
+/// The caps on browser connections, shared by every listener.
+#[derive(Debug)]
+pub struct Admission {
+    caps: Arc<SourceCaps>,
+    /// Overload state, consulted first.
+    pub overload: Arc<Overload>,
+}
+
+impl Admission {
+    /// Caps from `limits`; `overload` decides on overload.
+    pub fn new(limits: &Limits, overload: Arc<Overload>) -> Arc<Self> {
+        Arc::new(Self {
+            caps: SourceCaps::new(limits.max_connections, limits.max_connections_per_address),
+            overload,
+        })
+    }
+
+    /// Admits a connection from `ip`, or says why not.
+    pub fn admit(&self, ip: IpAddr) -> Result<Permit, Refusal> {
+        if self.overload.is_active() {
+            return Err(Refusal::Overload);
+        }
+        self.caps.acquire(ip)
+    }
+
+    /// Browser connections admitted and still open.
+    pub fn open(&self) -> usize {
+        self.caps.open()
     }
 }
 

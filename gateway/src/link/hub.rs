@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::session::Cmd;
 use super::stats::HubStats;
 use super::stream::{DeviceStream, OpenError};
+use crate::edge::admission::SourceCaps;
 
 /// A device the registry admits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,6 +64,13 @@ pub struct LinkSettings {
     pub drain_timeout: Duration,
     /// Devices with their own metric series (`[metrics] max_device_series`). Default 1000.
     pub max_device_series: usize,
+    /// Unauthenticated handshakes in progress at once, all sources
+    /// (`[link] max_handshakes`). Default 1024.
+    pub max_handshakes: usize,
+    /// Unauthenticated handshakes in progress at once from one source
+    /// address (IPv6: one /64) (`[link] max_handshakes_per_address`).
+    /// Default 256.
+    pub max_handshakes_per_address: usize,
 }
 
 impl Default for LinkSettings {
@@ -71,6 +79,8 @@ impl Default for LinkSettings {
             session: Config::GATEWAY,
             drain_timeout: Duration::from_secs(10),
             max_device_series: crate::config::settings::DEFAULT_MAX_DEVICE_SERIES,
+            max_handshakes: crate::config::settings::DEFAULT_MAX_HANDSHAKES,
+            max_handshakes_per_address: crate::config::settings::DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
         }
     }
 }
@@ -156,6 +166,9 @@ pub struct Hub {
     generation: AtomicU64,
     /// Counters.
     pub stats: HubStats,
+    /// Places for handshakes in progress (taken at accept, given back at
+    /// HELLO or when the connection ends).
+    pub handshakes: Arc<SourceCaps>,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -164,6 +177,8 @@ impl Hub {
     pub fn new(key: proto::SecretKey, registry: Registry, settings: LinkSettings) -> Arc<Self> {
         let stats = HubStats::new(settings.max_device_series);
         stats.devices.set_devices(registry.ids());
+        let handshakes =
+            SourceCaps::new(settings.max_handshakes, settings.max_handshakes_per_address);
         Arc::new(Self {
             key,
             settings,
@@ -173,6 +188,7 @@ impl Hub {
             presence: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             stats,
+            handshakes,
             shutdown: watch::channel(false).0,
         })
     }

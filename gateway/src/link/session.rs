@@ -19,6 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::hub::{DeviceHandle, Hub, ServiceInfo};
 use super::stats::DeviceCounters;
 use super::stream::{DeviceStream, OpenError, StreamClosed, StreamEvent};
+use crate::edge::admission::{Permit, Refusal};
 
 /// What the bridge asks of a session task.
 #[derive(Debug)]
@@ -116,15 +117,40 @@ fn clock() -> Instant {
 }
 
 /// Accepts device connections until the hub shuts down.
+///
+/// Each connection first needs a place among the handshakes in progress
+/// ([`Hub::handshakes`]: `[link] max_handshakes` in all,
+/// `max_handshakes_per_address` from one source). Without one it is
+/// closed at once, before any key exchange or buffer is spent on it, and
+/// counted (`gateway_link_handshakes_refused_total{reason}`); a device
+/// turned away retries with its backoff. The place is given back when the
+/// device's HELLO registers it (an online device no longer counts) or
+/// when the connection ends, at the latest after `handshake_timeout`.
+/// Online devices are never affected.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
     let mut shutdown = hub.shutdown.subscribe();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((sock, peer)) => {
+                    let permit = match hub.handshakes.acquire(peer.ip()) {
+                        Ok(p) => p,
+                        Err(r) => {
+                            let c = match r {
+                                Refusal::PerAddressCap => &hub.stats.handshakes_refused_per_address,
+                                _ => &hub.stats.handshakes_refused_global,
+                            };
+                            c.fetch_add(1, Ordering::Relaxed);
+                            debug!(%peer, reason = r.label(), "device link connection refused");
+                            // A reset, not a FIN: nothing lingers in TIME_WAIT here.
+                            let _ = sock.set_zero_linger();
+                            drop(sock);
+                            continue;
+                        }
+                    };
                     let hub = hub.clone();
                     let span = info_span!("device_link", %peer, device = tracing::field::Empty);
-                    tokio::spawn(run_session(sock, peer, hub).instrument(span));
+                    tokio::spawn(run_session(sock, peer, hub, permit).instrument(span));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly, keep serving.
@@ -151,7 +177,8 @@ async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
+async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: Permit) {
+    let mut permit = Some(permit);
     let _ = sock.set_nodelay(true);
     let cfg = hub.settings.session;
     let mut eph = [0u8; 32];
@@ -235,6 +262,9 @@ async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>) {
         }
         handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
         state.report(&s, &hub);
+        if permit.is_some() && state.registered.is_some() {
+            permit = None;
+        }
     }
     let _ = wr.flush().await;
     state.report(&s, &hub);
@@ -334,6 +364,9 @@ fn handle_events(
             }
             Event::Opened { stream, .. } => {
                 // Device-initiated streams have no consumer at the gateway yet.
+                hub.stats
+                    .device_streams_refused
+                    .fetch_add(1, Ordering::Relaxed);
                 let _ = s.reset(stream, Code::REFUSED);
             }
             Event::Data {
@@ -378,10 +411,13 @@ fn handle_events(
                     hub.note_rtt(id, rtt);
                 }
             }
-            Event::Refused { .. }
-            | Event::Credit { .. }
-            | Event::GoAway { .. }
-            | Event::Connected { .. } => {}
+            Event::Refused { .. } => {
+                // Past the gateway's own `max_streams`: proto refused it.
+                hub.stats
+                    .device_streams_refused
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Credit { .. } | Event::GoAway { .. } | Event::Connected { .. } => {}
         }
     }
     any

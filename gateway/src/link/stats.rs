@@ -27,6 +27,13 @@ pub struct HubStats {
     pub protocol_errors: AtomicU64,
     /// Sessions that never finished their handshake (timeouts, garbage, bad keys).
     pub handshake_failures: AtomicU64,
+    /// Connections closed at accept: `[link] max_handshakes` were in progress.
+    pub handshakes_refused_global: AtomicU64,
+    /// Connections closed at accept: `[link] max_handshakes_per_address`
+    /// from that source were in progress.
+    pub handshakes_refused_per_address: AtomicU64,
+    /// Streams a device opened that the gateway refused (it serves none).
+    pub device_streams_refused: AtomicU64,
     /// Sessions closed because a newer one of the same device took over.
     pub replaced: AtomicU64,
     /// Sessions closed because their device left the registry or its key changed.
@@ -60,6 +67,9 @@ impl HubStats {
             refused_stale: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),
             handshake_failures: AtomicU64::new(0),
+            handshakes_refused_global: AtomicU64::new(0),
+            handshakes_refused_per_address: AtomicU64::new(0),
+            device_streams_refused: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
             revoked: AtomicU64::new(0),
             credit_stalls: AtomicU64::new(0),

@@ -166,6 +166,21 @@ const LINK_REJECTIONS: Family = counter(
     &["reason"],
     "Device connections turned away: unknown_key, stale_timestamp (replay or clock reset), handshake_failed (timeout, garbage, wrong gateway key).",
 );
+const LINK_HANDSHAKES_REFUSED: Family = counter(
+    "gateway_link_handshakes_refused_total",
+    &["reason"],
+    "Device connections closed at accept because too many handshakes were in progress: global_cap ([link] max_handshakes), per_address_cap ([link] max_handshakes_per_address).",
+);
+const LINK_HANDSHAKES: Family = gauge(
+    "gateway_link_handshakes_in_progress",
+    &[],
+    "Device connections accepted and not yet through HELLO.",
+);
+const LINK_DEVICE_STREAMS_REFUSED: Family = counter(
+    "gateway_link_device_streams_refused_total",
+    &[],
+    "Streams devices opened toward the gateway, refused (the gateway serves none).",
+);
 const LINK_PROTOCOL_ERRORS: Family = counter(
     "gateway_link_protocol_errors_total",
     &[],
@@ -261,6 +276,9 @@ pub const FAMILIES: &[Family] = &[
     DEVICES_ONLINE,
     LINK_CONNECTS,
     LINK_REJECTIONS,
+    LINK_HANDSHAKES_REFUSED,
+    LINK_HANDSHAKES,
+    LINK_DEVICE_STREAMS_REFUSED,
     LINK_PROTOCOL_ERRORS,
     LINK_REPLACED,
     LINK_REVOKED,
@@ -474,6 +492,19 @@ impl Gateway {
                 ("stale_timestamp", &s.refused_stale),
                 ("handshake_failed", &s.handshake_failures),
             ],
+        );
+        by_label(
+            out,
+            &LINK_HANDSHAKES_REFUSED,
+            &[
+                ("global_cap", &s.handshakes_refused_global),
+                ("per_address_cap", &s.handshakes_refused_per_address),
+            ],
+        );
+        out.one(&LINK_HANDSHAKES, hub.handshakes.open() as f64);
+        out.one(
+            &LINK_DEVICE_STREAMS_REFUSED,
+            load(&s.device_streams_refused),
         );
         out.one(&LINK_PROTOCOL_ERRORS, load(&s.protocol_errors));
         out.one(&LINK_REPLACED, load(&s.replaced));
