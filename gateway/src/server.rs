@@ -191,6 +191,7 @@ impl Server {
         let certs = CertResolver::new(config.tls.pairs());
         let (shutdown, _) = watch::channel(false);
         let limits = config.gateway.limits;
+        bridge.set_min_body_rate(limits.min_body_rate);
         let overload = Overload::new(&limits);
         let admission = Admission::new(&limits, overload.clone());
         let edge_stats = Arc::new(EdgeStats::new(overload.clone()));

@@ -340,3 +340,88 @@ async fn a_ping_and_settings_flood_from_a_client_that_never_reads_is_cut_off() {
     assert!(rss_after < rss_before + (64 << 20));
     gw.stop().await;
 }
+
+/// A request body fed by the test, a chunk at a time.
+struct Trickle(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl hyper::body::Body for Trickle {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, std::io::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_on_one_http2_connection_get_408_each_while_it_keeps_serving() {
+    use http_body_util::BodyExt as _;
+    let gw = Gw::start(
+        "[gateway.limits]\nmin_body_rate = \"1KiB\"\n\n[http]\nheader_timeout = \"2s\"\n",
+        &[Dev("plc", "")],
+    )
+    .await;
+    let _dev = gw
+        .echo_wide::<8>(
+            "plc",
+            common::harness::link_config_streams(4096, 32768, 1024, 8),
+        )
+        .await;
+    let h = host("plc");
+    let common::harness::Client::H2(send) = gw.client(2, &h).await else {
+        unreachable!("asked for HTTP/2")
+    };
+    // Five uploads on one connection: 100 bytes each, then nothing (the
+    // device answers /upload only once the body is complete).
+    let mut slow = Vec::new();
+    let mut feeders = Vec::new();
+    for _ in 0..5 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let req = common::harness::request(2, "POST", &h, "/upload")
+            .body(Trickle(rx).boxed())
+            .unwrap();
+        let mut s = send.clone();
+        slow.push(tokio::spawn(async move {
+            s.ready().await?;
+            s.send_request(req).await
+        }));
+        tx.send(bytes::Bytes::from(vec![b'x'; 100])).await.unwrap();
+        feeders.push(tx);
+    }
+    // The same connection serves other requests meanwhile.
+    let mut c = common::harness::Client::H2(send.clone());
+    let (parts, _) = c.fetch(get(2, &h, "/head").body(empty()).unwrap()).await;
+    assert_eq!(parts.status, 200);
+    // Each slow body is abandoned with 408 once it falls below 1 KiB/s
+    // past the 2 s grace.
+    for j in slow {
+        let resp = tokio::time::timeout(Duration::from_secs(15), j)
+            .await
+            .expect("a slow body was never cut off")
+            .unwrap()
+            .unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, 408, "{body:?}");
+    }
+    let text = gw.server().metrics.render();
+    let cut: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("gateway_browser_timeouts_total{timer=\"body_rate\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    assert!(cut >= 5.0, "{cut} slow bodies counted");
+    // And the connection still works.
+    let (parts, _) = c.fetch(get(2, &h, "/head").body(empty()).unwrap()).await;
+    assert_eq!(parts.status, 200);
+    drop(feeders);
+    gw.stop().await;
+}

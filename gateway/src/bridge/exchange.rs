@@ -36,6 +36,44 @@ pub(super) struct Head {
     pub(super) fin: bool,
 }
 
+/// How fast a request body must arrive: `min_rate` bytes per second of the
+/// time spent waiting on the browser, judged once that time exceeds
+/// `grace`. Time the upload spends waiting for the device's credit does
+/// not count: a slow device never makes its browser look slow.
+///
+/// This is the per-request slow-body defence for every HTTP version (an
+/// HTTP/2 or HTTP/3 client can trickle many bodies on one busy
+/// connection, which a per-connection byte count cannot see). A body too
+/// slow is abandoned: the device's stream is reset, the browser gets 408
+/// if no response has started (its stream reset otherwise), and
+/// `gateway_browser_timeouts_total{timer="body_rate"}` counts it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pace {
+    pub(super) min_rate: u64,
+    pub(super) grace: Duration,
+}
+
+impl Pace {
+    /// How much longer to wait for the next frame, having waited `waited`
+    /// in all for `received` bytes; `None` without a minimum.
+    fn allowance(self, waited: Duration, received: u64) -> Option<Duration> {
+        if self.min_rate == 0 {
+            return None;
+        }
+        let earned = Duration::from_secs_f64(received as f64 / self.min_rate as f64);
+        Some(self.grace.max(earned).saturating_sub(waited))
+    }
+}
+
+/// Where the upload stands, for the response deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Upload {
+    /// Bytes handed to the device so far.
+    Sent(u64),
+    /// The browser sent its body slower than the minimum rate.
+    TooSlow,
+}
+
 /// Runs the exchange; returns the response to stream back.
 pub(super) async fn exchange(
     bridge: Arc<Bridge>,
@@ -50,13 +88,35 @@ pub(super) async fn exchange(
         .send(MsgKind::Head, head, true, empty)
         .await
         .map_err(|_| link_lost(&device))?;
-    let (progress_tx, mut progress) = watch::channel(0u64);
-    let upload = (!empty).then(|| Abort(tokio::spawn(upload(body, stream.sender(), progress_tx))));
+    let (progress_tx, mut progress) = watch::channel(Upload::Sent(0));
+    let pace = bridge.body_pace();
+    let upload = (!empty).then(|| {
+        Abort(tokio::spawn(upload(
+            body,
+            stream.sender(),
+            progress_tx,
+            pace,
+        )))
+    });
     let mut deadline = Instant::now() + timeout;
     let head = loop {
         tokio::select! {
             h = read_head(&mut stream, &device) => break h?,
-            Ok(()) = progress.changed() => deadline = Instant::now() + timeout,
+            Ok(()) = progress.changed() => {
+                if *progress.borrow_and_update() == Upload::TooSlow {
+                    bridge.stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                    stream.reset(Code::CANCEL);
+                    return Err(ErrorPage::new(
+                        408,
+                        "body_too_slow",
+                        format!(
+                            "The request body arrived slower than {} bytes/s.",
+                            pace.min_rate
+                        ),
+                    ));
+                }
+                deadline = Instant::now() + timeout;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 bridge.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 stream.reset(Code::CANCEL);
@@ -165,11 +225,35 @@ impl Drop for Abort {
     }
 }
 
-/// Sends the request body to the device, chunk by chunk within credit.
-async fn upload(mut body: Incoming, to: StreamSender, progress: watch::Sender<u64>) {
+/// Sends the request body to the device, chunk by chunk within credit,
+/// as long as the browser keeps to `pace`.
+async fn upload(mut body: Incoming, to: StreamSender, progress: watch::Sender<Upload>, pace: Pace) {
     let mut sent = 0u64;
+    let mut waited = Duration::ZERO;
     loop {
-        match body.frame().await {
+        let started = Instant::now();
+        let next = match pace.allowance(waited, sent) {
+            None => body.frame().await,
+            Some(allowed) => match tokio::time::timeout(allowed, body.frame()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    tracing::debug!(
+                        received = sent,
+                        min_rate = pace.min_rate,
+                        "request body slower than the minimum rate; abandoned"
+                    );
+                    // Before the response head the exchange answers 408 and
+                    // resets the device's stream; after it, nobody listens
+                    // here and the stream is reset from this side.
+                    if progress.send(Upload::TooSlow).is_err() {
+                        to.reset(Code::CANCEL);
+                    }
+                    return;
+                }
+            },
+        };
+        waited += started.elapsed();
+        match next {
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
                     continue; // trailers are not carried
@@ -185,7 +269,7 @@ async fn upload(mut body: Incoming, to: StreamSender, progress: watch::Sender<u6
                 {
                     return;
                 }
-                let _ = progress.send(sent);
+                let _ = progress.send(Upload::Sent(sent));
             }
             Some(Err(e)) => {
                 tracing::debug!("request body aborted by the browser: {e}");
@@ -194,7 +278,7 @@ async fn upload(mut body: Incoming, to: StreamSender, progress: watch::Sender<u6
             }
             None => {
                 let _ = to.send(MsgKind::Bytes, Vec::new(), false, true).await;
-                let _ = progress.send(sent);
+                let _ = progress.send(Upload::Sent(sent));
                 return;
             }
         }

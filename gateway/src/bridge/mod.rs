@@ -105,6 +105,8 @@ pub struct Bridge {
     domain: String,
     http: config::Http,
     websocket: config::WebSocket,
+    /// `[gateway.limits] min_body_rate`, bytes/s (0: off).
+    min_body_rate: std::sync::atomic::AtomicU64,
     /// Counters.
     pub stats: BridgeStats,
 }
@@ -133,8 +135,25 @@ impl Bridge {
             domain,
             http,
             websocket,
+            min_body_rate: std::sync::atomic::AtomicU64::new(0),
             stats: BridgeStats::default(),
         })
+    }
+
+    /// Sets the slowest request body the bridge waits for, in bytes per
+    /// second of the time spent waiting on the browser (0: no minimum);
+    /// see [`exchange`].
+    pub fn set_min_body_rate(&self, rate: u64) {
+        self.min_body_rate.store(rate, Ordering::Relaxed);
+    }
+
+    /// The minimum body rate and the grace before it is judged (the
+    /// request head timeout).
+    fn body_pace(&self) -> exchange::Pace {
+        exchange::Pace {
+            min_rate: self.min_body_rate.load(Ordering::Relaxed),
+            grace: self.http.header_timeout,
+        }
     }
 
     /// The hub.

@@ -25,6 +25,8 @@ pub struct BridgeStats {
     pub offline: AtomicU64,
     /// Device timeouts (504).
     pub timeouts: AtomicU64,
+    /// Request bodies cut off for arriving slower than `min_body_rate` (408).
+    pub body_timeouts: AtomicU64,
     /// WebSocket sessions opened.
     pub ws_opened: AtomicU64,
     /// WebSocket sessions now open.
@@ -66,6 +68,7 @@ impl Default for BridgeStats {
             refused: AtomicU64::new(0),
             offline: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
+            body_timeouts: AtomicU64::new(0),
             ws_opened: AtomicU64::new(0),
             ws_open: AtomicU64::new(0),
             ws_messages_up: AtomicU64::new(0),

@@ -33,7 +33,9 @@
 //! - HTTP/1.1 request bodies slower than `min_body_rate` (averaged from
 //!   the request on, checked once the request is older than
 //!   `header_timeout` and while bytes still trickle in) end the
-//!   connection (slow-body attacks).
+//!   connection (slow-body attacks). Every request body, HTTP/2's
+//!   streams included, is also held to `min_body_rate` on its own by the
+//!   bridge's upload (408, see `bridge::exchange::Pace`).
 //! - Before the bridge: a request whose host (Host, or the authority of an
 //!   HTTP/2 or absolute-form target) is not covered by the TLS SNI the
 //!   client used gets 421 `misdirected` (RFC 9110 §15.5.20). Covered means
@@ -56,7 +58,7 @@
 //! | request head (also idle HTTP/1.1 keep-alive) | 10 s | `[http] header_timeout` |
 //! | idle connection | 60 s | `[http] idle_timeout` |
 //! | HTTP/2 ping answer | 20 s | fixed |
-//! | request body rate (HTTP/1.1) | 256 B/s after `header_timeout` | `[gateway.limits] min_body_rate` |
+//! | request body rate (connection: HTTP/1.1; each request: all versions) | 256 B/s after `header_timeout` | `[gateway.limits] min_body_rate` |
 //! | stalled write | 30 s | `[gateway.limits] send_timeout` |
 //! | response read rate while writes block | 1 KiB/s after `send_timeout` | `[gateway.limits] min_send_rate` |
 //! | device response head | 30 s | `[http] response_timeout` |

@@ -93,7 +93,7 @@ const CONNECTIONS_REFUSED: Family = counter(
 const BROWSER_TIMEOUTS: Family = counter(
     "gateway_browser_timeouts_total",
     &["timer"],
-    "Browser connections ended by a timer: header ([http] header_timeout), body_rate ([gateway.limits] min_body_rate), send ([gateway.limits] send_timeout), send_rate (min_send_rate), idle ([http] idle_timeout).",
+    "Browser connections ended by a timer: header ([http] header_timeout), body_rate ([gateway.limits] min_body_rate; also counts single requests whose body was abandoned, 408), send ([gateway.limits] send_timeout), send_rate (min_send_rate), idle ([http] idle_timeout).",
 );
 const MALFORMED: Family = counter(
     "gateway_browser_malformed_requests_total",
@@ -415,17 +415,21 @@ impl Gateway {
                 ("per_address_cap", &e.refused.per_address_cap),
             ],
         );
-        by_label(
-            out,
-            &BROWSER_TIMEOUTS,
-            &[
-                ("header", &e.header_timeouts),
-                ("body_rate", &e.body_timeouts),
-                ("send", &e.send_timeouts),
-                ("send_rate", &e.send_rate_timeouts),
-                ("idle", &e.idle_timeouts),
-            ],
-        );
+        // Slow bodies are caught per connection at the edge (HTTP/1.1)
+        // and per request in the bridge (every version): one series.
+        let body_rate = load(&e.body_timeouts) + load(&self.bridge.stats.body_timeouts);
+        let timeouts = [
+            ("header", load(&e.header_timeouts)),
+            ("body_rate", body_rate),
+            ("send", load(&e.send_timeouts)),
+            ("send_rate", load(&e.send_rate_timeouts)),
+            ("idle", load(&e.idle_timeouts)),
+        ];
+        let samples = timeouts
+            .iter()
+            .map(|(label, v)| sample(&BROWSER_TIMEOUTS, &[label], *v))
+            .collect();
+        out.family(&BROWSER_TIMEOUTS, samples);
         out.one(&MALFORMED, load(&e.malformed));
         by_label(
             out,
