@@ -11,7 +11,6 @@ use proto::{
     Buffers, CloseReason, Code, Event, Instant, MsgKind, SecretKey, Session, StreamError, StreamId,
     StreamKind, StreamSlot,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -177,7 +176,7 @@ async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: Permit) {
+async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: Permit) {
     let mut permit = Some(permit);
     let _ = sock.set_nodelay(true);
     let cfg = hub.settings.session;
@@ -213,42 +212,53 @@ async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permi
     let mut state = State::default();
     let mut shutdown = hub.shutdown.subscribe();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
-    let mut out = vec![0u8; record];
-    let (mut out_pos, mut out_len) = (0usize, 0usize);
-    let mut input = vec![0u8; record];
-    let (mut rd, mut wr) = sock.split();
+    // Records go out through the worker thread's scratch buffer; only
+    // what the socket did not take at once is kept here (usually nothing).
+    let mut unsent: Vec<u8> = Vec::new();
 
     loop {
         flush_outgoing(&mut s, &mut streams);
-        if out_pos == out_len {
-            out_pos = 0;
-            out_len = s.poll_transmit(clock(), &mut out).unwrap_or(0);
+        let mut sent = false;
+        if unsent.is_empty() {
+            for _ in 0..TRANSMIT_BURST {
+                match transmit(&mut s, &sock, &mut unsent) {
+                    Transmit::Sent => sent = true,
+                    Transmit::Nothing | Transmit::Blocked => break,
+                    Transmit::Failed => {
+                        s.handle_eof();
+                        break;
+                    }
+                }
+            }
         }
-        if s.is_closed() && out_pos == out_len {
+        if s.is_closed() && unsent.is_empty() {
             break;
         }
         let wait = s.poll_timeout().map_or(Duration::from_secs(3600), |t| {
             Duration::from_millis(t.as_millis().saturating_sub(clock().as_millis()))
         });
-        let pending = &out[out_pos..out_len];
         tokio::select! {
-            r = rd.read(&mut input) => {
-                let n = match r {
-                    Ok(0) | Err(_) => { s.handle_eof(); 0 }
-                    Ok(n) => n,
-                };
-                let mut off = 0;
-                loop {
-                    let k = s.handle_input(clock(), &input[off..n]);
-                    off += k;
-                    let any = handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
-                    if (off >= n || k == 0) && !any { break; }
+            r = sock.readable() => {
+                let eof = r.is_err() || receive(&mut s, &sock, &hub, &cmd_tx, &mut streams, &mut state);
+                if eof {
+                    s.handle_eof();
+                    handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
                 }
             }
-            w = wr.write(pending), if !pending.is_empty() => match w {
-                Ok(n) if n > 0 => out_pos += n,
-                _ => { s.handle_eof(); out_pos = out_len; }
-            },
+            r = sock.writable(), if !unsent.is_empty() => {
+                match r.and_then(|()| sock.try_write(&unsent)) {
+                    Ok(n) if n > 0 => {
+                        unsent.drain(..n);
+                        if unsent.is_empty() {
+                            unsent = Vec::new();
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    _ => { s.handle_eof(); unsent = Vec::new(); }
+                }
+            }
+            // More records may be ready: come round again at once.
+            () = std::future::ready(()), if sent => {}
             c = cmd_rx.recv() => if let Some(c) = c { apply(&mut s, c, &cmd_tx, &mut streams, cfg.params.max_streams) },
             _ = tokio::time::sleep(wait) => s.handle_timeout(clock()),
             () = shutting_down(&mut shutdown), if drain_deadline.is_none() => {
@@ -266,7 +276,6 @@ async fn run_session(mut sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permi
             permit = None;
         }
     }
-    let _ = wr.flush().await;
     state.report(&s, &hub);
     for (_, tx) in streams.to_bridge.drain() {
         let _ = tx.send(StreamEvent::Closed);
@@ -421,6 +430,81 @@ fn handle_events(
         }
     }
     any
+}
+
+/// Records a session sends before it looks at its socket and commands again.
+const TRANSMIT_BURST: usize = 8;
+
+/// Scratch space of the worker thread for reads and for records on their
+/// way out: an idle session holds no I/O buffer of its own. Large enough
+/// for any record (`max_record` is at most 65,535).
+const SCRATCH: usize = 64 << 10;
+
+thread_local! {
+    static IO_SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SCRATCH]);
+}
+
+enum Transmit {
+    /// A record went out whole.
+    Sent,
+    /// The session has nothing to send.
+    Nothing,
+    /// The socket took part or none of it; the rest is in `unsent`.
+    Blocked,
+    /// The socket failed.
+    Failed,
+}
+
+/// Makes one record and writes what the socket takes of it now.
+fn transmit(s: &mut GwSession, sock: &TcpStream, unsent: &mut Vec<u8>) -> Transmit {
+    IO_SCRATCH.with_borrow_mut(|buf| {
+        let n = match s.poll_transmit(clock(), buf) {
+            Some(n) if n > 0 => n,
+            _ => return Transmit::Nothing,
+        };
+        match sock.try_write(&buf[..n]) {
+            Ok(k) if k == n => Transmit::Sent,
+            Ok(k) if k > 0 => {
+                unsent.extend_from_slice(&buf[k..n]);
+                Transmit::Blocked
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                unsent.extend_from_slice(&buf[..n]);
+                Transmit::Blocked
+            }
+            _ => Transmit::Failed,
+        }
+    })
+}
+
+/// Reads what the socket has and feeds it to the session; true at end of
+/// stream or on an error.
+fn receive(
+    s: &mut GwSession,
+    sock: &TcpStream,
+    hub: &Hub,
+    cmd_tx: &mpsc::UnboundedSender<Cmd>,
+    streams: &mut Streams,
+    state: &mut State,
+) -> bool {
+    IO_SCRATCH.with_borrow_mut(|buf| {
+        let n = match sock.try_read(buf) {
+            Ok(0) => return true,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        };
+        let mut off = 0;
+        loop {
+            let k = s.handle_input(clock(), &buf[off..n]);
+            off += k;
+            let any = handle_events(s, hub, cmd_tx, streams, state);
+            if (off >= n || k == 0) && !any {
+                break;
+            }
+        }
+        false
+    })
 }
 
 /// Slots added at a time when the table is full.
