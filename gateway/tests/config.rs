@@ -98,7 +98,7 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(c.link.session, proto::Config::GATEWAY);
     assert_eq!(
         (c.link.max_handshakes, c.link.max_handshakes_per_address),
-        (1024, 256)
+        (4096, 1024)
     );
     assert_eq!(c.link.socket.mss, 1360);
     assert_eq!(c.metrics.address, "127.0.0.1:9100".parse().unwrap());

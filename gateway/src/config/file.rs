@@ -348,9 +348,9 @@ pub struct LinkSection {
     pub stream_window: Option<Spanned<Size>>,
     /// Credit for a whole session, 1 byte to 2 GiB - 1. Default 1 MiB.
     pub conn_window: Option<Spanned<Size>>,
-    /// Unauthenticated handshakes in progress at once, 1 to 1000000. Default 1024.
+    /// Unauthenticated handshakes in progress at once, 1 to 1000000. Default 4096.
     pub max_handshakes: Option<Spanned<i64>>,
-    /// Of those, from one source address (IPv6: one /64), 1 to 1000000. Default 256.
+    /// Of those, from one source address (IPv6: one /64), 1 to 1000000. Default 1024.
     pub max_handshakes_per_address: Option<Spanned<i64>>,
 }
 

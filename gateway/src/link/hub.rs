@@ -65,11 +65,11 @@ pub struct LinkSettings {
     /// Devices with their own metric series (`[metrics] max_device_series`). Default 1000.
     pub max_device_series: usize,
     /// Unauthenticated handshakes in progress at once, all sources
-    /// (`[link] max_handshakes`). Default 1024.
+    /// (`[link] max_handshakes`). Default 4096.
     pub max_handshakes: usize,
     /// Unauthenticated handshakes in progress at once from one source
     /// address (IPv6: one /64) (`[link] max_handshakes_per_address`).
-    /// Default 256.
+    /// Default 1024.
     pub max_handshakes_per_address: usize,
 }
 
