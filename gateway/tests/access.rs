@@ -470,6 +470,12 @@ async fn failures_look_alike_and_are_throttled() {
     // The source address is throttled as well (3 failures from here already).
     let (other, _, _, _) = s.login("root", "root password").await;
     assert_eq!(other, 429);
+    // Operators see it in the metrics.
+    let text = s.gw.server().metrics.render();
+    for (outcome, n) in [("ok", 0), ("failed", 3), ("throttled", 2), ("csrf", 0)] {
+        let line = format!("gateway_logins_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(text.lines().any(|l| l == line), "{line} missing");
+    }
     s.gw.stop().await;
 }
 

@@ -18,7 +18,7 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use super::{Access, COOKIE, audit, cookie, password, session};
+use super::{Access, COOKIE, LoginCounts, audit, cookie, password, session};
 use crate::bridge::Body;
 use crate::bridge::page::full;
 
@@ -268,6 +268,7 @@ pub async fn login(
         || csrf.is_empty()
         || cookie(headers, LOGIN_COOKIE).as_deref() != Some(csrf)
     {
+        LoginCounts::count(&access.logins.csrf);
         audit("login_failed", Some(&user), client, "CSRF check failed");
         return again(StatusCode::FORBIDDEN, "The form expired; please try again.");
     }
@@ -275,6 +276,7 @@ pub async fn login(
     let user_key = format!("user:{user}");
     let keys = [ip_key.as_str(), user_key.as_str()];
     if let Err(wait) = access.throttle.check(&keys) {
+        LoginCounts::count(&access.logins.throttled);
         audit(
             "login_throttled",
             Some(&user),
@@ -296,6 +298,7 @@ pub async fn login(
         .unwrap_or(false);
     if !ok {
         access.throttle.fail(&keys);
+        LoginCounts::count(&access.logins.failed);
         audit(
             "login_failed",
             Some(&user),
@@ -306,6 +309,7 @@ pub async fn login(
     }
     access.throttle.clear(&keys);
     let id = access.sessions.create(&user);
+    LoginCounts::count(&access.logins.ok);
     audit("login", Some(&user), client, "logged in");
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SEE_OTHER;

@@ -122,6 +122,27 @@ pub struct Access {
     pub sessions: Sessions,
     /// Failed-login limits.
     pub throttle: Throttle,
+    /// Login attempts by outcome (`gateway_logins_total{outcome}`).
+    pub logins: LoginCounts,
+}
+
+/// Login attempts by outcome.
+#[derive(Debug, Default)]
+pub struct LoginCounts {
+    /// Logged in.
+    pub ok: std::sync::atomic::AtomicU64,
+    /// Wrong user name or password (the two are not told apart).
+    pub failed: std::sync::atomic::AtomicU64,
+    /// The form's CSRF token or origin did not check out.
+    pub csrf: std::sync::atomic::AtomicU64,
+    /// Refused by the failed-login throttle (429).
+    pub throttled: std::sync::atomic::AtomicU64,
+}
+
+impl LoginCounts {
+    fn count(c: &std::sync::atomic::AtomicU64) {
+        c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Access {
@@ -133,6 +154,7 @@ impl Access {
             tables: RwLock::new(Tables::new(auth)),
             sessions,
             throttle,
+            logins: LoginCounts::default(),
         }
     }
 

@@ -236,6 +236,11 @@ const DEVICE_AGGREGATED: Family = gauge(
     &[],
     "Registered devices without series of their own (beyond [metrics] max_device_series), summed under device=\"_other\".",
 );
+const LOGINS: Family = counter(
+    "gateway_logins_total",
+    &["outcome"],
+    "Login form submissions: ok, failed (wrong user name or password), csrf (stale or forged form), throttled (429 after too many failures).",
+);
 const RELOADS: Family = counter(
     "gateway_config_reloads_total",
     &["result"],
@@ -267,6 +272,7 @@ pub const FAMILIES: &[Family] = &[
     OVERLOAD_TRANSITIONS,
     HTTP_REQUESTS,
     HTTP_REFUSED,
+    LOGINS,
     HTTP_DEVICE_ERRORS,
     WS_SESSIONS,
     WS_OPEN,
@@ -477,6 +483,17 @@ impl Gateway {
                 ("origin_rejected", &b.origin_rejected),
                 ("subprotocol_rewritten", &b.subprotocol_rewritten),
                 ("host_rewritten", &b.host_rewritten),
+            ],
+        );
+        let l = &self.bridge.access().logins;
+        by_label(
+            out,
+            &LOGINS,
+            &[
+                ("ok", &l.ok),
+                ("failed", &l.failed),
+                ("csrf", &l.csrf),
+                ("throttled", &l.throttled),
             ],
         );
     }
