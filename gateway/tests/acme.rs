@@ -302,3 +302,113 @@ async fn certificates_from_a_real_acme_server() {
     assert_eq!(acme.stats.issued.get(), 0);
     server.shutdown().await;
 }
+
+async fn start_alpn(dir: &TempDir, https: u16, p: &Pebble) -> Server {
+    let opts = SocketOptions::default();
+    let edges = vec![listener::bind(SocketAddr::from(([127, 0, 0, 1], https)), &opts).unwrap()];
+    let link = listener::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
+    let text = format!(
+        "[gateway]\ndomain = \"gw.example.com\"\n\n\
+         [[listen]]\naddress = \"127.0.0.1:{https}\"\n\n\
+         [link]\naddress = \"{}\"\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n\
+         [acme]\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenge = \"tls-alpn-01\"\n\n\
+         [[device]]\nid = \"plc\"\npublic_key = \"{}\"\n",
+        link.local_addr().unwrap(),
+        p.dir_url,
+        p.tls_root.display(),
+        common::harness::device_key("plc").public_key(),
+    );
+    let file = dir.write("gateway.toml", &text);
+    let config = gateway::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
+    Server::start_on(&config, Listeners { link, edges }).unwrap()
+}
+
+/// What a client offering only `acme-tls/1` gets for `sni`: the
+/// certificate, or the handshake error.
+async fn alpn_probe(addr: SocketAddr, sni: &str) -> Result<Vec<u8>, String> {
+    #[derive(Debug)]
+    struct AnyCert;
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyCert))
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let io = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(ServerName::try_from(sni.to_string()).unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(io.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec())
+}
+
+#[tokio::test]
+async fn tls_alpn_01_through_the_tls_listener_alone() {
+    if !(have("pebble") && have("pebble-challtestsrv")) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "pebble is missing in CI (.ci/run installs it)"
+        );
+        eprintln!("SKIP: pebble is not installed (apt-get install pebble)");
+        return;
+    }
+    let dir = TempDir::new("acme-alpn");
+    dir.key();
+    // No plain listener at all: pebble's HTTP-01 port leads nowhere.
+    let (https, nowhere) = (free_port(), free_port());
+    let p = pebble(&dir, nowhere, https).await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], https));
+    // Before any order, acme-tls/1 gets no certificate (nothing pending).
+    let server = start_alpn(&dir, https, &p).await;
+    let acme = server.acme.clone().unwrap();
+    eventually("the certificate over TLS-ALPN-01", 60, || {
+        acme.stats.issued.get() >= 1
+    })
+    .await;
+    let root = issuing_root(&p).await;
+    let leaf = served(addr, "plc.gw.example.com", &root).await;
+    assert_eq!(served(addr, "gw.example.com", &root).await, leaf);
+    // The challenge certificates are gone once the order is done.
+    let after = alpn_probe(addr, "plc.gw.example.com").await;
+    assert!(after.is_err(), "a challenge certificate is still served");
+    assert_eq!(acme.stats.failures.get(), 0);
+    server.shutdown().await;
+}

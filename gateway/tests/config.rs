@@ -691,6 +691,26 @@ fn certificate_problems_name_the_entry() {
 }
 
 #[test]
+fn acme_challenge_types() {
+    let dir = TempDir::new("acme-challenge");
+    let acme =
+        |extra: &str| format!("{MINIMAL}\n[acme]\ndirectory = \"https://ca.example/dir\"\n{extra}");
+    let c = dir.load(&acme("")).unwrap();
+    assert_eq!(c.acme.unwrap().challenge, config::acme::Challenge::Http01);
+    let c = dir.load(&acme("challenge = \"tls-alpn-01\"\n")).unwrap();
+    assert_eq!(
+        c.acme.unwrap().challenge,
+        config::acme::Challenge::TlsAlpn01
+    );
+    let e = only(dir.load(&acme("challenge = \"dns-01\"\n")).unwrap_err());
+    assert_eq!(e.at.position.map(|p| p.line), Some(12));
+    assert!(
+        e.to_string().contains("\"http-01\" or \"tls-alpn-01\""),
+        "{e}"
+    );
+}
+
+#[test]
 fn handshake_caps_must_admit_someone() {
     let dir = TempDir::new("handshakes");
     let e = only(

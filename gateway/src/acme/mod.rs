@@ -1,6 +1,10 @@
 //! Certificates from an ACME CA (RFC 8555), obtained and renewed without
 //! an operator: HTTP-01 challenges answered by the gateway's own HTTP
-//! listeners (`/.well-known/acme-challenge/<token>`), an ECDSA P-256 key
+//! listeners (`/.well-known/acme-challenge/<token>`), or TLS-ALPN-01
+//! (RFC 8737, `[acme] challenge = "tls-alpn-01"`) answered by its TLS
+//! listeners (a self-signed certificate with the `acmeIdentifier`
+//! extension, served only to clients offering ALPN `acme-tls/1`; see
+//! [`crate::edge::tls::CertResolver`]), an ECDSA P-256 key
 //! per certificate, the account key kept, everything stored under
 //! `<data_dir>/acme` so a restart reuses what it has (no new order per
 //! start).
@@ -14,8 +18,8 @@
 //!                 └─ metric, log line, retry in 1 min … 1 h ─────┘
 //! ```
 //!
-//! TLS-ALPN-01 and DNS-01 (the only way to a wildcard) are extension
-//! points: a `Challenge` answerer per type would plug in at `authorize`.
+//! DNS-01 (the only way to a wildcard) is an extension point: its
+//! answerer would plug in at `authorize` next to the other two.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,8 +35,8 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use tracing::{info, warn};
 
-use crate::config::acme::Acme;
-use crate::edge::tls::{CertPair, CertResolver};
+use crate::config::acme::{Acme, Challenge};
+use crate::edge::tls::{CertPair, CertResolver, alpn_challenge_key};
 
 /// The shortest time between two orders that succeeded.
 const MIN_REORDER: Duration = Duration::from_secs(3600);
@@ -326,11 +330,12 @@ impl Manager {
         let mut order = account.new_order(&NewOrder::new(&ids)).await?;
         let result = self.authorize(&mut order).await;
         if let Err(e) = result {
-            self.challenges.clear();
+            self.clear_challenges();
             return Err(e);
         }
-        let status = order.poll_ready(&RetryPolicy::default()).await?;
-        self.challenges.clear();
+        let status = order.poll_ready(&RetryPolicy::default()).await;
+        self.clear_challenges();
+        let status = status?;
         if status != OrderStatus::Ready {
             let mut detail = Vec::new();
             let mut authzs = order.authorizations();
@@ -363,6 +368,11 @@ impl Manager {
         Ok(expiry)
     }
 
+    fn clear_challenges(&self) {
+        self.challenges.clear();
+        self.resolver.clear_alpn_challenges();
+    }
+
     async fn authorize(&self, order: &mut instant_acme::Order) -> Result<(), AcmeError> {
         let mut authzs = order.authorizations();
         while let Some(a) = authzs.next().await {
@@ -370,15 +380,36 @@ impl Manager {
             if a.status != AuthorizationStatus::Pending {
                 continue;
             }
-            let Some(mut challenge) = a.challenge(ChallengeType::Http01) else {
+            let name = match a.identifier().identifier {
+                Identifier::Dns(n) => n.clone(),
+                other => {
+                    return Err(AcmeError::Order {
+                        names: self.cfg.names.join(", "),
+                        status: OrderStatus::Invalid,
+                        detail: format!("the CA asks about {other:?}, not a DNS name"),
+                    });
+                }
+            };
+            let (kind, label) = match self.cfg.challenge {
+                Challenge::Http01 => (ChallengeType::Http01, "HTTP-01"),
+                Challenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, "TLS-ALPN-01"),
+            };
+            let Some(mut challenge) = a.challenge(kind) else {
                 return Err(AcmeError::Order {
                     names: self.cfg.names.join(", "),
                     status: OrderStatus::Invalid,
-                    detail: "the CA offers no HTTP-01 challenge".into(),
+                    detail: format!("the CA offers no {label} challenge for {name}"),
                 });
             };
             let ka = challenge.key_authorization();
-            self.challenges.set(&challenge.token, ka.as_str());
+            match self.cfg.challenge {
+                Challenge::Http01 => self.challenges.set(&challenge.token, ka.as_str()),
+                Challenge::TlsAlpn01 => {
+                    let key = alpn_challenge_key(&name, ka.digest().as_ref())
+                        .map_err(|e| AcmeError::Certificate(e.to_string()))?;
+                    self.resolver.set_alpn_challenge(&name, key);
+                }
+            }
             challenge.set_ready().await?;
         }
         Ok(())

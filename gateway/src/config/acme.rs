@@ -9,6 +9,17 @@ use super::value::Ctx;
 /// Default `renew_before`.
 pub const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
+/// The challenge the gateway answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Challenge {
+    /// RFC 8555 §8.3: a token over plain HTTP on port 80.
+    #[default]
+    Http01,
+    /// RFC 8737: a self-signed certificate over TLS with ALPN `acme-tls/1`
+    /// on port 443 (for gateways without port 80).
+    TlsAlpn01,
+}
+
 /// Automatic certificates.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Acme {
@@ -24,6 +35,8 @@ pub struct Acme {
     pub ca_root: Option<PathBuf>,
     /// Where the account, certificate and key are kept: `<data_dir>/acme`.
     pub dir: PathBuf,
+    /// The challenge answered. Default HTTP-01.
+    pub challenge: Challenge,
 }
 
 pub(crate) fn acme(
@@ -69,6 +82,15 @@ pub(crate) fn acme(
             },
         );
     }
+    let challenge = match raw.challenge.as_ref().map(|c| c.get_ref().as_str()) {
+        None | Some("http-01") => Challenge::Http01,
+        Some("tls-alpn-01") => Challenge::TlsAlpn01,
+        Some(other) => {
+            let field = raw.challenge.as_ref().unwrap_or(&raw.directory);
+            ctx.invalid(field, "challenge", other, "\"http-01\" or \"tls-alpn-01\"");
+            Challenge::Http01
+        }
+    };
     directory.starts_with("https://").then(|| Acme {
         directory,
         contact,
@@ -76,5 +98,6 @@ pub(crate) fn acme(
         renew_before,
         ca_root,
         dir: data_dir.join("acme"),
+        challenge,
     })
 }

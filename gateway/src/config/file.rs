@@ -79,6 +79,10 @@ pub struct AcmeSection {
     /// private CA, a test server), relative to `data_dir`. Default: the
     /// system's web roots.
     pub ca_root: Option<Spanned<String>>,
+    /// How the CA checks the names: `"http-01"` (port 80 must reach a
+    /// plain listener) or `"tls-alpn-01"` (port 443, the TLS listener
+    /// itself). Default `"http-01"`.
+    pub challenge: Option<Spanned<String>>,
 }
 
 /// A users file (`auth.users_file`): `[[user]]`, `[[group]]` and

@@ -373,6 +373,15 @@ impl Connection {
         );
         match tls {
             Some(tls) => match tls.accept(io).await {
+                Ok(stream)
+                    if stream.get_ref().1.alpn_protocol()
+                        == Some(crate::edge::tls::ACME_TLS_ALPN) =>
+                {
+                    // An ACME CA saw the TLS-ALPN-01 certificate; RFC 8737
+                    // ends the connection here.
+                    stats.tls_ok.fetch_add(1, Ordering::Relaxed);
+                    debug!("TLS-ALPN-01 validation handshake done; closing");
+                }
                 Ok(stream) => {
                     stats.tls_ok.fetch_add(1, Ordering::Relaxed);
                     stats.tls_handshake.observe(started.elapsed().as_secs_f64());

@@ -125,11 +125,21 @@ fn leaf_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     Ok(ee.valid_dns_names().map(str::to_ascii_lowercase).collect())
 }
 
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// Picks a certificate by SNI: exact name, then a `*.` wildcard one label
 /// up, then the first certificate. Swappable at run time.
+///
+/// A client offering only the ALPN protocol `acme-tls/1` is an ACME CA
+/// validating a TLS-ALPN-01 challenge: it gets the challenge certificate
+/// for its SNI while one is pending (see [`crate::acme`]), and no
+/// certificate (a failed handshake) otherwise.
 #[derive(Debug)]
 pub struct CertResolver {
     inner: RwLock<Certs>,
+    /// Pending TLS-ALPN-01 challenge certificates, by name.
+    alpn_challenges: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +155,7 @@ impl CertResolver {
     pub fn new(pairs: Vec<CertPair>) -> Arc<Self> {
         let r = Arc::new(Self {
             inner: RwLock::new(Certs::default()),
+            alpn_challenges: RwLock::new(HashMap::new()),
         });
         r.replace(pairs);
         r
@@ -217,10 +228,66 @@ fn name_matches(name: &str, host: &str) -> bool {
     }
 }
 
+impl CertResolver {
+    /// Serves `key` to TLS-ALPN-01 validations of `name` until cleared.
+    pub fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+        self.alpn_challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_ascii_lowercase(), key);
+    }
+
+    /// Forgets every TLS-ALPN-01 challenge certificate.
+    pub fn clear_alpn_challenges(&self) {
+        self.alpn_challenges
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self
+                .alpn_challenges
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&name)
+                .cloned();
+        }
         self.pick(hello.server_name())
     }
+}
+
+/// The self-signed certificate that answers a TLS-ALPN-01 challenge for
+/// `name` (RFC 8737 §3): `name` as its only SAN, and the critical
+/// `acmeIdentifier` extension holding `digest`, the SHA-256 of the key
+/// authorization. A fresh P-256 key each time.
+pub fn alpn_challenge_key(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, TlsError> {
+    let err = |reason: String| TlsError::Key {
+        path: format!("TLS-ALPN-01 certificate for {name}"),
+        reason,
+    };
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| err(e.to_string()))?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| err(e.to_string()))?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(|e| err(e.to_string()))?;
+    let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| err(e.to_string()))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 /// The acceptor with its handshake deadline.
@@ -276,7 +343,9 @@ impl Tls {
             }
         };
         let mut config = builder.with_cert_resolver(resolver.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        // acme-tls/1 last: only a client offering nothing else gets it
+        // (an ACME CA validating TLS-ALPN-01; the connection then closes).
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
         config.session_storage = ServerSessionMemoryCache::new(4096);
         if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
             config.ticketer = t;
