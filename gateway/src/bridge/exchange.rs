@@ -18,13 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt as _;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 use proto::{Code, MsgKind};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::page::ErrorPage;
-use super::{Body, Bridge, response_from_head};
+use super::{Body, Bridge, RequestBody, response_from_head};
 use crate::link::{DeviceStream, StreamEvent, StreamSender};
 
 /// Largest response head the gateway accepts from a device.
@@ -41,7 +41,7 @@ pub(super) async fn exchange(
     bridge: Arc<Bridge>,
     mut stream: DeviceStream,
     head: Vec<u8>,
-    body: Incoming,
+    body: RequestBody,
     timeout: Duration,
 ) -> Result<Response<Body>, ErrorPage> {
     let device = stream_device(&stream);
@@ -166,7 +166,7 @@ impl Drop for Abort {
 }
 
 /// Sends the request body to the device, chunk by chunk within credit.
-async fn upload(mut body: Incoming, to: StreamSender, progress: watch::Sender<u64>) {
+async fn upload(mut body: RequestBody, to: StreamSender, progress: watch::Sender<u64>) {
     let mut sent = 0u64;
     loop {
         match body.frame().await {

@@ -10,6 +10,8 @@
 //! - TCP keepalive, so a peer that vanished without a FIN is found.
 //! - IPv6 listeners also accept IPv4 (`IPV6_V6ONLY` off) unless bound to a
 //!   specific IPv6 address.
+//! - The UDP sockets of HTTP/3 ([`bind_udp`]) are dual-stack the same way;
+//!   quinn sets what QUIC needs on them (don't-fragment, ECN, GSO/GRO).
 
 use std::io;
 use std::net::SocketAddr;
@@ -66,6 +68,17 @@ pub fn bind(addr: SocketAddr, opts: &SocketOptions) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(opts.backlog)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Binds a UDP socket at `addr` for QUIC (non-blocking, for quinn).
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 fn keepalive(idle: Duration) -> TcpKeepalive {
