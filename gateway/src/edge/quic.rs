@@ -65,7 +65,7 @@ use std::time::Duration;
 
 use bytes::{Buf as _, Bytes};
 use http::{HeaderMap, Method, Request, Response, header};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
@@ -286,7 +286,6 @@ pub async fn serve(quic: Quic, shared: Arc<Shared>, mut shutdown: watch::Receive
                 return;
             }
         };
-        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         let peer = incoming.remote_address();
         let permit = match shared.admission.admit(peer.ip()) {
             Ok(p) => p,
@@ -459,7 +458,7 @@ async fn request<S>(
     S::SendStream: Send,
 {
     let (mut send, recv) = stream.split();
-    let mut req = req.map(|()| H3Body { recv, done: false }.boxed());
+    let mut req = req.map(|()| H3Body::new(recv).boxed());
     if let Some(cn) = &session.client_cn {
         req.extensions_mut().insert(ClientCn(cn.clone()));
     }
@@ -574,7 +573,28 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
 /// are not carried.
 struct H3Body<S> {
     recv: Stream<S>,
+    /// What [`H3Body::new`] read ahead, handed out first.
+    ahead: Option<Result<Frame<Bytes>, io::Error>>,
     done: bool,
+}
+
+impl<S: h3::quic::RecvStream> H3Body<S> {
+    /// Looks at what already arrived: a GET's stream usually ends with its
+    /// HEADERS frame, and a body known to be empty lets the bridge send
+    /// the request head to the device with its end (as for HTTP/1.1 and
+    /// HTTP/2), instead of an empty body message after it.
+    fn new(recv: Stream<S>) -> Self {
+        let mut body = Self {
+            recv,
+            ahead: None,
+            done: false,
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Some(r)) = Pin::new(&mut body).poll_frame(&mut cx) {
+            body.ahead = Some(r);
+        }
+        body
+    }
 }
 
 impl<S> http_body::Body for H3Body<S>
@@ -588,6 +608,9 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if let Some(r) = self.ahead.take() {
+            return Poll::Ready(Some(r));
+        }
         if self.done {
             return Poll::Ready(None);
         }
@@ -609,7 +632,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done && self.ahead.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {
