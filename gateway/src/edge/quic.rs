@@ -19,6 +19,11 @@
 //! (HTTP/3 GOAWAY, then the requests in flight finish) → path statistics
 //! recorded: RTT, path MTU, lost and sent packets, MTU black holes.
 //!
+//! Datagrams that are not QUIC are dropped by quinn without an answer, and
+//! before a client's address is validated quinn sends at most three times
+//! what it received (RFC 9000 §8.1), so the UDP port cannot be used to
+//! amplify traffic toward a spoofed source.
+//!
 //! # Limits (from `[http3]`, defaults next to the TCP edge's)
 //!
 //! | limit | HTTP/3 default | HTTP/1.1 and HTTP/2 |
