@@ -23,12 +23,13 @@
 //! WebSockets and device sessions carry on, except the sessions of devices
 //! that were removed or whose key changed (closed with `REVOKED`).
 //! Listener addresses, the gateway key and domain and the `[http]`,
-//! `[websocket]`, `[link]` and `[metrics]` settings take effect on restart;
-//! a reload that changes them says so in the log.
+//! `[http3]`, `[websocket]`, `[link]` and `[metrics]` settings take effect
+//! on restart; a reload that changes them says so in the log. HTTP/3
+//! serves swapped certificates at once (it shares the TLS edge's resolver).
 //!
 //! [`Server::shutdown`] (SIGTERM) turns `/readyz` to 503, stops accepting,
-//! drains browsers (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in
-//! flight) and devices (link GOAWAY), and returns once they are done or
+//! drains browsers (HTTP/2 and HTTP/3 GOAWAY; HTTP/1.1 closes after the
+//! response in flight) and devices (link GOAWAY), and returns once they are done or
 //! `[gateway] drain_timeout` passed.
 
 use std::net::SocketAddr;

@@ -55,16 +55,22 @@ fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> quinn::ClientConfig {
 }
 
 /// A QUIC connection to the gateway's HTTP/3 port for `sni` with `alpn`.
-async fn quic(
+async fn quic(gw: &Gw, sni: &str, alpn: &[&[u8]]) -> (quinn::Endpoint, Connected) {
+    quic_trusting(gw, &gw.ca_pem, sni, alpn).await
+}
+
+/// How a QUIC connection attempt ended.
+type Connected = Result<quinn::Connection, quinn::ConnectionError>;
+
+/// [`quic`], trusting `ca_pem`.
+async fn quic_trusting(
     gw: &Gw,
+    ca_pem: &str,
     sni: &str,
     alpn: &[&[u8]],
-) -> (
-    quinn::Endpoint,
-    Result<quinn::Connection, quinn::ConnectionError>,
-) {
+) -> (quinn::Endpoint, Connected) {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(client_config(&gw.ca_pem, alpn));
+    endpoint.set_default_client_config(client_config(ca_pem, alpn));
     let connecting = endpoint.connect(quic_addr(gw), sni).unwrap();
     (endpoint, connecting.await)
 }
@@ -424,4 +430,21 @@ async fn garbage_wrong_alpn_and_extended_connect_are_refused_and_counted() {
     tokio::time::timeout(Duration::from_secs(5), gw.stop())
         .await
         .expect("the drain finishes with an HTTP/3 connection open");
+}
+
+#[tokio::test]
+async fn certificates_swapped_at_run_time_reach_http3() {
+    let gw = Gw::start("", &[]).await;
+    let (_e, conn) = quic(&gw, DOMAIN, &[b"h3"]).await;
+    conn.unwrap();
+    // What a reload or an ACME renewal does: the TLS edge's resolver gets
+    // new certificates; HTTP/3 shares it.
+    let renewed =
+        gateway::edge::tls::local_ca(&[DOMAIN.to_string(), format!("*.{DOMAIN}")]).unwrap();
+    gw.server().certs.replace(vec![renewed.pair().unwrap()]);
+    let (_e, old) = quic(&gw, DOMAIN, &[b"h3"]).await;
+    assert!(old.is_err(), "the old certificate is still served");
+    let (_e, new) = quic_trusting(&gw, &renewed.ca_pem, &host("plc"), &[b"h3"]).await;
+    new.expect("the renewed certificate over QUIC");
+    gw.stop().await;
 }

@@ -387,34 +387,14 @@ impl Connection {
         loop {
             tokio::select! {
                 r = h3.accept() => match r {
-                    Ok(Some(resolver)) => {
-                        let shared = self.shared.clone();
-                        let quic = self.quic.clone();
-                        let session = session.clone();
-                        tokio::spawn(async move {
-                            match resolver.resolve_request().await {
-                                Ok((req, stream)) => {
-                                    request(req, stream, &shared, &quic, &session).await;
-                                }
-                                Err(e) => {
-                                    shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                                    debug!("HTTP/3 request refused: {e}");
-                                }
-                            }
-                        }.instrument(Span::current()));
-                    }
+                    Ok(Some(resolver)) => self.spawn(resolver, &session),
                     // GOAWAY exchanged and every request done.
                     Ok(None) => {
                         conn.close(VarInt::from_u32(H3_NO_ERROR), b"");
                         return;
                     }
                     Err(e) => {
-                        // A protocol error on the client's side (timeouts and
-                        // closes are the normal ends).
-                        if !e.is_h3_no_error() && matches!(e, h3::error::ConnectionError::Local { .. }) {
-                            self.shared.stats.http_errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                        debug!("HTTP/3 connection ended: {e}");
+                        self.ended(&e);
                         return;
                     }
                 },
@@ -428,7 +408,39 @@ impl Connection {
             }
         }
     }
+
+    /// Reads the request head and answers it on a task of its own.
+    fn spawn(&self, resolver: Resolver, session: &Arc<Session>) {
+        let shared = self.shared.clone();
+        let quic = self.quic.clone();
+        let session = session.clone();
+        let task = async move {
+            match resolver.resolve_request().await {
+                Ok((req, stream)) => request(req, stream, &shared, &quic, &session).await,
+                Err(e) => {
+                    shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                    debug!("HTTP/3 request refused: {e}");
+                }
+            }
+        };
+        tokio::spawn(task.instrument(Span::current()));
+    }
+
+    /// Counts a connection that h3 ended with `e`: a protocol error of the
+    /// client's (timeouts and closes are the normal ends).
+    fn ended(&self, e: &h3::error::ConnectionError) {
+        if !e.is_h3_no_error() && matches!(e, h3::error::ConnectionError::Local { .. }) {
+            self.shared
+                .stats
+                .http_errors
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        debug!("HTTP/3 connection ended: {e}");
+    }
 }
+
+/// A request whose head h3 has yet to read.
+type Resolver = h3::server::RequestResolver<h3_quinn::Connection, Bytes>;
 
 /// The HTTP/3 application error code for a clean close.
 const H3_NO_ERROR: u32 = 0x100;
