@@ -107,6 +107,9 @@ pub async fn connect(addr: SocketAddr, opts: &SocketOptions) -> io::Result<TcpSt
     socket.set_tcp_mss(opts.mss)?;
     socket.set_tcp_nodelay(true)?;
     socket.set_tcp_keepalive(&keepalive(opts.keepalive))?;
+    // tokio needs it: a blocking socket's connect and writes would stop a
+    // runtime worker (with one worker, the whole gateway) until the peer reads.
+    socket.set_nonblocking(true)?;
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
     socket.connect(addr).await
 }
@@ -114,6 +117,15 @@ pub async fn connect(addr: SocketAddr, opts: &SocketOptions) -> io::Result<TcpSt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn outgoing_connections_never_block_the_runtime() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
+        let s = connect(l.local_addr().unwrap(), &SocketOptions::default())
+            .await
+            .unwrap();
+        assert!(SockRef::from(&s).nonblocking().unwrap());
+    }
 
     #[tokio::test]
     async fn accepted_sockets_inherit_the_clamp_v4_and_v6() {
