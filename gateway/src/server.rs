@@ -6,6 +6,7 @@
 //!         ─▶ Bridge (devices, routing, [http], [websocket])
 //!         ─▶ link listener ──▶ link::serve         (device sessions)
 //!         ─▶ [[listen]] × N ──▶ edge::http::serve  (browsers, TLS by SNI)
+//!         ─▶   + UDP, same port ──▶ edge::quic::serve (HTTP/3, TLS listeners, [http3])
 //!         ─▶ [metrics] ──▶ metrics::endpoint::serve (/metrics, /healthz, /readyz)
 //! ```
 //!
@@ -22,12 +23,13 @@
 //! WebSockets and device sessions carry on, except the sessions of devices
 //! that were removed or whose key changed (closed with `REVOKED`).
 //! Listener addresses, the gateway key and domain and the `[http]`,
-//! `[websocket]`, `[link]` and `[metrics]` settings take effect on restart;
-//! a reload that changes them says so in the log.
+//! `[http3]`, `[websocket]`, `[link]` and `[metrics]` settings take effect
+//! on restart; a reload that changes them says so in the log. HTTP/3
+//! serves swapped certificates at once (it shares the TLS edge's resolver).
 //!
 //! [`Server::shutdown`] (SIGTERM) turns `/readyz` to 503, stops accepting,
-//! drains browsers (HTTP/2 GOAWAY; HTTP/1.1 closes after the response in
-//! flight) and devices (link GOAWAY), and returns once they are done or
+//! drains browsers (HTTP/2 and HTTP/3 GOAWAY; HTTP/1.1 closes after the
+//! response in flight) and devices (link GOAWAY), and returns once they are done or
 //! `[gateway] drain_timeout` passed.
 
 use std::net::SocketAddr;
@@ -44,6 +46,7 @@ use crate::config::{self, Config, ConfigErrors, Devices, Upstream};
 use crate::edge::admission::{Admission, Overload};
 use crate::edge::http::{Edge, EdgeStats, Shared};
 use crate::edge::listener;
+use crate::edge::quic::{Quic, QuicStats};
 use crate::edge::tls::{CertResolver, Tls};
 use crate::link::{DeviceInfo, Hub, LinkSettings, Registry};
 use crate::metrics::{self, Metrics};
@@ -64,6 +67,14 @@ pub enum StartError {
     /// The client-certificate CA is unusable.
     #[error("[auth] client_ca: {0}")]
     ClientCa(crate::edge::tls::TlsError),
+    /// The HTTP/3 endpoint could not be set up.
+    #[error("HTTP/3 on {address}: {source}")]
+    Quic {
+        /// The listener's address.
+        address: SocketAddr,
+        /// What failed.
+        source: crate::edge::quic::QuicError,
+    },
     /// A TLS listener without any certificate.
     #[error("TLS listener {0} has no certificate: add [[tls.certificate]] entries")]
     NoCertificate(SocketAddr),
@@ -91,6 +102,10 @@ pub struct Server {
     pub edge_stats: Arc<EdgeStats>,
     /// Where browsers connect, in `[[listen]]` order.
     pub edge_addrs: Vec<SocketAddr>,
+    /// Where HTTP/3 is served (UDP), one per TLS listener when `[http3]` is on.
+    pub quic_addrs: Vec<SocketAddr>,
+    /// HTTP/3 counters.
+    pub quic_stats: Arc<QuicStats>,
     /// Where devices connect.
     pub link_addr: SocketAddr,
     /// Certificates, replaceable at run time.
@@ -209,11 +224,24 @@ impl Server {
         let acme_task = acme
             .as_ref()
             .map(|m| tokio::spawn(m.clone().run()).abort_handle());
+        let quic_stats = Arc::new(QuicStats::default());
+        let mut quics = Vec::new();
+        let mut quic_addrs = Vec::new();
         for (l, bound) in config.listeners.iter().zip(listeners.edges) {
             if l.tls && config.tls.certificates.is_empty() && acme.is_none() {
                 return Err(StartError::NoCertificate(l.address));
             }
-            edge_addrs.push(bound.local_addr().unwrap_or(l.address));
+            let addr = bound.local_addr().unwrap_or(l.address);
+            edge_addrs.push(addr);
+            let alt_svc = if l.tls && config.http3.enabled {
+                let quic = quic(config, addr, &certs, &quic_stats)?;
+                quic_addrs.push(quic.endpoint.local_addr().unwrap_or(addr));
+                quics.push(quic);
+                let port = config.gateway.public_port.unwrap_or(addr.port());
+                http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok()
+            } else {
+                None
+            };
             let tls = l
                 .tls
                 .then(|| {
@@ -229,6 +257,7 @@ impl Server {
                 listener: bound,
                 tls,
                 socket: l.socket,
+                alt_svc,
             });
         }
 
@@ -250,6 +279,14 @@ impl Server {
                 shutdown.subscribe(),
             ));
         }
+        for (quic, addr) in quics.into_iter().zip(&quic_addrs) {
+            info!(address = %addr, max_mtu = config.http3.max_mtu, "HTTP/3 listening (UDP)");
+            tasks.spawn(crate::edge::quic::serve(
+                quic,
+                shared.clone(),
+                shutdown.subscribe(),
+            ));
+        }
         info!(
             max_connections = limits.max_connections,
             per_address = limits.max_connections_per_address,
@@ -259,9 +296,13 @@ impl Server {
         );
         let overload_task = AbortOnDrop(tokio::spawn(overload.run()));
         let metrics = Metrics::new(bridge.clone(), edge_stats.clone());
-        for c in acme.iter().flat_map(|m| m.stats.collectors()) {
+        let collectors = acme
+            .iter()
+            .flat_map(|m| m.stats.collectors())
+            .chain(quic_stats.collectors());
+        for c in collectors {
             if let Err(e) = metrics.register(c) {
-                unreachable!("ACME metrics registration: {e}");
+                unreachable!("ACME and QUIC metrics registration: {e}");
             }
         }
         Ok(Self {
@@ -271,6 +312,8 @@ impl Server {
             hub,
             edge_stats,
             edge_addrs,
+            quic_addrs,
+            quic_stats,
             link_addr,
             certs,
             metrics,
@@ -382,7 +425,8 @@ impl Server {
                 self.edge_stats
                     .open
                     .load(std::sync::atomic::Ordering::Relaxed),
-            ) && self.hub.online().is_empty())
+            ) && self.quic_stats.open.get() == 0
+                && self.hub.online().is_empty())
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -391,6 +435,35 @@ impl Server {
         }
         self.overload_task.0.abort();
     }
+}
+
+/// The HTTP/3 endpoint beside the TLS listener bound at `addr`: UDP on
+/// the same address and port, the same certificates and client CA.
+fn quic(
+    config: &Config,
+    addr: SocketAddr,
+    certs: &Arc<CertResolver>,
+    stats: &Arc<QuicStats>,
+) -> Result<Quic, StartError> {
+    let socket = listener::bind_udp(addr).map_err(|source| StartError::Bind {
+        what: "HTTP/3 (UDP)",
+        address: addr,
+        source,
+    })?;
+    let tls = crate::edge::tls::quic_config(certs.clone(), config.auth.client_ca.as_deref())
+        .map_err(StartError::ClientCa)?;
+    let endpoint = crate::edge::quic::endpoint(socket, tls, &config.http3).map_err(|source| {
+        StartError::Quic {
+            address: addr,
+            source,
+        }
+    })?;
+    Ok(Quic {
+        endpoint,
+        resolver: certs.clone(),
+        handshake_timeout: config.tls.handshake_timeout,
+        stats: stats.clone(),
+    })
 }
 
 /// Binds `[metrics] address`.
@@ -424,6 +497,7 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         "[gateway] drain_timeout",
     );
     check(old.http != new.http, "[http]");
+    check(old.http3 != new.http3, "[http3]");
     check(old.gateway.limits != new.gateway.limits, "[gateway.limits]");
     check(old.websocket != new.websocket, "[websocket]");
     check(old.link != new.link, "[link]");

@@ -925,3 +925,46 @@ fn load_str_works_without_a_config_file_on_disk() {
     let e = config::load(dir.path().join("absent.toml")).unwrap_err();
     assert!(only(e).to_string().contains("cannot read"));
 }
+
+#[test]
+fn http3_defaults_values_and_errors_with_their_lines() {
+    let dir = TempDir::new("http3");
+    let c = dir.load(MINIMAL).unwrap();
+    assert_eq!(c.http3, config::Http3::default());
+    assert!(c.http3.enabled);
+    assert_eq!(c.http3.idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.http3.max_mtu, 1452);
+    assert_eq!(c.http3.conn_window, 4 << 20);
+
+    let c = dir
+        .load(&format!(
+            "{MINIMAL}\n[http3]\nenabled = false\nidle_timeout = \"10s\"\nmax_concurrent_streams = 8\n\
+             stream_window = \"64KiB\"\nconn_window = \"256KiB\"\nsend_window = \"1MiB\"\nmax_mtu = 1200\n"
+        ))
+        .unwrap();
+    assert_eq!(
+        c.http3,
+        config::Http3 {
+            enabled: false,
+            idle_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 8,
+            stream_window: 64 << 10,
+            conn_window: 256 << 10,
+            send_window: 1 << 20,
+            max_mtu: 1200,
+        }
+    );
+
+    // MINIMAL has 8 lines, then a blank one and `[http3]` on line 10.
+    let e = dir
+        .load(&format!(
+            "{MINIMAL}\n[http3]\nmax_mtu = 1100\nstream_window = \"2MiB\"\nconn_window = \"1MiB\"\nidle_timeout = \"1h\"\n"
+        ))
+        .unwrap_err();
+    let lines: Vec<usize> = positions(&e).into_iter().map(|(l, _)| l).collect();
+    assert_eq!(lines, [11, 13, 14], "{e}");
+    let text = e.to_string();
+    assert!(text.contains("max_mtu"), "{text}");
+    assert!(text.contains("conn_window"), "{text}");
+    assert!(text.contains("idle_timeout"), "{text}");
+}

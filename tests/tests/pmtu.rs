@@ -22,6 +22,11 @@
 //!    with a 1 MB response; an unclamped fetch from the server namespace
 //!    stalls, the gateway (server namespace) fetches it thanks to its
 //!    upstream clamp (`upstream = { direct = { …, mss = 1360 } }`).
+//! 5. HTTP/3 across the same hop: a quinn + h3 client in the client
+//!    namespace downloads 10 MB from the device over QUIC, with no clamp
+//!    and no ICMP. The gateway's MTU discovery may probe up to 1452 bytes
+//!    (its default `max_mtu`); those probes vanish at the hop, so both
+//!    sides end at a datagram size the hop carries (at most 1400 − 28).
 //!
 //! Runs as root with `ip` and `nft`; otherwise skips loudly, and fails when
 //! `CI=true`. The namespaces are removed on drop, also on failure.
@@ -325,6 +330,40 @@ fn pmtu_black_hole_stalls_unclamped_tls_and_the_gateway_clamp_removes_it() {
     });
     println!("direct mode through the gateway (upstream mss {CLAMP}): {DIRECT_BODY} B in {took:?}");
 
+    // 5. HTTP/3 across the black hole: datagrams start at 1200 bytes and
+    //    grow only by acknowledged probes.
+    let ca_pem = ca.ca_pem.clone();
+    let icmp_before = net.icmp_dropped().expect("nft counters");
+    let (took, client_mtu) = client.run(async move {
+        let t = Instant::now();
+        let (body, mtu) = tokio::time::timeout(STEP, h3_download(https, "dev.pmtu.test", &ca_pem))
+            .await
+            .expect("10 MB over HTTP/3 in time");
+        check_pattern(&body, BIG);
+        (t.elapsed(), mtu)
+    });
+    wait_until(STEP, "the QUIC connection closed", || {
+        gw.get().quic_stats.open.get() == 0
+    });
+    let quic = &gw.get().quic_stats;
+    let server_mtu = quic.mtu.get_sample_sum();
+    println!(
+        "HTTP/3: 10 MB device→client in {took:?}; datagram size at the end: gateway {server_mtu}, client {client_mtu}; {} of {} packets lost; router dropped {} ICMP errors meanwhile (answers to MTU probes)",
+        quic.lost_packets.get(),
+        quic.sent_packets.get(),
+        net.icmp_dropped().unwrap_or(0) - icmp_before
+    );
+    let fits = HOP_MTU - 28;
+    assert_eq!(quic.mtu.get_sample_count(), 1);
+    assert!(
+        (1200.0..=f64::from(fits)).contains(&server_mtu),
+        "the gateway's QUIC datagrams must fit the hop ({fits} B): {server_mtu}"
+    );
+    assert!(
+        (1200..=fits).contains(&u32::from(client_mtu)),
+        "{client_mtu}"
+    );
+
     device.abort();
     let server_rt = &server;
     let mut gw = gw;
@@ -338,6 +377,55 @@ fn pmtu_black_hole_stalls_unclamped_tls_and_the_gateway_clamp_removes_it() {
         net.icmp_dropped().unwrap_or(0),
         started.elapsed()
     );
+}
+
+/// `GET /bytes?n=BIG` over HTTP/3 (quinn + h3) from `addr` for `host`,
+/// trusting `ca_pem`; the body and the datagram size the client's path
+/// ended at.
+async fn h3_download(addr: SocketAddr, host: &str, ca_pem: &str) -> (Vec<u8>, u16) {
+    use bytes::Buf as _;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(c.expect("CA")).expect("root");
+    }
+    let mut tls =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let quic_tls = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("QUIC TLS");
+    let mut endpoint =
+        quinn::Endpoint::client(SocketAddr::new(CLIENT_ADDR.into(), 0)).expect("QUIC endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic_tls)));
+    let conn = endpoint
+        .connect(addr, host)
+        .expect("connect")
+        .await
+        .expect("QUIC handshake across the black hole");
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .expect("HTTP/3");
+    let drive = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let req = http::Request::get(format!("https://{host}/bytes?n={BIG}"))
+        .body(())
+        .expect("request");
+    let mut stream = send.send_request(req).await.expect("request sent");
+    stream.finish().await.expect("request end");
+    let resp = stream.recv_response().await.expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = Vec::with_capacity(BIG);
+    while let Some(mut chunk) = stream.recv_data().await.expect("body") {
+        body.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+    }
+    let mtu = conn.stats().path.current_mtu;
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    drive.abort();
+    (body, mtu)
 }
 
 /// A started gateway, dropped (tasks aborted) if the test fails early.

@@ -12,11 +12,11 @@
 
 use std::net::SocketAddr;
 
+use crate::bridge::RequestBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 
 use super::{Access, COOKIE, LoginCounts, audit, cookie, password, session};
 use crate::bridge::Body;
@@ -168,7 +168,7 @@ fn set_login_cookie(r: &mut Response<Body>, csrf: &str, secure: bool) {
 }
 
 /// Reads an `application/x-www-form-urlencoded` body of at most 8 KiB.
-async fn form(body: Incoming) -> Option<Vec<(String, String)>> {
+async fn form(body: RequestBody) -> Option<Vec<(String, String)>> {
     let bytes = http_body_util::Limited::new(body, MAX_FORM)
         .collect()
         .await
@@ -241,7 +241,7 @@ fn origin_ok(headers: &HeaderMap, site: &Site) -> bool {
 pub async fn login(
     access: &Access,
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
     client: SocketAddr,
     secure: bool,
     site: &Site,
@@ -335,7 +335,7 @@ pub async fn login(
 pub async fn logout(
     access: &Access,
     headers: &HeaderMap,
-    body: Incoming,
+    body: RequestBody,
     client: SocketAddr,
     secure: bool,
     site: &Site,

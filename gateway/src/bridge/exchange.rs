@@ -18,13 +18,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt as _;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, SizeHint};
 use proto::{Code, MsgKind};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::page::ErrorPage;
-use super::{Body, Bridge, response_from_head};
+use super::{Body, Bridge, RequestBody, response_from_head};
 use crate::link::{DeviceStream, StreamEvent, StreamSender};
 
 /// Largest response head the gateway accepts from a device.
@@ -79,7 +79,7 @@ pub(super) async fn exchange(
     bridge: Arc<Bridge>,
     mut stream: DeviceStream,
     head: Vec<u8>,
-    body: Incoming,
+    body: RequestBody,
     timeout: Duration,
 ) -> Result<Response<Body>, ErrorPage> {
     let device = stream_device(&stream);
@@ -227,7 +227,12 @@ impl Drop for Abort {
 
 /// Sends the request body to the device, chunk by chunk within credit,
 /// as long as the browser keeps to `pace`.
-async fn upload(mut body: Incoming, to: StreamSender, progress: watch::Sender<Upload>, pace: Pace) {
+async fn upload(
+    mut body: RequestBody,
+    to: StreamSender,
+    progress: watch::Sender<Upload>,
+    pace: Pace,
+) {
     let mut sent = 0u64;
     let mut waited = Duration::ZERO;
     loop {

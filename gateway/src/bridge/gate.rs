@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::RequestBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use tokio::sync::Notify;
 
 use super::page::{self, ErrorPage, full};
@@ -105,7 +105,7 @@ impl Bridge {
     pub(super) fn gate(
         &self,
         conn: Conn,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         device: Option<&Device>,
         websocket: bool,
     ) -> Result<Option<Principal>, Box<Response<Body>>> {
@@ -182,7 +182,7 @@ impl Bridge {
     fn unauthenticated(
         &self,
         conn: Conn,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         websocket: bool,
         why: Anonymous,
     ) -> Response<Body> {
@@ -220,7 +220,7 @@ impl Bridge {
     }
 
     /// `<scheme>://<domain>[:port]` as the browser reaches this gateway.
-    fn gateway_base(&self, conn: Conn, req: &Request<Incoming>) -> String {
+    fn gateway_base(&self, conn: Conn, req: &Request<RequestBody>) -> String {
         let authority = public_authority(req);
         let port = authority
             .rsplit_once(':')
@@ -236,7 +236,7 @@ impl Bridge {
     pub(super) async fn gateway_page(
         self: &Arc<Self>,
         conn: Conn,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         path: &str,
     ) -> Result<Response<Body>, ErrorPage> {
         let secure = conn.scheme == "https";
@@ -358,7 +358,7 @@ impl Bridge {
 }
 
 /// The authority the browser used (`:authority` or Host).
-fn public_authority(req: &Request<Incoming>) -> String {
+fn public_authority(req: &Request<RequestBody>) -> String {
     req.uri()
         .authority()
         .map(|a| a.as_str().to_string())

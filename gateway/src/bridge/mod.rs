@@ -1,7 +1,7 @@
 //! From a browser request to a device stream and back.
 //!
 //! ```text
-//!  hyper request ─▶ route (host / path) ─▶ device config ─▶ checks that need no device:
+//!  request ─────▶ route (host / path) ─▶ device config ─▶ checks that need no device:
 //!                   Origin (403), WebSocket handshake (400/426), limits (431)
 //!               ─▶ online? (502 at once) ─▶ service ─▶ normalized head ─▶ open stream
 //!               ─▶ exchange: request body ⇉ device, response head (504 after the
@@ -68,7 +68,6 @@ use crate::config::{self, Device, Devices, ServiceChoice, Upstream};
 use crate::link::{DeviceHandle, Hub, OpenError};
 use crate::normalize::{self, Incoming as Inbound};
 use gate::LiveSockets;
-use http_body_util::BodyExt as _;
 use page::ErrorPage;
 use route::{DeviceTarget, Route};
 use upstream::UpstreamRequest;
@@ -78,6 +77,10 @@ pub use ws::close_code_for_link_end;
 
 /// Response bodies: streamed from a device or made by the gateway.
 pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Request bodies: boxed at the edge from hyper's (HTTP/1.1, HTTP/2) or
+/// from an HTTP/3 request stream (`edge::quic`), so one bridge serves both.
+pub type RequestBody = BoxBody<Bytes, std::io::Error>;
 
 /// The connection a request came in on.
 #[derive(Clone, Copy, Debug)]
@@ -186,7 +189,7 @@ impl Bridge {
         *self.acme.write().unwrap_or_else(|e| e.into_inner()) = Some(challenges);
     }
 
-    fn acme_answer(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+    fn acme_answer(&self, req: &Request<RequestBody>) -> Option<Response<Body>> {
         let token = req
             .uri()
             .path()
@@ -229,7 +232,7 @@ impl Bridge {
     pub async fn handle(
         self: Arc<Self>,
         conn: Conn,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Body>, Infallible> {
         let started = std::time::Instant::now();
         let headers = req.headers().clone();
@@ -251,7 +254,7 @@ impl Bridge {
     async fn dispatch(
         self: &Arc<Self>,
         conn: Conn,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
     ) -> Result<Response<Body>, ErrorPage> {
         if let Some(answer) = self.acme_answer(&req) {
             return Ok(answer);
@@ -283,7 +286,7 @@ impl Bridge {
     async fn device_request(
         self: &Arc<Self>,
         conn: Conn,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         target: DeviceTarget,
     ) -> Result<Response<Body>, ErrorPage> {
         let devices = self.devices();
@@ -492,7 +495,7 @@ impl Bridge {
     #[allow(clippy::too_many_arguments)]
     async fn http1<'a, F>(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         mut normalized: UpstreamRequest,
         websocket: Option<ws::Handshake>,
         choice: Option<normalize::SubprotocolChoice>,
@@ -505,8 +508,7 @@ impl Bridge {
         F: FnOnce(UpstreamRequest, Body) -> Sending<'a>,
     {
         let Some(hs) = websocket else {
-            let body = req.into_body().map_err(std::io::Error::other).boxed();
-            let resp = send(normalized, body)
+            let resp = send(normalized, req.into_body())
                 .await
                 .inspect_err(|e| self.count_upstream(e))?;
             return Ok(upstream::pass_back(resp));
@@ -582,7 +584,7 @@ impl Bridge {
     fn normalized(
         &self,
         conn: Conn,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         device: &Device,
         target: &DeviceTarget,
         choice: Option<&normalize::SubprotocolChoice>,

@@ -35,11 +35,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::RequestBody;
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
@@ -70,7 +70,7 @@ pub(super) enum Handshake {
 }
 
 /// Recognizes a WebSocket handshake; `Ok(None)` for ordinary requests.
-pub(super) fn handshake_kind(req: &Request<Incoming>) -> Result<Option<Handshake>, ErrorPage> {
+pub(super) fn handshake_kind(req: &Request<RequestBody>) -> Result<Option<Handshake>, ErrorPage> {
     let h = req.headers();
     let connect = req.method() == Method::CONNECT
         && req

@@ -32,6 +32,9 @@ pub struct File {
     /// `[http]`: HTTP limits and timeouts.
     #[serde(default)]
     pub http: HttpSection,
+    /// `[http3]`: HTTP/3 over QUIC beside the TLS listeners.
+    #[serde(default)]
+    pub http3: Http3Section,
     /// `[websocket]`: WebSocket limits.
     #[serde(default)]
     pub websocket: WebSocketSection,
@@ -307,6 +310,41 @@ pub struct HttpSection {
     /// HTTP/2 streams the gateway may reset because of client errors
     /// before the connection is closed, 1 to 100000. Default 1024.
     pub h2_max_local_error_resets: Option<Spanned<i64>>,
+}
+
+/// `[http3]`: HTTP/3 over QUIC (quinn), on UDP at every TLS listener's
+/// address and port, with the TLS listeners' certificates. quinn's own
+/// defaults are set aside on purpose: its connection receive window is
+/// unbounded and its stream window and send buffer are sized for
+/// throughput, not for thousands of browsers on a small VPS.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http3Section {
+    /// Serve HTTP/3 and advertise it to HTTP/1.1 and HTTP/2 clients with
+    /// `Alt-Svc`. Only TLS listeners get it. Default true.
+    pub enabled: Option<bool>,
+    /// A connection on which nothing arrived for this long is closed
+    /// (QUIC `max_idle_timeout`; the smaller of both sides' applies),
+    /// 1 s to 10 min. Default `"30s"`.
+    pub idle_timeout: Option<Spanned<String>>,
+    /// Requests a client may have in flight on one connection (QUIC
+    /// bidirectional streams), 1 to 10000. Default 100.
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    /// Request body bytes a client may send on one stream ahead of the
+    /// gateway reading them (QUIC stream receive window), 16 KiB to
+    /// 64 MiB. Default 1 MiB.
+    pub stream_window: Option<Spanned<Size>>,
+    /// The same for all streams of a connection together (QUIC connection
+    /// receive window), `stream_window` to 256 MiB. Default 4 MiB.
+    pub conn_window: Option<Spanned<Size>>,
+    /// Response bytes sent and not yet acknowledged per connection (QUIC
+    /// send window), 64 KiB to 256 MiB. Default 4 MiB.
+    pub send_window: Option<Spanned<Size>>,
+    /// Largest UDP payload the gateway sends or accepts. Every connection
+    /// starts at 1200 bytes (QUIC's minimum) and raises its datagram size
+    /// only by path MTU discovery, up to this; 1200 turns discovery off.
+    /// 1200 to 65527. Default 1452 (a 1500-byte path, IPv6 and UDP headers off).
+    pub max_mtu: Option<Spanned<i64>>,
 }
 
 /// `[websocket]`. The limits sit below tungstenite's defaults.

@@ -7,7 +7,7 @@
 //!        │ check every value, resolve paths, read the key, load certificates,
 //!        │ apply defaults; collect every error with FILE:LINE:COLUMN
 //!        ▼
-//!  Config { gateway, listeners, tls, http, websocket, link, metrics, devices }
+//!  Config { gateway, listeners, tls, http, http3, websocket, link, metrics, devices }
 //! ```
 //!
 //! The rest of the gateway uses [`Config`] and never re-checks it:
@@ -47,6 +47,15 @@
 //! # h2_max_concurrent_streams = 100
 //! # h2_max_pending_resets = 20
 //! # h2_max_local_error_resets = 1024
+//!
+//! [http3]                        # QUIC on UDP at each TLS listener's port
+//! # enabled = true               # also adds Alt-Svc to HTTP/1.1 and HTTP/2 answers
+//! # idle_timeout = "30s"
+//! # max_concurrent_streams = 100
+//! # stream_window = "1MiB"
+//! # conn_window = "4MiB"
+//! # send_window = "4MiB"
+//! # max_mtu = 1452               # datagrams start at 1200, grow only by MTU discovery
 //!
 //! [websocket]
 //! # max_message = "1MiB"
@@ -119,7 +128,7 @@ pub use device::{
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind, Location, Position};
 pub use secret::Secret;
-pub use settings::{Certificate, Gateway, Http, Link, Listener, Metrics, Tls, WebSocket};
+pub use settings::{Certificate, Gateway, Http, Http3, Link, Listener, Metrics, Tls, WebSocket};
 
 use error::Source;
 use value::Ctx;
@@ -137,6 +146,8 @@ pub struct Config {
     pub tls: Tls,
     /// `[http]`.
     pub http: Http,
+    /// `[http3]`.
+    pub http3: Http3,
     /// `[websocket]`.
     pub websocket: WebSocket,
     /// `[link]`.
@@ -220,6 +231,7 @@ fn convert(src: &Source, raw: &file::File, errors: &mut Vec<ConfigError>) -> Opt
     }
     let tls = settings::tls(&mut ctx, &raw.tls, &data_dir);
     let http = settings::http(&mut ctx, &raw.http);
+    let http3 = settings::http3(&mut ctx, &raw.http3);
     let websocket = settings::websocket(&mut ctx, &raw.websocket);
     let link = settings::link(&mut ctx, &raw.link, &mut bound);
     let metrics = settings::metrics(&mut ctx, &raw.metrics, &mut bound);
@@ -295,6 +307,7 @@ fn convert(src: &Source, raw: &file::File, errors: &mut Vec<ConfigError>) -> Opt
         listeners,
         tls,
         http,
+        http3,
         websocket,
         link: link?,
         metrics: metrics?,

@@ -213,6 +213,101 @@ impl Default for Http {
     }
 }
 
+/// `[http3]`: HTTP/3 over QUIC (see `edge::quic`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Http3 {
+    /// Served on every TLS listener's port over UDP, and advertised. Default true.
+    pub enabled: bool,
+    /// QUIC idle timeout. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Concurrent requests (bidirectional streams) per connection. Default 100.
+    pub max_concurrent_streams: u32,
+    /// Receive window of one request stream, bytes. Default 1 MiB.
+    pub stream_window: u32,
+    /// Receive window of a connection, bytes. Default 4 MiB.
+    pub conn_window: u32,
+    /// Unacknowledged bytes sent per connection. Default 4 MiB.
+    pub send_window: u32,
+    /// Upper bound of path MTU discovery and largest UDP payload
+    /// accepted; every connection starts at [`Http3::INITIAL_MTU`]. Default 1452.
+    pub max_mtu: u16,
+}
+
+impl Http3 {
+    /// The datagram size every connection starts with and never goes
+    /// below: QUIC's minimum, which any path that carries QUIC carries.
+    pub const INITIAL_MTU: u16 = 1200;
+}
+
+impl Default for Http3 {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle_timeout: Duration::from_secs(30),
+            max_concurrent_streams: 100,
+            stream_window: 1 << 20,
+            conn_window: 4 << 20,
+            send_window: 4 << 20,
+            max_mtu: 1452,
+        }
+    }
+}
+
+pub(crate) fn http3(ctx: &mut Ctx<'_>, raw: &file::Http3Section) -> Http3 {
+    let d = Http3::default();
+    let idle_timeout = ctx.duration(raw.idle_timeout.as_ref(), d.idle_timeout);
+    if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&idle_timeout)
+        && let Some(v) = &raw.idle_timeout
+    {
+        ctx.invalid(v, "idle_timeout", v.get_ref(), "must be 1s to 10m");
+    }
+    let stream_window = ctx.size(
+        "stream_window",
+        raw.stream_window.as_ref(),
+        u64::from(d.stream_window),
+        16 << 10..=64 << 20,
+    );
+    let conn_window = ctx.size(
+        "conn_window",
+        raw.conn_window.as_ref(),
+        u64::from(d.conn_window),
+        16 << 10..=256 << 20,
+    );
+    if conn_window < stream_window {
+        let at = raw.conn_window.as_ref().or(raw.stream_window.as_ref());
+        ctx.error(
+            at.map(Spanned::span),
+            ErrorKind::Conflict(format!(
+                "conn_window ({conn_window} bytes) is smaller than stream_window ({stream_window} bytes)"
+            )),
+        );
+    }
+    Http3 {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        idle_timeout,
+        max_concurrent_streams: ctx.int(
+            "max_concurrent_streams",
+            raw.max_concurrent_streams.as_ref(),
+            u64::from(d.max_concurrent_streams),
+            1..=10_000,
+        ) as u32,
+        stream_window: stream_window as u32,
+        conn_window: conn_window as u32,
+        send_window: ctx.size(
+            "send_window",
+            raw.send_window.as_ref(),
+            u64::from(d.send_window),
+            64 << 10..=256 << 20,
+        ) as u32,
+        max_mtu: ctx.int(
+            "max_mtu",
+            raw.max_mtu.as_ref(),
+            u64::from(d.max_mtu),
+            u64::from(Http3::INITIAL_MTU)..=65527,
+        ) as u16,
+    }
+}
+
 /// `[websocket]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WebSocket {

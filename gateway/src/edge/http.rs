@@ -10,6 +10,13 @@
 //! timeout, by an idle timeout, or drained on shutdown (HTTP/2 GOAWAY,
 //! HTTP/1.1 closes after the response in flight).
 //!
+//! # HTTP/3
+//!
+//! When `[http3]` is on, every response of a TLS listener carries
+//! `Alt-Svc: h3=":<port>"; ma=86400`, the port being the listener's own
+//! (or `[gateway] public_port`): browsers then try QUIC on that UDP port
+//! (see [`super::quic`]) and stay on TCP if it is blocked.
+//!
 //! # Limits (from `[http]`)
 //!
 //! HTTP/1.1: request head `max_header_bytes` and `max_headers` (431 past
@@ -70,7 +77,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::{Method, header};
+use http::{HeaderValue, Method, header};
+use http_body_util::BodyExt as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -190,6 +198,9 @@ pub struct Edge {
     pub tls: Option<Tls>,
     /// Options applied to accepted sockets.
     pub socket: SocketOptions,
+    /// `Alt-Svc` added to every response when HTTP/3 serves this port
+    /// (`h3=":<port>"; ma=86400`).
+    pub alt_svc: Option<HeaderValue>,
 }
 
 /// What every browser listener shares.
@@ -248,6 +259,7 @@ pub async fn serve(edge: Edge, shared: Arc<Shared>, mut shutdown: watch::Receive
         }
         let conn = Connection {
             shared: shared.clone(),
+            alt_svc: edge.alt_svc.clone(),
             builder: builder.clone(),
             shutdown: shutdown.clone(),
             meter: Arc::new(Meter::default()),
@@ -260,7 +272,12 @@ pub async fn serve(edge: Edge, shared: Arc<Shared>, mut shutdown: watch::Receive
 
 /// The span of one request: its method and, when the route names one, its
 /// device (also recorded on the connection's span, where the first wins).
-fn request_span<B>(domain: &str, req: &hyper::Request<B>, conn: &Span, named: &AtomicBool) -> Span {
+pub(super) fn request_span<B>(
+    domain: &str,
+    req: &hyper::Request<B>,
+    conn: &Span,
+    named: &AtomicBool,
+) -> Span {
     let host = request_host(req);
     let span = info_span!("request", method = %req.method(), device = Empty);
     if let Route::Device(target) = route::route(domain, host.as_deref(), req.uri()) {
@@ -281,7 +298,7 @@ fn request_host<B>(req: &hyper::Request<B>) -> Option<String> {
 
 /// The checks made before the bridge sees a request: CONNECT that is not
 /// a WebSocket (405), and a host other than the TLS SNI (421).
-fn screen<B>(
+pub(super) fn screen<B>(
     req: &hyper::Request<B>,
     sni: Option<(&str, &CertResolver)>,
     stats: &EdgeStats,
@@ -311,7 +328,7 @@ fn screen<B>(
 }
 
 /// Resolves once the shutdown flag is set (never if the sender is gone).
-async fn stopping(rx: &mut watch::Receiver<bool>) {
+pub(super) async fn stopping(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|s| *s).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -341,6 +358,7 @@ fn builder(http: &config::Http) -> auto::Builder<TokioExecutor> {
 
 struct Connection {
     shared: Arc<Shared>,
+    alt_svc: Option<HeaderValue>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: watch::Receiver<bool>,
     /// What the socket did (TLS records included).
@@ -448,6 +466,7 @@ impl Connection {
         let saw_h2 = h2.clone();
         let (client_cn, sni, framing) = (session.client_cn, session.sni, session.framing);
         let requests = AtomicU64::new(0);
+        let alt_svc = self.alt_svc.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             if let Some(cn) = &client_cn {
                 req.extensions_mut().insert(ClientCn(cn.clone()));
@@ -476,16 +495,23 @@ impl Connection {
                 let sni = sni.as_ref().map(|(n, c)| (&**n, &**c));
                 screen(&req, sni, &shared.stats)
             };
+            let alt_svc = alt_svc.clone();
             async move {
-                let r = match refused {
+                let mut r = match refused {
                     Some(page) => {
                         let resp = page.render(req.headers());
                         debug!(status = resp.status().as_u16(), "refused before the bridge");
                         Ok(resp)
                     }
-                    None => bridge.handle(conn_info, req).await,
+                    None => {
+                        let req = req.map(|b| b.map_err(std::io::Error::other).boxed());
+                        bridge.handle(conn_info, req).await
+                    }
                 };
                 active.fetch_sub(1, Ordering::Relaxed);
+                if let (Ok(resp), Some(v)) = (&mut r, alt_svc) {
+                    resp.headers_mut().insert(header::ALT_SVC, v);
+                }
                 r
             }
             .instrument(span)

@@ -10,6 +10,8 @@
 //! - TCP keepalive, so a peer that vanished without a FIN is found.
 //! - IPv6 listeners also accept IPv4 (`IPV6_V6ONLY` off) unless bound to a
 //!   specific IPv6 address.
+//! - The UDP sockets of HTTP/3 ([`bind_udp`]) are dual-stack the same way;
+//!   quinn sets what QUIC needs on them (don't-fragment, ECN, GSO/GRO).
 
 use std::io;
 use std::net::SocketAddr;
@@ -68,6 +70,17 @@ pub fn bind(addr: SocketAddr, opts: &SocketOptions) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Binds a UDP socket at `addr` for QUIC (non-blocking, for quinn).
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() && addr.ip().is_unspecified() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 fn keepalive(idle: Duration) -> TcpKeepalive {
     TcpKeepalive::new()
         .with_time(idle)
@@ -94,6 +107,9 @@ pub async fn connect(addr: SocketAddr, opts: &SocketOptions) -> io::Result<TcpSt
     socket.set_tcp_mss(opts.mss)?;
     socket.set_tcp_nodelay(true)?;
     socket.set_tcp_keepalive(&keepalive(opts.keepalive))?;
+    // tokio needs it: a blocking socket's connect and writes would stop a
+    // runtime worker (with one worker, the whole gateway) until the peer reads.
+    socket.set_nonblocking(true)?;
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
     socket.connect(addr).await
 }
@@ -101,6 +117,15 @@ pub async fn connect(addr: SocketAddr, opts: &SocketOptions) -> io::Result<TcpSt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn outgoing_connections_never_block_the_runtime() {
+        let l = bind("127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
+        let s = connect(l.local_addr().unwrap(), &SocketOptions::default())
+            .await
+            .unwrap();
+        assert!(SockRef::from(&s).nonblocking().unwrap());
+    }
 
     #[tokio::test]
     async fn accepted_sockets_inherit_the_clamp_v4_and_v6() {

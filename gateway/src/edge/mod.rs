@@ -8,10 +8,12 @@
 //! - [`framing`]: HTTP/1.1 request framing followed, to refuse Content-Length with Transfer-Encoding.
 //! - [`tls`]: rustls acceptor: ALPN, resumption, SNI, reload, handshake deadline, local CA.
 //! - [`http`]: the accept loop: TLS, then hyper (HTTP/1.1 and HTTP/2) into the bridge.
+//! - [`quic`]: HTTP/3 over QUIC (quinn, h3) on the TLS listeners' ports, into the same bridge.
 
 pub mod admission;
 pub mod framing;
 pub mod guard;
 pub mod http;
 pub mod listener;
+pub mod quic;
 pub mod tls;

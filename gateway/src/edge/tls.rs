@@ -316,41 +316,12 @@ impl Tls {
         handshake_timeout: Duration,
         client_ca: Option<&[CertificateDer<'static>]>,
     ) -> Result<Self, TlsError> {
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .unwrap_or_else(|e| unreachable!("ring supports TLS 1.2 and 1.3: {e}"));
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
-            Some(certs) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in certs {
-                    roots.add(c.clone()).map_err(|e| TlsError::Key {
-                        path: "client CA".into(),
-                        reason: e.to_string(),
-                    })?;
-                }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(roots),
-                    provider(),
-                )
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::Key {
-                    path: "client CA".into(),
-                    reason: e.to_string(),
-                })?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut config = builder.with_cert_resolver(resolver.clone());
+        let versions: &[&rustls::SupportedProtocolVersion] =
+            &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let mut config = server_config(resolver.clone(), client_ca, versions)?;
         // acme-tls/1 last: only a client offering nothing else gets it
         // (an ACME CA validating TLS-ALPN-01; the connection then closes).
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
-        config.session_storage = ServerSessionMemoryCache::new(4096);
-        if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
-            config.ticketer = t;
-        }
-        config.send_tls13_tickets = 2;
         Ok(Self {
             acceptor: TlsAcceptor::from(Arc::new(config)),
             resolver,
@@ -372,6 +343,63 @@ impl Tls {
     }
 }
 
+/// The rustls configuration of HTTP/3 (QUIC's TLS): the same certificate
+/// resolver (so reloads and ACME renewals reach it too), the same optional
+/// client CA, resumption as on TCP, TLS 1.3 only (QUIC has no other) and
+/// ALPN `h3`. No 0-RTT: early data could be replayed, and requests reach
+/// devices that act on them.
+pub fn quic_config(
+    resolver: Arc<CertResolver>,
+    client_ca: Option<&[CertificateDer<'static>]>,
+) -> Result<ServerConfig, TlsError> {
+    let mut config = server_config(resolver, client_ca, &[&rustls::version::TLS13])?;
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// What TCP and QUIC share: the provider, `versions`, the client CA and the
+/// resolver, stateless tickets plus a 4096-entry session cache.
+fn server_config(
+    resolver: Arc<CertResolver>,
+    client_ca: Option<&[CertificateDer<'static>]>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .unwrap_or_else(|e| unreachable!("ring supports TLS 1.2 and 1.3: {e}"));
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs {
+                roots.add(c.clone()).map_err(|e| TlsError::Key {
+                    path: "client CA".into(),
+                    reason: e.to_string(),
+                })?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Key {
+                path: "client CA".into(),
+                reason: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.session_storage = ServerSessionMemoryCache::new(4096);
+    if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+        config.ticketer = t;
+    }
+    config.send_tls13_tickets = 2;
+    Ok(config)
+}
+
 /// The server name (SNI) the client asked for, lower case and without a
 /// trailing dot; `None` when it sent none (an IP address in the URL).
 pub fn server_name<IO>(stream: &TlsStream<IO>) -> Option<String> {
@@ -382,7 +410,11 @@ pub fn server_name<IO>(stream: &TlsStream<IO>) -> Option<String> {
 /// The common name of a verified client certificate, if any (the first
 /// CN of the subject).
 pub fn client_common_name<IO>(stream: &TlsStream<IO>) -> Option<String> {
-    let der = stream.get_ref().1.peer_certificates()?.first()?;
+    common_name(stream.get_ref().1.peer_certificates()?.first()?)
+}
+
+/// The first common name of a certificate's subject.
+pub fn common_name(der: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
     let cn = cert.subject().iter_common_name().next()?;
     cn.as_str().ok().map(str::to_string)
