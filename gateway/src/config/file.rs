@@ -303,6 +303,9 @@ pub struct HttpSection {
     /// HTTP/2 streams the gateway may reset because of client errors
     /// before the connection is closed, 1 to 100000. Default 1024.
     pub h2_max_local_error_resets: Option<Spanned<i64>>,
+    /// `Strict-Transport-Security: max-age` on every response over TLS;
+    /// `"0s"` sends none. Default `"365d"`.
+    pub hsts_max_age: Option<Spanned<String>>,
 }
 
 /// `[websocket]`. The limits sit below tungstenite's defaults.

@@ -308,6 +308,17 @@ fn screen<B>(
     ))
 }
 
+/// The `Strict-Transport-Security` value for responses on a connection of
+/// `scheme`: over TLS with a max-age configured, else none (RFC 6797
+/// §7.2: a host sends it over secure transport only). It carries no
+/// `includeSubDomains`: each device name gets its own from the responses
+/// served for it, and the operator's other names under the domain are
+/// left alone.
+fn hsts(scheme: &str, max_age: Option<Duration>) -> Option<http::HeaderValue> {
+    let age = max_age.filter(|_| scheme == "https")?;
+    http::HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok()
+}
+
 /// Resolves once the shutdown flag is set (never if the sender is gone).
 async fn stopping(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|s| *s).await.is_err() {
@@ -436,6 +447,7 @@ impl Connection {
         let h2 = Arc::new(AtomicBool::new(session.h2));
         let saw_h2 = h2.clone();
         let (client_cn, sni, framing) = (session.client_cn, session.sni, session.framing);
+        let hsts = hsts(session.scheme, self.shared.http.hsts_max_age);
         let requests = AtomicU64::new(0);
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             if let Some(cn) = &client_cn {
@@ -465,8 +477,9 @@ impl Connection {
                 let sni = sni.as_ref().map(|(n, c)| (&**n, &**c));
                 screen(&req, sni, &shared.stats)
             };
+            let hsts = hsts.clone();
             async move {
-                let r = match refused {
+                let mut r = match refused {
                     Some(page) => {
                         let resp = page.render(req.headers());
                         debug!(status = resp.status().as_u16(), "refused before the bridge");
@@ -474,6 +487,10 @@ impl Connection {
                     }
                     None => bridge.handle(conn_info, req).await,
                 };
+                if let (Ok(resp), Some(v)) = (&mut r, hsts) {
+                    resp.headers_mut()
+                        .insert(header::STRICT_TRANSPORT_SECURITY, v);
+                }
                 active.fetch_sub(1, Ordering::Relaxed);
                 r
             }
@@ -644,5 +661,18 @@ impl SendRate {
         let elapsed = now.duration_since(start);
         elapsed >= self.grace
             && ((sent - first) as f64) < self.min_rate as f64 * elapsed.as_secs_f64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hsts_goes_out_over_tls_only_and_not_when_off() {
+        let year = Some(Duration::from_secs(31_536_000));
+        assert_eq!(hsts("https", year).unwrap(), "max-age=31536000");
+        assert_eq!(hsts("http", year), None);
+        assert_eq!(hsts("https", None), None);
     }
 }
