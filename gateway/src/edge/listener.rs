@@ -157,7 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn upstream_connections_do_not_block_the_runtime() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let opts = SocketOptions::default();
         let (conn, accepted) = tokio::join!(connect(addr, &opts), l.accept());
