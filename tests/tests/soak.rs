@@ -1,8 +1,10 @@
 //! The soak (issue 10, test 7): the real gateway process under mixed
 //! browser traffic, device churn and attack traffic for `SOAK_SECS`
 //! seconds (default 120, the CI run; the one-hour run is
-//! `SOAK_SECS=3600 cargo test -p e2e --test soak -- --nocapture`,
-//! BENCHMARKS.md has its figures), with its memory sampled all along.
+//! `SOAK_SECS=3600 cargo test -p e2e --test soak -- --nocapture` after
+//! building `gateway` and `device-sim`, which the test only builds when
+//! missing; BENCHMARKS.md has its figures), with its memory sampled all
+//! along.
 //!
 //! Peers, all real processes or sockets on loopback:
 //!
