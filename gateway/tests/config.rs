@@ -136,6 +136,7 @@ max_headers = 64
 h2_max_concurrent_streams = 50
 h2_max_pending_resets = 10
 h2_max_local_error_resets = 500
+hsts_max_age = "1d"
 
 [websocket]
 max_message = 262144
@@ -227,6 +228,7 @@ fn a_full_file_types_every_value() {
             h2_max_concurrent_streams: 50,
             h2_max_pending_resets: 10,
             h2_max_local_error_resets: 500,
+            hsts_max_age: Some(Duration::from_secs(86400)),
         }
     );
     assert_eq!(

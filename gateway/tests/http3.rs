@@ -142,8 +142,14 @@ async fn device_pages_and_twenty_megabytes_each_way_over_h3() {
             .any(|(n, v)| n == "x-forwarded-proto" && v == "https"),
         "{h:?}"
     );
-    // No Alt-Svc on HTTP/3 itself.
+    // No Alt-Svc on HTTP/3 itself; HSTS as over TCP.
     assert!(resp.headers().get("alt-svc").is_none());
+    assert_eq!(
+        resp.headers()
+            .get("strict-transport-security")
+            .map(|v| v.to_str().unwrap()),
+        Some("max-age=31536000")
+    );
 
     // Path-based routing with the prefix stripped and passed on.
     let mut apex = h3(&gw, DOMAIN).await;

@@ -14,6 +14,7 @@
 //! - [`procs`]: processes the benchmarks start and measure (CPU, RSS, pinning).
 //! - [`tempdir`]: temporary directories, unique per call, removed on drop.
 //! - [`setup`]: a benchmark directory (certificates, keys, gateway configuration).
+//! - [`soak`]: the soak's browsers, attackers and device churn.
 //! - `bin/loadgen`: one workload against one target, a `RESULT` line.
 //! - `bin/ws-echo`: the plain WebSocket echo upstream.
 //! - `bin/echo-devices`: `EchoApp` devices dialing a gateway's link.
@@ -21,7 +22,8 @@
 //! - `bin/wss-bench`: WSS echo and idle connections through the gateway.
 //! - `bin/fleet-bench`: simulated device fleets (memory, reconnect storms).
 //! - `tests/`: the scenarios (`device_sim.rs`: the `device-sim` binary
-//!   against the acceptor).
+//!   against the acceptor; `soak.rs`: the gateway under mixed traffic,
+//!   churn and attacks for `SOAK_SECS`).
 
 pub mod acceptor;
 pub mod browser;
@@ -29,5 +31,6 @@ pub mod load;
 pub mod netns;
 pub mod procs;
 pub mod setup;
+pub mod soak;
 pub mod tempdir;
 pub mod wss;

@@ -162,6 +162,39 @@ pub fn sibling(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A workspace binary in the profile directory of the running test
+/// (`target/<profile>/NAME`, from `target/<profile>/deps/<test>`), built
+/// with the cargo that runs the test and `build` (`["-p", "gateway",
+/// "--bin", "gateway"]`) when it is missing: `cargo test --workspace`
+/// builds it, `cargo test -p e2e` alone may not.
+pub fn workspace_binary(name: &str, build: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join(name);
+    if bin.is_file() {
+        return bin;
+    }
+    let target = dir.parent().expect("target dir");
+    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build").args(build).arg("--target-dir").arg(target);
+    if profile == "release" {
+        cmd.arg("--release");
+    }
+    let ok = cmd.status().is_ok_and(|s| s.success());
+    assert!(
+        ok && bin.is_file(),
+        "{} is missing and could not be built: cargo build {}",
+        bin.display(),
+        build.join(" ")
+    );
+    bin
+}
+
 /// Waits until `addr` accepts TCP connections, at most `limit`.
 pub fn wait_listening(addr: std::net::SocketAddr, limit: Duration) -> bool {
     let deadline = std::time::Instant::now() + limit;

@@ -7,45 +7,13 @@
 //! --workspace` builds it; under `cargo test -p e2e` alone this test builds
 //! it with the cargo that runs the test.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-
-/// `target/<profile>`, from this test's `target/<profile>/deps/<exe>`.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .to_path_buf()
-}
-
-fn gateway_binary(dir: &Path) -> PathBuf {
-    let bin = dir.join("gateway");
-    if bin.is_file() {
-        return bin;
-    }
-    let target = dir.parent().expect("target dir");
-    let profile = dir.file_name().and_then(|n| n.to_str()).unwrap_or("debug");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.args(["build", "-p", "gateway", "--bin", "gateway", "--target-dir"])
-        .arg(target);
-    if profile == "release" {
-        cmd.arg("--release");
-    }
-    let ok = cmd.status().is_ok_and(|s| s.success());
-    assert!(
-        ok && bin.is_file(),
-        "{} is missing and could not be built: cargo build -p gateway --bin gateway",
-        bin.display()
-    );
-    bin
-}
 
 #[test]
 fn the_benchmark_harness_measures_the_gateway() {
-    let dir = profile_dir();
-    gateway_binary(&dir);
+    let gateway = e2e::procs::workspace_binary("gateway", &["-p", "gateway", "--bin", "gateway"]);
+    let dir = gateway.parent().expect("target/<profile>").to_path_buf();
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench-proxies"));
     let out = std::env::temp_dir().join(format!("bench-smoke-{}.md", std::process::id()));
     let run = Command::new(&bench)

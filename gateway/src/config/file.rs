@@ -310,6 +310,9 @@ pub struct HttpSection {
     /// HTTP/2 streams the gateway may reset because of client errors
     /// before the connection is closed, 1 to 100000. Default 1024.
     pub h2_max_local_error_resets: Option<Spanned<i64>>,
+    /// `Strict-Transport-Security: max-age` on every response over TLS;
+    /// `"0s"` sends none. Default `"365d"`.
+    pub hsts_max_age: Option<Spanned<String>>,
 }
 
 /// `[http3]`: HTTP/3 over QUIC (quinn), on UDP at every TLS listener's

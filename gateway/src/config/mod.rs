@@ -47,6 +47,7 @@
 //! # h2_max_concurrent_streams = 100
 //! # h2_max_pending_resets = 20
 //! # h2_max_local_error_resets = 1024
+//! # hsts_max_age = "365d"        # Strict-Transport-Security over TLS; "off": none
 //!
 //! [http3]                        # QUIC on UDP at each TLS listener's port
 //! # enabled = true               # also adds Alt-Svc to HTTP/1.1 and HTTP/2 answers

@@ -196,6 +196,10 @@ pub struct Http {
     pub h2_max_pending_resets: usize,
     /// HTTP/2 locally caused resets (hyper's `max_local_error_reset_streams`). Default 1024.
     pub h2_max_local_error_resets: usize,
+    /// `Strict-Transport-Security` max-age sent on every response over
+    /// TLS (browsers then never try plain HTTP for the name); `None`
+    /// (`"off"`) sends none. Default 365 days.
+    pub hsts_max_age: Option<Duration>,
 }
 
 impl Default for Http {
@@ -209,6 +213,7 @@ impl Default for Http {
             h2_max_concurrent_streams: 100,
             h2_max_pending_resets: 20,
             h2_max_local_error_resets: 1024,
+            hsts_max_age: Some(Duration::from_secs(365 * 24 * 3600)),
         }
     }
 }
@@ -534,6 +539,7 @@ pub(crate) fn http(ctx: &mut Ctx<'_>, raw: &file::HttpSection) -> Http {
             d.h2_max_local_error_resets as u64,
             1..=100_000,
         ) as usize,
+        hsts_max_age: ctx.duration_or_off(raw.hsts_max_age.as_ref(), d.hsts_max_age),
     }
 }
 

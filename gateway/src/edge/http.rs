@@ -327,6 +327,17 @@ pub(super) fn screen<B>(
     ))
 }
 
+/// The `Strict-Transport-Security` value for responses on a connection of
+/// `scheme`: over TLS with a max-age configured, else none (RFC 6797
+/// §7.2: a host sends it over secure transport only). It carries no
+/// `includeSubDomains`: each device name gets its own from the responses
+/// served for it, and the operator's other names under the domain are
+/// left alone.
+pub(super) fn hsts(scheme: &str, max_age: Option<Duration>) -> Option<HeaderValue> {
+    let age = max_age.filter(|_| scheme == "https")?;
+    HeaderValue::from_str(&format!("max-age={}", age.as_secs())).ok()
+}
+
 /// Resolves once the shutdown flag is set (never if the sender is gone).
 pub(super) async fn stopping(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|s| *s).await.is_err() {
@@ -465,6 +476,7 @@ impl Connection {
         let h2 = Arc::new(AtomicBool::new(session.h2));
         let saw_h2 = h2.clone();
         let (client_cn, sni, framing) = (session.client_cn, session.sni, session.framing);
+        let hsts = hsts(session.scheme, self.shared.http.hsts_max_age);
         let requests = AtomicU64::new(0);
         let alt_svc = self.alt_svc.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -496,6 +508,7 @@ impl Connection {
                 screen(&req, sni, &shared.stats)
             };
             let alt_svc = alt_svc.clone();
+            let hsts = hsts.clone();
             async move {
                 let mut r = match refused {
                     Some(page) => {
@@ -508,6 +521,10 @@ impl Connection {
                         bridge.handle(conn_info, req).await
                     }
                 };
+                if let (Ok(resp), Some(v)) = (&mut r, hsts) {
+                    resp.headers_mut()
+                        .insert(header::STRICT_TRANSPORT_SECURITY, v);
+                }
                 active.fetch_sub(1, Ordering::Relaxed);
                 if let (Ok(resp), Some(v)) = (&mut r, alt_svc) {
                     resp.headers_mut().insert(header::ALT_SVC, v);
@@ -681,5 +698,18 @@ impl SendRate {
         let elapsed = now.duration_since(start);
         elapsed >= self.grace
             && ((sent - first) as f64) < self.min_rate as f64 * elapsed.as_secs_f64()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hsts_goes_out_over_tls_only_and_not_when_off() {
+        let year = Some(Duration::from_secs(31_536_000));
+        assert_eq!(hsts("https", year).unwrap(), "max-age=31536000");
+        assert_eq!(hsts("http", year), None);
+        assert_eq!(hsts("https", None), None);
     }
 }

@@ -175,6 +175,30 @@ mod tests {
         let _ = l.accept().await.unwrap();
     }
 
+    #[tokio::test]
+    async fn upstream_connections_do_not_block_the_runtime() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let opts = SocketOptions::default();
+        let (conn, accepted) = tokio::join!(connect(addr, &opts), l.accept());
+        let (conn, _peer) = (conn.unwrap(), accepted.unwrap());
+        assert!(SockRef::from(&conn).nonblocking().unwrap());
+        // A peer that never reads: writes end in WouldBlock, not a hang.
+        let chunk = vec![0u8; 64 * 1024];
+        let mut sent = 0usize;
+        loop {
+            match conn.try_write(&chunk) {
+                Ok(k) => sent += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+            assert!(
+                sent < 256 << 20,
+                "{sent} bytes written to a peer that never reads"
+            );
+        }
+    }
+
     #[test]
     fn out_of_range_mss_is_refused() {
         let rt = tokio::runtime::Builder::new_current_thread()

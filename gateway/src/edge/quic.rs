@@ -527,6 +527,9 @@ where
 {
     let (mut parts, mut body) = resp.into_parts();
     strip_connection_fields(&mut parts.headers);
+    if let Some(v) = super::http::hsts("https", shared.http.hsts_max_age) {
+        parts.headers.insert(header::STRICT_TRANSPORT_SECURITY, v);
+    }
     if let Err(e) = send.send_response(Response::from_parts(parts, ())).await {
         debug!("HTTP/3 response head not sent: {e}");
         return;
