@@ -124,6 +124,10 @@ tls = true
 [tls]
 certificates = [{{ cert = "cert.pem", key = "cert.key" }}]
 
+[http]
+# No HSTS on localhost: a browser would keep it for a year, for every port.
+hsts_max_age = "off"
+
 [link]
 address = "127.0.0.1:{link}"
 
