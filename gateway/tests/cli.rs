@@ -247,7 +247,7 @@ impl Running {
         Self { child, lines }
     }
 
-    /// The first output line containing `needle` (within 20 s).
+    /// The first output line containing `needle` (within 60 s).
     fn wait_line(&self, needle: &str) -> String {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let mut seen = Vec::new();
