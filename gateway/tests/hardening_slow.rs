@@ -370,10 +370,13 @@ async fn slowhttptest_slow_headers_body_and_read_are_cut_off_by_their_timers() {
     }
     let mut send = 0.0;
     if modes.contains('X') {
-        // Slow read: 600 connections asking for 100 kB twice, a tiny
+        // Slow read: 600 connections asking for 16 MB twice, a tiny
         // window, 32 bytes read every 20 s (over TLS, one read drains a
-        // record of up to 16 KiB: under 1 KiB/s).
-        let url = format!("{base}/bytes?n=100000");
+        // record of up to 16 KiB: under 1 KiB/s). The responses must be
+        // larger than the kernel lets a socket buffer (`tcp_wmem` up to
+        // 4 MiB): a 100 kB one went into the send buffer whole, no write
+        // ever blocked, and the connections ended by the header timer.
+        let url = format!("{base}/bytes?n=16000000");
         let o = attack(
             &gw,
             &bin,
