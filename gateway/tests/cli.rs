@@ -340,7 +340,7 @@ fn demo_serves_its_device_and_reuses_its_files() {
         assert!(data.join(f).exists(), "{f} missing");
     }
     // No HSTS from the demo: a browser would pin it on localhost.
-    let demo = gateway::config::load(&data.join("gateway.toml")).unwrap();
+    let demo = gateway::config::load(data.join("gateway.toml")).unwrap();
     assert_eq!(demo.http.hsts_max_age, None);
     let ca = std::fs::read_to_string(data.join("ca.pem")).unwrap();
     assert_eq!(gw.stop(), Some(0));
