@@ -197,19 +197,28 @@ async fn served(addr: SocketAddr, sni: &str, root_pem: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-async fn start(dir: &TempDir, https: u16, http: u16, p: &Pebble, renew_before: &str) -> Server {
+/// A gateway on `https` (and a plain listener on `http`, when given)
+/// whose `[acme]` has `extra` lines (renew_before, challenge, ...).
+async fn start_with(
+    dir: &TempDir,
+    https: u16,
+    http: Option<u16>,
+    p: &Pebble,
+    extra: &str,
+) -> Server {
     let opts = SocketOptions::default();
-    let edges = vec![
-        listener::bind(SocketAddr::from(([127, 0, 0, 1], https)), &opts).unwrap(),
-        listener::bind(SocketAddr::from(([127, 0, 0, 1], http)), &opts).unwrap(),
-    ];
+    let mut edges = vec![listener::bind(SocketAddr::from(([127, 0, 0, 1], https)), &opts).unwrap()];
+    let mut plain = String::new();
+    if let Some(http) = http {
+        edges.push(listener::bind(SocketAddr::from(([127, 0, 0, 1], http)), &opts).unwrap());
+        plain = format!("[[listen]]\naddress = \"127.0.0.1:{http}\"\ntls = false\n\n");
+    }
     let link = listener::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
     let text = format!(
         "[gateway]\ndomain = \"gw.example.com\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{https}\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{http}\"\ntls = false\n\n\
+         [[listen]]\naddress = \"127.0.0.1:{https}\"\n\n{plain}\
          [link]\naddress = \"{}\"\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n\
-         [acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@gw.example.com\"]\nca_root = \"{}\"\nrenew_before = \"{renew_before}\"\n\n\
+         [acme]\ndirectory = \"{}\"\ncontact = [\"mailto:ops@gw.example.com\"]\nca_root = \"{}\"\n{extra}\n\
          [[device]]\nid = \"plc\"\npublic_key = \"{}\"\n",
         link.local_addr().unwrap(),
         p.dir_url,
@@ -219,6 +228,11 @@ async fn start(dir: &TempDir, https: u16, http: u16, p: &Pebble, renew_before: &
     let file = dir.write("gateway.toml", &text);
     let config = gateway::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
     Server::start_on(&config, Listeners { link, edges }).unwrap()
+}
+
+async fn start(dir: &TempDir, https: u16, http: u16, p: &Pebble, renew_before: &str) -> Server {
+    let extra = format!("renew_before = \"{renew_before}\"\n");
+    start_with(dir, https, Some(http), p, &extra).await
 }
 
 async fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -303,26 +317,6 @@ async fn certificates_from_a_real_acme_server() {
     server.shutdown().await;
 }
 
-async fn start_alpn(dir: &TempDir, https: u16, p: &Pebble) -> Server {
-    let opts = SocketOptions::default();
-    let edges = vec![listener::bind(SocketAddr::from(([127, 0, 0, 1], https)), &opts).unwrap()];
-    let link = listener::bind("127.0.0.1:0".parse().unwrap(), &opts).unwrap();
-    let text = format!(
-        "[gateway]\ndomain = \"gw.example.com\"\n\n\
-         [[listen]]\naddress = \"127.0.0.1:{https}\"\n\n\
-         [link]\naddress = \"{}\"\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n\
-         [acme]\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenge = \"tls-alpn-01\"\n\n\
-         [[device]]\nid = \"plc\"\npublic_key = \"{}\"\n",
-        link.local_addr().unwrap(),
-        p.dir_url,
-        p.tls_root.display(),
-        common::harness::device_key("plc").public_key(),
-    );
-    let file = dir.write("gateway.toml", &text);
-    let config = gateway::config::load(&file).unwrap_or_else(|e| panic!("{e}"));
-    Server::start_on(&config, Listeners { link, edges }).unwrap()
-}
-
 /// What a client offering only `acme-tls/1` gets for `sni`: the
 /// certificate, or the handshake error.
 async fn alpn_probe(addr: SocketAddr, sni: &str) -> Result<Vec<u8>, String> {
@@ -396,8 +390,8 @@ async fn tls_alpn_01_through_the_tls_listener_alone() {
     let (https, nowhere) = (free_port(), free_port());
     let p = pebble(&dir, nowhere, https).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], https));
-    // Before any order, acme-tls/1 gets no certificate (nothing pending).
-    let server = start_alpn(&dir, https, &p).await;
+    // HTTP-01 cannot work here; the order must go through TLS-ALPN-01.
+    let server = start_with(&dir, https, None, &p, "challenge = \"tls-alpn-01\"\n").await;
     let acme = server.acme.clone().unwrap();
     eventually("the certificate over TLS-ALPN-01", 60, || {
         acme.stats.issued.get() >= 1

@@ -119,15 +119,6 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn outgoing_connections_never_block_the_runtime() {
-        let l = bind("127.0.0.1:0".parse().unwrap(), &SocketOptions::default()).unwrap();
-        let s = connect(l.local_addr().unwrap(), &SocketOptions::default())
-            .await
-            .unwrap();
-        assert!(SockRef::from(&s).nonblocking().unwrap());
-    }
-
-    #[tokio::test]
     async fn accepted_sockets_inherit_the_clamp_v4_and_v6() {
         for (addr, clamp) in [
             ("127.0.0.1:0", 1360u32),
