@@ -285,3 +285,49 @@ async fn origin_and_headers_on_plain_http_follow_the_policy() {
     assert_eq!(p.status, 200);
     gw.stop().await;
 }
+
+/// A response body still being sent keeps its connection busy: the idle
+/// timer (1 s here) must not close a connection under a download that
+/// outlasts it, and the next request on it is served.
+#[tokio::test]
+async fn a_long_download_is_not_an_idle_connection() {
+    let gw = Gw::start("[http]\nidle_timeout = \"1s\"\n", &[Dev("big", "")]).await;
+    let _dev = gw
+        .echo("big", &[], link_config(64 * 1024, 256 * 1024, 1024))
+        .await;
+    const N: usize = 16_000_000;
+    for v in [1u8, 2] {
+        let mut c = gw.client(v, &host("big")).await;
+        let resp = c
+            .send(
+                get(v, &host("big"), &format!("/bytes?n={N}"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let (started, mut n) = (Instant::now(), 0usize);
+        while let Some(f) = http_body_util::BodyExt::frame(&mut body).await {
+            if let Ok(d) = f.unwrap().into_data() {
+                n += d.len();
+            }
+            // Read slowly for three idle periods, then drain.
+            if started.elapsed() < Duration::from_secs(3) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        assert_eq!(n, N, "h{v}: the whole body");
+        assert!(started.elapsed() >= Duration::from_secs(3));
+        let (p, b) = c
+            .fetch(get(v, &host("big"), "/bytes?n=10").body(empty()).unwrap())
+            .await;
+        assert_eq!(
+            (p.status.as_u16(), b.len()),
+            (200, 10),
+            "h{v}: next request"
+        );
+    }
+    gw.stop().await;
+}

@@ -490,8 +490,7 @@ impl Connection {
                 saw_h2.store(true, Ordering::Relaxed);
             }
             let bridge = shared.bridge.clone();
-            let active = counter.clone();
-            active.fetch_add(1, Ordering::Relaxed);
+            let in_flight = InFlight::new(&counter);
             let span = request_span(&shared.domain, &req, &conn_span, &named);
             let n = requests.fetch_add(1, Ordering::Relaxed);
             let ambiguous = req.version() != http::Version::HTTP_2
@@ -525,11 +524,20 @@ impl Connection {
                     resp.headers_mut()
                         .insert(header::STRICT_TRANSPORT_SECURITY, v);
                 }
-                active.fetch_sub(1, Ordering::Relaxed);
                 if let (Ok(resp), Some(v)) = (&mut r, alt_svc) {
                     resp.headers_mut().insert(header::ALT_SVC, v);
                 }
-                r
+                // In flight until its body is done: a long download
+                // keeps its connection from counting as idle.
+                r.map(|resp| {
+                    resp.map(|b| {
+                        b.map_frame(move |f| {
+                            let _ = &in_flight;
+                            f
+                        })
+                        .boxed()
+                    })
+                })
             }
             .instrument(span)
         });
@@ -586,8 +594,9 @@ impl Connection {
                     if draining {
                         continue;
                     }
-                    // Responses in flight keep a connection busy; streams
-                    // (bodies, WebSockets) carry on outside this counter.
+                    // Requests in flight, response bodies included, keep
+                    // a connection busy; upgraded WebSockets carry on
+                    // outside this counter.
                     if busy {
                         idle_since = tokio::time::Instant::now();
                     } else if idle_since.elapsed() >= idle {
@@ -613,6 +622,24 @@ impl Connection {
         } else if h.is_parse() || h.is_parse_too_large() || h.is_parse_status() {
             stats.malformed.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A request counted in its connection's in-flight total (which keeps
+/// the connection from counting as idle) until this is dropped: with the
+/// response body, once it is sent or abandoned.
+struct InFlight(Arc<AtomicU64>);
+
+impl InFlight {
+    fn new(counter: &Arc<AtomicU64>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use proto::{Code, Config, PublicKey, ServiceKind, StreamKind};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
-use super::session::Cmd;
+use super::session::{Cmd, CmdSender};
 use super::stats::HubStats;
 use super::stream::{DeviceStream, OpenError};
 use crate::edge::admission::SourceCaps;
@@ -110,7 +110,7 @@ pub struct DeviceHandle {
     /// The key the session authenticated with.
     pub(crate) key: PublicKey,
     pub(crate) generation: u64,
-    pub(crate) cmd: mpsc::UnboundedSender<Cmd>,
+    pub(crate) cmd: CmdSender,
 }
 
 impl DeviceHandle {

@@ -46,6 +46,20 @@ pub(crate) enum Cmd {
     Close(Code),
 }
 
+/// The way into a session task. Commands travel boxed: a channel
+/// allocates its first block of 32 slots when it is made, and an idle
+/// device session never sends one, so the block holds 32 pointers (about
+/// 300 bytes) rather than 32 commands (about 1.3 KB).
+#[derive(Clone, Debug)]
+pub(crate) struct CmdSender(mpsc::UnboundedSender<Box<Cmd>>);
+
+impl CmdSender {
+    /// Queues `cmd`; fails once the session task is gone.
+    pub(crate) fn send(&self, cmd: Cmd) -> Result<(), mpsc::error::SendError<Box<Cmd>>> {
+        self.0.send(Box::new(cmd))
+    }
+}
+
 /// A send waiting for credit.
 struct Outgoing {
     msg: MsgKind,
@@ -186,13 +200,11 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
         return;
     }
     let record = usize::from(cfg.params.max_record);
+    let slots = usize::from(cfg.params.max_streams) + STREAM_TABLE_STEP;
     let buffers = Buffers {
-        rx: vec![0u8; record],
-        tx: vec![0u8; record],
-        streams: vec![
-            StreamSlot::default();
-            usize::from(cfg.params.max_streams) + STREAM_TABLE_STEP
-        ],
+        rx: pool_take(&RECORD_POOL, record, 0),
+        tx: pool_take(&RECORD_POOL, record, 0),
+        streams: pool_take(&TABLE_POOL, slots, StreamSlot::default()),
     };
     let mut s: GwSession = match Session::gateway(
         cfg,
@@ -208,6 +220,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
         }
     };
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let cmd_tx = CmdSender(cmd_tx);
     let mut streams = Streams::default();
     let mut state = State::default();
     let mut shutdown = hub.shutdown.subscribe();
@@ -217,6 +230,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
     let mut unsent: Vec<u8> = Vec::new();
 
     loop {
+        unpark(&mut s, record, slots);
         flush_outgoing(&mut s, &mut streams);
         let mut sent = false;
         if unsent.is_empty() {
@@ -237,37 +251,61 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
         let wait = s.poll_timeout().map_or(Duration::from_secs(3600), |t| {
             Duration::from_millis(t.as_millis().saturating_sub(clock().as_millis()))
         });
-        tokio::select! {
-            r = sock.readable() => {
-                let eof = r.is_err() || receive(&mut s, &sock, &hub, &cmd_tx, &mut streams, &mut state);
+        // One timer for the session's own deadline and the drain's.
+        let mut wake_at = tokio::time::Instant::now() + wait;
+        if let Some(d) = drain_deadline {
+            wake_at = wake_at.min(d);
+        }
+        // Nothing in flight: the record buffers go back to the pool while
+        // the session waits (almost always, for an idle device).
+        park(&mut s);
+        let wake = tokio::select! {
+            r = sock.readable() => Wake::Readable(r.is_ok()),
+            r = sock.writable(), if !unsent.is_empty() => Wake::Writable(r.is_ok()),
+            // More records may be ready: come round again at once.
+            () = std::future::ready(()), if sent => Wake::Again,
+            c = cmd_rx.recv() => Wake::Command(c),
+            () = tokio::time::sleep_until(wake_at) => Wake::Timer,
+            () = shutting_down(&mut shutdown), if drain_deadline.is_none() => Wake::Shutdown,
+        };
+        unpark(&mut s, record, slots);
+        match wake {
+            Wake::Readable(ok) => {
+                let eof = !ok || receive(&mut s, &sock, &hub, &cmd_tx, &mut streams, &mut state);
                 if eof {
                     s.handle_eof();
                     handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
                 }
             }
-            r = sock.writable(), if !unsent.is_empty() => {
-                match r.and_then(|()| sock.try_write(&unsent)) {
-                    Ok(n) if n > 0 => {
-                        unsent.drain(..n);
-                        if unsent.is_empty() {
-                            unsent = Vec::new();
-                        }
+            Wake::Writable(ok) => match ok.then(|| sock.try_write(&unsent)) {
+                Some(Ok(n)) if n > 0 => {
+                    unsent.drain(..n);
+                    if unsent.is_empty() {
+                        unsent = Vec::new();
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    _ => { s.handle_eof(); unsent = Vec::new(); }
+                }
+                Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => {
+                    s.handle_eof();
+                    unsent = Vec::new();
+                }
+            },
+            Wake::Again => {}
+            Wake::Command(c) => {
+                if let Some(c) = c {
+                    apply(&mut s, *c, &cmd_tx, &mut streams, cfg.params.max_streams);
                 }
             }
-            // More records may be ready: come round again at once.
-            () = std::future::ready(()), if sent => {}
-            c = cmd_rx.recv() => if let Some(c) = c { apply(&mut s, c, &cmd_tx, &mut streams, cfg.params.max_streams) },
-            _ = tokio::time::sleep(wait) => s.handle_timeout(clock()),
-            () = shutting_down(&mut shutdown), if drain_deadline.is_none() => {
+            Wake::Timer => {
+                if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    s.close(Code::SHUTDOWN);
+                    drain_deadline = None;
+                }
+                s.handle_timeout(clock());
+            }
+            Wake::Shutdown => {
                 s.goaway(Code::SHUTDOWN);
                 drain_deadline = Some(tokio::time::Instant::now() + hub.settings.drain_timeout);
-            }
-            _ = tokio::time::sleep_until(drain_deadline.unwrap_or_else(tokio::time::Instant::now)), if drain_deadline.is_some() => {
-                s.close(Code::SHUTDOWN);
-                drain_deadline = None;
             }
         }
         handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
@@ -276,6 +314,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             permit = None;
         }
     }
+    park(&mut s);
     state.report(&s, &hub);
     for (_, tx) in streams.to_bridge.drain() {
         let _ = tx.send(StreamEvent::Closed);
@@ -302,7 +341,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
 fn handle_events(
     s: &mut GwSession,
     hub: &Hub,
-    cmd_tx: &mpsc::UnboundedSender<Cmd>,
+    cmd_tx: &CmdSender,
     streams: &mut Streams,
     state: &mut State,
 ) -> bool {
@@ -435,6 +474,97 @@ fn handle_events(
 /// Records a session sends before it looks at its socket and commands again.
 const TRANSMIT_BURST: usize = 8;
 
+/// Why a session task woke up.
+enum Wake {
+    Readable(bool),
+    Writable(bool),
+    Again,
+    Command(Option<Box<Cmd>>),
+    /// The session's timer or the drain deadline.
+    Timer,
+    Shutdown,
+}
+
+// The buffers of sessions that are not using theirs.
+//
+// A session holds a receive and a transmit buffer of `max_record` bytes
+// (16 KiB each by default) only while a record is in flight: from the
+// first byte of one until its frames are handled, and while frames are
+// staged to go out. Between wake-ups it parks them in its worker thread's
+// pool (`Session::park_buffers`), and with them its stream table when no
+// stream is open (32 slots of 72 bytes by default), so an idle device
+// session, which sees a ping every 15 s, holds neither. The pools are per
+// thread (no lock) and bounded; a task that moved to another thread takes
+// from and gives to that thread's pools. Record buffers are not cleared
+// between sessions (proto writes every byte before it reads it); stream
+// slots are.
+
+/// Buffers or tables one worker thread keeps for the next session.
+const POOL_KEEP: usize = 64;
+
+type Pool<T> = std::thread::LocalKey<std::cell::RefCell<Vec<Vec<T>>>>;
+
+thread_local! {
+    static RECORD_POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static TABLE_POOL: std::cell::RefCell<Vec<Vec<StreamSlot>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A vector of `len` items from `pool`, or a new one of `fill`s.
+fn pool_take<T: Clone>(pool: &'static Pool<T>, len: usize, fill: T) -> Vec<T> {
+    pool.with_borrow_mut(|pool| match pool.iter().rposition(|b| b.len() == len) {
+        Some(i) => pool.swap_remove(i),
+        None => vec![fill; len],
+    })
+}
+
+fn pool_give<T>(pool: &'static Pool<T>, v: Vec<T>) {
+    if v.is_empty() {
+        return;
+    }
+    pool.with_borrow_mut(|pool| {
+        if pool.len() < POOL_KEEP {
+            pool.push(v);
+        }
+    });
+}
+
+/// Parks `s`'s record buffers, and its stream table if no stream is open.
+fn park(s: &mut GwSession) {
+    if s.is_parked() || !s.buffers_idle() {
+        return;
+    }
+    let Ok((rx, tx)) = s.park_buffers(Vec::new(), Vec::new()) else {
+        return;
+    };
+    pool_give(&RECORD_POOL, rx);
+    pool_give(&RECORD_POOL, tx);
+    if s.open_streams() == 0 {
+        // All slots are free: proto finds slots by scanning, so an empty
+        // table in the meantime is safe (nothing can open while parked).
+        let mut table = std::mem::take(s.stream_table_mut());
+        table.fill(StreamSlot::default());
+        pool_give(&TABLE_POOL, table);
+    }
+}
+
+/// Gives `s` its buffers back if it parked them: records of `record`
+/// bytes and, if it gave up its table, one of `slots` free slots.
+fn unpark(s: &mut GwSession, record: usize, slots: usize) {
+    if !s.is_parked() {
+        return;
+    }
+    if s.stream_table_mut().is_empty() {
+        *s.stream_table_mut() = pool_take(&TABLE_POOL, slots, StreamSlot::default());
+    }
+    let rx = pool_take(&RECORD_POOL, record, 0);
+    let tx = pool_take(&RECORD_POOL, record, 0);
+    if let Err((rx, tx)) = s.unpark_buffers(rx, tx) {
+        // Not reached: `record` is the session's own max_record.
+        pool_give(&RECORD_POOL, rx);
+        pool_give(&RECORD_POOL, tx);
+    }
+}
+
 /// Scratch space of the worker thread for reads and for records on their
 /// way out: an idle session holds no I/O buffer of its own. Large enough
 /// for any record (`max_record` is at most 65,535).
@@ -483,7 +613,7 @@ fn receive(
     s: &mut GwSession,
     sock: &TcpStream,
     hub: &Hub,
-    cmd_tx: &mpsc::UnboundedSender<Cmd>,
+    cmd_tx: &CmdSender,
     streams: &mut Streams,
     state: &mut State,
 ) -> bool {
@@ -512,8 +642,9 @@ const STREAM_TABLE_STEP: usize = 16;
 
 /// Makes room for one more gateway-opened stream if the device allows it:
 /// the table starts at the device-opened limit plus one step and grows up
-/// to what the device announced (its `max_streams`) on top of that, so an
-/// idle session stays small and a busy one is limited by the device alone.
+/// to what the device announced (its `max_streams`) on top of that, so a
+/// busy session is limited by the device alone. (A table that grew goes
+/// back to the pool only at its first size: `pool_take` matches lengths.)
 fn grow_stream_table(s: &mut GwSession, own_max_streams: u16) {
     let limit = usize::from(s.peer_params().max_streams) + usize::from(own_max_streams);
     let open = s.open_streams();
@@ -527,7 +658,7 @@ fn grow_stream_table(s: &mut GwSession, own_max_streams: u16) {
 fn apply(
     s: &mut GwSession,
     cmd: Cmd,
-    cmd_tx: &mpsc::UnboundedSender<Cmd>,
+    cmd_tx: &CmdSender,
     streams: &mut Streams,
     own_max_streams: u16,
 ) {
@@ -620,4 +751,45 @@ fn flush_outgoing(s: &mut GwSession, streams: &mut Streams) {
         }
         false
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::hub::{LinkSettings, Registry};
+
+    /// What an idle device session costs is mostly its task: the future
+    /// (the session state machine inline, about 900 bytes, and the select
+    /// of its wake-ups) plus the command channel. Record buffers are
+    /// pooled and the stream table starts small; this keeps a large
+    /// buffer from moving into the future unnoticed.
+    #[tokio::test]
+    async fn an_idle_session_task_stays_small() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let c = TcpStream::connect(addr).await.unwrap();
+        let settings = LinkSettings::default();
+        let hub = Hub::new(SecretKey::from_bytes([7; 32]), Registry::new([]), settings);
+        let permit = hub.handshakes.acquire(addr.ip()).unwrap();
+        let fut = run_session(c, addr, hub, permit);
+        let (task, session) = (size_of_val(&fut), size_of::<GwSession>());
+        assert!(task <= 2560, "the session future grew to {task} bytes");
+        assert!(session <= 1024, "the session grew to {session} bytes");
+    }
+
+    #[test]
+    fn the_pools_hand_out_the_asked_size() {
+        let a = pool_take(&RECORD_POOL, 100, 0);
+        assert_eq!(a.len(), 100);
+        pool_give(&RECORD_POOL, a);
+        pool_give(&RECORD_POOL, vec![1u8; 50]);
+        assert_eq!(pool_take(&RECORD_POOL, 100, 0).len(), 100);
+        assert_eq!(pool_take(&RECORD_POOL, 50, 0), vec![1u8; 50]);
+        pool_give(&RECORD_POOL, Vec::new());
+        assert_eq!(pool_take(&RECORD_POOL, 0, 0).len(), 0);
+        for _ in 0..POOL_KEEP + 10 {
+            pool_give(&TABLE_POOL, vec![StreamSlot::default(); 3]);
+        }
+        assert_eq!(TABLE_POOL.with_borrow(Vec::len), POOL_KEEP, "bounded");
+    }
 }

@@ -3,7 +3,7 @@
 use proto::{Code, MsgKind, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::session::Cmd;
+use super::session::{Cmd, CmdSender};
 
 /// What arrives on a device stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub struct StreamClosed;
 pub struct DeviceStream {
     id: StreamId,
     device: String,
-    cmd: mpsc::UnboundedSender<Cmd>,
+    cmd: CmdSender,
     rx: mpsc::UnboundedReceiver<StreamEvent>,
     /// Bytes handed out by the last `recv`, whose credit is still owed.
     owed: usize,
@@ -60,7 +60,7 @@ pub struct DeviceStream {
 impl DeviceStream {
     pub(crate) fn new(
         id: StreamId,
-        cmd: mpsc::UnboundedSender<Cmd>,
+        cmd: CmdSender,
         rx: mpsc::UnboundedReceiver<StreamEvent>,
     ) -> Self {
         Self {
@@ -145,7 +145,7 @@ impl Drop for DeviceStream {
 #[derive(Clone, Debug)]
 pub struct StreamSender {
     id: StreamId,
-    cmd: mpsc::UnboundedSender<Cmd>,
+    cmd: CmdSender,
 }
 
 impl StreamSender {

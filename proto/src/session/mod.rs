@@ -42,11 +42,22 @@
 //!
 //! # Limits
 //!
-//! Memory is the three buffers the caller passes in, fixed for the life of
-//! the session: the receive buffer (one record of the size this side
-//! announced), the transmit staging buffer (one record of plaintext), and
-//! the stream table. A peer can make this side hold at most the credit it
-//! was given; the application decides when credit returns (`consume`).
+//! Memory is the three buffers the caller passes in: the receive buffer
+//! (one record of the size this side announced), the transmit staging
+//! buffer (one record of plaintext), and the stream table. A peer can make
+//! this side hold at most the credit it was given; the application decides
+//! when credit returns (`consume`).
+//!
+//! The two record buffers matter only while a record is in flight. A host
+//! with many mostly idle sessions (the gateway) hands them back to a pool
+//! whenever [`Session::buffers_idle`] says they hold nothing
+//! ([`Session::park_buffers`]) and takes a pair again before it next feeds
+//! input or asks for output ([`Session::unpark_buffers`]). While parked, the
+//! session takes no input, makes no record and accepts no `open` or
+//! `send`; timers, events that need no record (credit, closing) and
+//! `consume` keep working. With no stream open, the stream table can go
+//! the same way (see [`Session::stream_table_mut`]). A device keeps its
+//! buffers for good.
 
 mod event;
 mod rx;
@@ -214,6 +225,8 @@ pub struct Session<B, S> {
     rx_end: usize,
     tx: B,
     tx_len: usize,
+    /// The record buffers are out (see [`Session::park_buffers`]).
+    parked: bool,
     streams: S,
 
     next_local: u32,
@@ -283,6 +296,7 @@ where
             rx_end: 0,
             tx: buffers.tx,
             tx_len: 0,
+            parked: false,
             streams: buffers.streams,
             next_local: if role == Role::Gateway { 2 } else { 1 },
             max_peer_opened: 0,
@@ -393,6 +407,51 @@ where
         ))
     }
 
+    /// Whether the record buffers hold nothing the session still needs: no
+    /// part of a received record, no frame of one waiting in `poll_event`,
+    /// nothing staged to send. Only then may they be parked.
+    pub fn buffers_idle(&self) -> bool {
+        self.rx_fill == 0 && self.rx_pos >= self.rx_end && self.tx_len == 0
+    }
+
+    /// Whether the record buffers are parked.
+    pub fn is_parked(&self) -> bool {
+        self.parked
+    }
+
+    /// Takes the record buffers out while they are idle, putting `rx` and
+    /// `tx` (placeholders of any size, empty ones included) in their place;
+    /// returns the buffers it held. Gives the placeholders back when the
+    /// buffers are not idle or already parked.
+    pub fn park_buffers(&mut self, rx: B, tx: B) -> Result<(B, B), (B, B)> {
+        if self.parked || !self.buffers_idle() {
+            return Err((rx, tx));
+        }
+        self.rx_pos = 0;
+        self.rx_end = 0;
+        self.parked = true;
+        let rx = core::mem::replace(&mut self.rx, rx);
+        let tx = core::mem::replace(&mut self.tx, tx);
+        Ok((rx, tx))
+    }
+
+    /// Puts record buffers back after [`Session::park_buffers`] and returns
+    /// the placeholders. They must meet the sizes [`Session::gateway`] asks
+    /// for (contents do not matter); if they do not, or nothing is parked,
+    /// they come back as the error.
+    pub fn unpark_buffers(&mut self, rx: B, tx: B) -> Result<(B, B), (B, B)> {
+        if !self.parked
+            || rx.as_ref().len() < usize::from(self.config.params.max_record)
+            || tx.as_ref().len() < MAX_HANDSHAKE
+        {
+            return Err((rx, tx));
+        }
+        self.parked = false;
+        let rx = core::mem::replace(&mut self.rx, rx);
+        let tx = core::mem::replace(&mut self.tx, tx);
+        Ok((rx, tx))
+    }
+
     /// This session's role.
     pub fn role(&self) -> Role {
         self.role
@@ -441,8 +500,12 @@ where
 
     /// The stream table, so an owner whose storage can grow (a `Vec` on
     /// the gateway) adds slots when more streams are wanted than it holds.
-    /// Slots are found by scanning, so appending free slots
-    /// ([`StreamSlot::default`]) at any time is safe; removing slots is not.
+    /// Slots are found by scanning and no position is remembered between
+    /// calls, so appending free slots ([`StreamSlot::default`]) is safe at
+    /// any time, and so is removing free ones: with no stream open
+    /// ([`Session::open_streams`] is 0) and the buffers parked, an owner may
+    /// take the whole table and put one back before it unparks. Removing a
+    /// slot in use loses that stream.
     pub fn stream_table_mut(&mut self) -> &mut S {
         &mut self.streams
     }
@@ -601,6 +664,9 @@ where
         if !self.is_established() {
             return Err(StreamError::NotReady);
         }
+        if self.parked {
+            return Err(StreamError::Blocked);
+        }
         if self.goaway_due.is_some() || self.goaway_sent || self.peer_goaway {
             return Err(StreamError::GoingAway);
         }
@@ -647,6 +713,9 @@ where
     /// Credit available to send on `stream` now (the smaller of the stream's
     /// and the connection's), capped by the staging buffer's free room.
     pub fn send_capacity(&self, stream: StreamId) -> usize {
+        if self.parked {
+            return 0;
+        }
         let Some(i) = self.slot(stream) else { return 0 };
         let s = &self.streams.as_ref()[i];
         let room = self
@@ -673,6 +742,9 @@ where
             return Err(StreamError::NotReady);
         }
         let i = self.slot(stream).ok_or(StreamError::UnknownStream)?;
+        if self.parked {
+            return Err(StreamError::Blocked);
+        }
         let cap = self.tx_cap();
         let conn_credit = self.conn_send_credit;
         let now = self.now;

@@ -39,7 +39,7 @@ where
         if matches!(self.phase, Phase::Closed | Phase::Closing(_)) {
             return input.len();
         }
-        if self.rx_pos < self.rx_end || self.pending.is_some() {
+        if self.rx_pos < self.rx_end || self.pending.is_some() || self.parked {
             return 0;
         }
         let handshake = !matches!(self.phase, Phase::Open | Phase::GatewayAwaitHello);

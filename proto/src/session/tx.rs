@@ -25,6 +25,9 @@ where
     /// frames only.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
         self.now = self.now.max(now);
+        if self.parked {
+            return None;
+        }
         let n = match core::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::DeviceInit(mut hs, init) => {
                 let mut p = [0u8; crate::wire::InitPayload::LEN];
