@@ -3,6 +3,7 @@
 use proto::{Code, MsgKind, StreamId};
 use tokio::sync::{mpsc, oneshot};
 
+use super::inbox::Inbox;
 use super::session::Cmd;
 
 /// What arrives on a device stream.
@@ -51,7 +52,7 @@ pub struct DeviceStream {
     id: StreamId,
     device: String,
     cmd: mpsc::UnboundedSender<Cmd>,
-    rx: mpsc::UnboundedReceiver<StreamEvent>,
+    rx: Inbox<StreamEvent>,
     /// Bytes handed out by the last `recv`, whose credit is still owed.
     owed: usize,
     done: bool,
@@ -61,7 +62,7 @@ impl DeviceStream {
     pub(crate) fn new(
         id: StreamId,
         cmd: mpsc::UnboundedSender<Cmd>,
-        rx: mpsc::UnboundedReceiver<StreamEvent>,
+        rx: Inbox<StreamEvent>,
     ) -> Self {
         Self {
             id,
