@@ -3,6 +3,9 @@
 //! direct upstreams), whole messages relayed each way by a task of its own,
 //! close frames passed on as sent.
 //!
+//! Both directions run in the one task of the socket pair (an idle pair
+//! costs one task, not three).
+//!
 //! Endings: either side's close is forwarded and the relay waits up to
 //! [`CLOSE_GRACE`] for the other's; a message over the limit closes the
 //! browser with 1009 (and the upstream with 1001); an upstream connection
@@ -17,7 +20,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -128,9 +131,10 @@ enum End {
     Lost,
 }
 
+/// One direction: `from`'s messages into `to`.
 async fn pump(
     mut from: futures_util::stream::SplitStream<Socket>,
-    to: Arc<tokio::sync::Mutex<futures_util::stream::SplitSink<Socket, Message>>>,
+    to: &Mutex<futures_util::stream::SplitSink<Socket, Message>>,
 ) -> End {
     loop {
         match from.next().await {
@@ -150,17 +154,34 @@ async fn pump(
     }
 }
 
+/// Both directions in this one task (two tasks of their own cost a task
+/// allocation each, and shared sinks behind an `Arc`, for every idle
+/// socket).
 async fn relay(browser: Socket, upstream: Socket, revoked: &Notify) {
     let (b_sink, b_src) = browser.split();
     let (u_sink, u_src) = upstream.split();
-    let b_sink = Arc::new(tokio::sync::Mutex::new(b_sink));
-    let u_sink = Arc::new(tokio::sync::Mutex::new(u_sink));
-    let mut up = tokio::spawn(pump(b_src, u_sink.clone()));
-    let mut down = tokio::spawn(pump(u_src, b_sink.clone()));
-    let first = tokio::select! {
-        r = &mut up => Some((true, r.unwrap_or(End::Lost))),
-        r = &mut down => Some((false, r.unwrap_or(End::Lost))),
-        () = revoked.notified() => None,
+    let b_sink = Mutex::new(b_sink);
+    let u_sink = Mutex::new(u_sink);
+    let first = {
+        let up = pump(b_src, &u_sink);
+        let down = pump(u_src, &b_sink);
+        tokio::pin!(up, down);
+        let first = tokio::select! {
+            r = &mut up => Some((true, r)),
+            r = &mut down => Some((false, r)),
+            () = revoked.notified() => None,
+        };
+        if let Some((from_browser, End::Closed)) = first {
+            // Wait for the other side's close to come through.
+            if from_browser {
+                let _ = tokio::time::timeout(CLOSE_GRACE, &mut down).await;
+            } else {
+                let _ = tokio::time::timeout(CLOSE_GRACE, &mut up).await;
+            }
+        }
+        first
+        // The pumps end here, with any sink lock one held mid-send (a frame
+        // it had started stays queued in the sink and goes out first).
     };
     match first {
         None => {
@@ -172,11 +193,7 @@ async fn relay(browser: Socket, upstream: Socket, revoked: &Notify) {
             let _ = u_sink.lock().await.send(close(1001, "going away")).await;
         }
         Some((from_browser, end)) => match end {
-            End::Closed => {
-                // Wait for the other side's close to come through.
-                let other = if from_browser { &mut down } else { &mut up };
-                let _ = tokio::time::timeout(CLOSE_GRACE, other).await;
-            }
+            End::Closed => {}
             End::TooBig if from_browser => {
                 let _ = b_sink
                     .lock()
@@ -209,6 +226,4 @@ async fn relay(browser: Socket, upstream: Socket, revoked: &Notify) {
             }
         },
     }
-    up.abort();
-    down.abort();
 }

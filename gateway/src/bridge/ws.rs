@@ -3,10 +3,14 @@
 //! messages over a device stream of kind WebSocket.
 //!
 //! ```text
-//!  browser ──frames──▶ tungstenite ──messages──▶ up task ──Text/Binary/WsClose──▶ device
+//!  browser ──frames──▶ tungstenite ──messages──▶ up half ──Text/Binary/WsClose──▶ device
 //!  browser ◀─frames── tungstenite ◀─messages── down loop ◀─Text/Binary/WsClose── device
-//!                                   ▲ pings every ping_interval; control from the up task
+//!                                   ▲ pings every ping_interval; control from the up half
 //! ```
+//!
+//! Both halves run in one task per socket, and nothing is allocated per
+//! socket that an idle one does not use (BENCHMARKS.md, "Idle WebSocket
+//! memory").
 //!
 //! # Lifecycle
 //!
@@ -43,7 +47,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -229,19 +233,22 @@ pub(super) async fn bridge(
     Ok(resp)
 }
 
-/// What the up task tells the down loop. (Signs of life go through
-/// [`LastSeen`], not here: one wake-up of the down loop less per message.)
+/// What the up half tells the down loop, once, as it ends. (Signs of life
+/// go through [`LastSeen`], not here: one wake-up of the down loop less per
+/// message.) A oneshot, not a channel: a tokio mpsc channel allocates a
+/// 32-slot block up front, about a kilobyte per idle socket.
 enum Ctl {
     /// Close the browser's WebSocket with this code and reason.
     Close(u16, &'static str),
-    /// The browser sent its close (already answered by tungstenite).
+    /// The browser sent its close (already answered by tungstenite), and
+    /// it went on to the device.
     BrowserClosed,
     /// The browser's connection is gone.
     Gone,
 }
 
 /// When the browser last showed life (a message, ping or pong), in
-/// milliseconds since the session started; written by the up task, read by
+/// milliseconds since the session started; written by the up half, read by
 /// the down loop on its ping ticks.
 struct LastSeen {
     start: Instant,
@@ -283,21 +290,30 @@ where
 {
     let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&bridge))).await;
     let (sink, src) = ws.split();
-    let (ctl_tx, ctl_rx) = mpsc::channel(8);
-    let seen = Arc::new(LastSeen::new());
+    let (ctl_tx, ctl_rx) = oneshot::channel();
+    let seen = LastSeen::new();
     bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
     bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
-    let up = tokio::spawn(
-        up(bridge.clone(), src, stream.sender(), ctl_tx, seen.clone())
-            .instrument(tracing::Span::current()),
-    );
+    // Both halves run in this task (a task of its own for the up half cost
+    // its allocation for every idle socket).
+    let up = up(&bridge, src, stream.sender(), ctl_tx, &seen);
+    tokio::pin!(up);
+    let mut up_done = false;
     let mut stream = stream;
-    down(&bridge, &mut stream, sink, ctl_rx, &revoked, &seen).await;
+    {
+        let down = down(&bridge, &mut stream, sink, ctl_rx, &revoked, &seen);
+        tokio::pin!(down);
+        loop {
+            tokio::select! {
+                () = &mut down => break,
+                () = &mut up, if !up_done => up_done = true,
+            }
+        }
+    }
     // The stream stays open until the browser's side is done, so the
     // closing handshake can finish toward the device.
-    let abort = up.abort_handle();
-    if tokio::time::timeout(CLOSE_GRACE, up).await.is_err() {
-        abort.abort();
+    if !up_done {
+        let _ = tokio::time::timeout(CLOSE_GRACE, &mut up).await;
     }
     drop(stream);
     bridge.stats.ws_open.fetch_sub(1, Ordering::Relaxed);
@@ -317,11 +333,11 @@ type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 
 /// Browser → device.
 async fn up<S>(
-    bridge: Arc<Bridge>,
+    bridge: &Bridge,
     mut src: Source<S>,
     to: StreamSender,
-    ctl: mpsc::Sender<Ctl>,
-    seen: Arc<LastSeen>,
+    ctl: oneshot::Sender<Ctl>,
+    seen: &LastSeen,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -341,10 +357,12 @@ async fn up<S>(
                 continue;
             }
             Some(Ok(Message::Close(frame))) => {
-                let _ = ctl.send(Ctl::BrowserClosed).await;
-                let _ = to
-                    .send(MsgKind::WsClose, close_payload(frame.as_ref()), true, true)
-                    .await;
+                // tungstenite has answered the browser; the close goes on to
+                // the device (for at most CLOSE_GRACE), then the down loop
+                // ends the session.
+                let close = to.send(MsgKind::WsClose, close_payload(frame.as_ref()), true, true);
+                let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
+                let _ = ctl.send(Ctl::BrowserClosed);
                 return;
             }
             Some(Err(e)) => {
@@ -362,12 +380,12 @@ async fn up<S>(
                                 true,
                             )
                             .await;
-                        let _ = ctl.send(Ctl::Gone).await;
+                        let _ = ctl.send(Ctl::Gone);
                         return;
                     }
                 };
                 debug!(code, "closing the browser's WebSocket: {e}");
-                let _ = ctl.send(Ctl::Close(code, reason)).await;
+                let _ = ctl.send(Ctl::Close(code, reason));
                 let _ = to
                     .send(MsgKind::WsClose, close_device(code, reason), true, true)
                     .await;
@@ -382,7 +400,7 @@ async fn up<S>(
                         true,
                     )
                     .await;
-                let _ = ctl.send(Ctl::Gone).await;
+                let _ = ctl.send(Ctl::Gone);
                 return;
             }
         };
@@ -412,7 +430,7 @@ async fn down<S>(
     bridge: &Bridge,
     stream: &mut DeviceStream,
     mut sink: Sink<S>,
-    mut ctl: mpsc::Receiver<Ctl>,
+    mut ctl: oneshot::Receiver<Ctl>,
     revoked: &Notify,
     seen: &LastSeen,
 ) where
@@ -422,7 +440,6 @@ async fn down<S>(
     let interval = bridge.websocket.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     let mut message: Vec<u8> = Vec::new();
-    let mut closing: Option<Instant> = None;
     let close = |code: u16, reason: String| {
         Message::Close(Some(CloseFrame {
             code: CloseCode::from(code),
@@ -489,17 +506,14 @@ async fn down<S>(
                     break;
                 }
             }
-            c = ctl.recv() => match c {
-                Some(Ctl::Close(code, reason)) => {
+            // Every word from the up half ends the loop (so the oneshot is
+            // never polled again).
+            c = &mut ctl => {
+                if let Ok(Ctl::Close(code, reason)) = c {
                     let _ = sink.send(close(code, reason.into())).await;
-                    break;
                 }
-                Some(Ctl::BrowserClosed) => {
-                    // tungstenite answered the browser; wait for the device's close.
-                    closing = Some(Instant::now() + CLOSE_GRACE);
-                }
-                Some(Ctl::Gone) | None => break,
-            },
+                break;
+            }
             _ = ping.tick() => {
                 if seen.elapsed() > interval * 2 {
                     debug!("browser did not answer pings; closing");
@@ -516,7 +530,6 @@ async fn down<S>(
                 stream.reset(Code::CANCEL);
                 break;
             }
-            () = tokio::time::sleep_until(closing.unwrap_or_else(Instant::now)), if closing.is_some() => break,
         }
     }
     let _ = sink.close().await;

@@ -24,8 +24,12 @@
 //! from the device is not credited back until the bridge has taken it
 //! ([`DeviceStream::recv`] returns credit for the previous chunk), and a
 //! [`DeviceStream::send`] completes only once proto has taken all of it.
+//! Events wait for the bridge in an inbox (module `inbox`) that holds no
+//! memory while it is empty, so an idle stream costs its slot in the
+//! session and one small shared state.
 
 mod hub;
+mod inbox;
 mod session;
 mod stats;
 mod stream;

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::hub::{DeviceHandle, Hub, ServiceInfo};
+use super::inbox::{InboxSender, inbox};
 use super::stats::DeviceCounters;
 use super::stream::{DeviceStream, OpenError, StreamClosed, StreamEvent};
 use crate::edge::admission::{Permit, Refusal};
@@ -116,7 +117,7 @@ impl State {
 
 #[derive(Default)]
 struct Streams {
-    to_bridge: HashMap<StreamId, mpsc::UnboundedSender<StreamEvent>>,
+    to_bridge: HashMap<StreamId, InboxSender<StreamEvent>>,
     outgoing: HashMap<StreamId, VecDeque<Outgoing>>,
 }
 
@@ -671,7 +672,7 @@ fn apply(
             grow_stream_table(s, own_max_streams);
             let r = match s.open(kind, service) {
                 Ok(id) => {
-                    let (tx, rx) = mpsc::unbounded_channel();
+                    let (tx, rx) = inbox();
                     streams.to_bridge.insert(id, tx);
                     Ok(DeviceStream::new(id, cmd_tx.clone(), rx))
                 }

@@ -1,8 +1,9 @@
 //! A stream to a device, as the bridge uses it.
 
 use proto::{Code, MsgKind, StreamId};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
+use super::inbox::Inbox;
 use super::session::{Cmd, CmdSender};
 
 /// What arrives on a device stream.
@@ -51,18 +52,14 @@ pub struct DeviceStream {
     id: StreamId,
     device: String,
     cmd: CmdSender,
-    rx: mpsc::UnboundedReceiver<StreamEvent>,
+    rx: Inbox<StreamEvent>,
     /// Bytes handed out by the last `recv`, whose credit is still owed.
     owed: usize,
     done: bool,
 }
 
 impl DeviceStream {
-    pub(crate) fn new(
-        id: StreamId,
-        cmd: CmdSender,
-        rx: mpsc::UnboundedReceiver<StreamEvent>,
-    ) -> Self {
+    pub(crate) fn new(id: StreamId, cmd: CmdSender, rx: Inbox<StreamEvent>) -> Self {
         Self {
             id,
             device: String::new(),

@@ -1,0 +1,186 @@
+//! A stream's inbox: the events the session hands to the one task that
+//! reads the stream.
+//!
+//! An unbounded single-producer, single-consumer queue that holds no
+//! memory while it is empty. tokio's unbounded channel allocates a
+//! cache-padded channel and a first block of 32 slots when it is made, and
+//! keeps them: about 1.7 KiB for every open stream, most of which are idle
+//! (a WebSocket waiting for its next message). Here an idle stream costs
+//! one small `Arc`; the queue grows while events wait and is given back
+//! once drained.
+//!
+//! Endings: dropping the sender ends the inbox once its events are read
+//! (`recv` gives `None`); dropping the receiver makes `send` give the
+//! event back, as a closed channel does.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Poll, Waker};
+
+struct State<T> {
+    queue: VecDeque<T>,
+    waker: Option<Waker>,
+    sender_gone: bool,
+    receiver_gone: bool,
+}
+
+/// The session's end.
+pub(crate) struct InboxSender<T>(Arc<Mutex<State<T>>>);
+
+/// The reader's end.
+pub(crate) struct Inbox<T>(Arc<Mutex<State<T>>>);
+
+/// A new, empty inbox (nothing allocated but the shared state).
+pub(crate) fn inbox<T>() -> (InboxSender<T>, Inbox<T>) {
+    let state = Arc::new(Mutex::new(State {
+        queue: VecDeque::new(),
+        waker: None,
+        sender_gone: false,
+        receiver_gone: false,
+    }));
+    (InboxSender(state.clone()), Inbox(state))
+}
+
+fn lock<T>(state: &Mutex<State<T>>) -> MutexGuard<'_, State<T>> {
+    // The state stays consistent whatever panicked while holding the lock.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<T> InboxSender<T> {
+    /// Queues `item`; gives it back when the receiver is gone.
+    pub(crate) fn send(&self, item: T) -> Result<(), T> {
+        let waker = {
+            let mut s = lock(&self.0);
+            if s.receiver_gone {
+                return Err(item);
+            }
+            s.queue.push_back(item);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+}
+
+impl<T> Drop for InboxSender<T> {
+    fn drop(&mut self) {
+        let waker = {
+            let mut s = lock(&self.0);
+            s.sender_gone = true;
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Inbox<T> {
+    /// The next event; `None` once the sender is gone and all is read.
+    pub(crate) async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| {
+            let mut s = lock(&self.0);
+            if let Some(item) = s.queue.pop_front() {
+                if s.queue.is_empty() {
+                    // Drained: hold nothing while idle.
+                    s.queue = VecDeque::new();
+                }
+                return Poll::Ready(Some(item));
+            }
+            if s.sender_gone {
+                return Poll::Ready(None);
+            }
+            match &mut s.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl<T> std::fmt::Debug for Inbox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = lock(&self.0);
+        f.debug_struct("Inbox")
+            .field("queued", &s.queue.len())
+            .field("sender_gone", &s.sender_gone)
+            .finish()
+    }
+}
+
+impl<T> Drop for Inbox<T> {
+    fn drop(&mut self) {
+        let queued = {
+            let mut s = lock(&self.0);
+            s.receiver_gone = true;
+            s.waker = None;
+            std::mem::take(&mut s.queue)
+        };
+        // Dropped outside the lock.
+        drop(queued);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn events_arrive_in_order_then_end() {
+        let (tx, mut rx) = inbox();
+        for i in 0..100 {
+            tx.send(i).unwrap();
+        }
+        drop(tx);
+        for i in 0..100 {
+            assert_eq!(rx.recv().await, Some(i));
+        }
+        assert_eq!(rx.recv().await, None);
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_is_woken() {
+        let (tx, mut rx) = inbox();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(v) = rx.recv().await {
+                got.push(v);
+            }
+            got
+        });
+        for i in 0..10u32 {
+            tokio::task::yield_now().await;
+            tx.send(i).unwrap();
+        }
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sending_to_a_dropped_reader_gives_the_event_back() {
+        let (tx, rx) = inbox();
+        tx.send(1).unwrap();
+        drop(rx);
+        assert_eq!(tx.send(2), Err(2));
+    }
+
+    #[tokio::test]
+    async fn a_drained_inbox_holds_no_queue() {
+        let (tx, mut rx) = inbox();
+        for i in 0..64 {
+            tx.send(i).unwrap();
+        }
+        while !lock(&rx.0).queue.is_empty() {
+            rx.recv().await;
+        }
+        assert_eq!(lock(&rx.0).queue.capacity(), 0);
+    }
+}
