@@ -24,6 +24,8 @@
 //! - [`wire`]: frame, HELLO, head and handshake-payload encodings (views and reprs).
 //! - [`noise`]: Noise IK over X25519, ChaCha20-Poly1305 and BLAKE2s, both roles.
 //! - [`session`]: the session state machine for either role, with its streams.
+//! - `aead`: ChaCha20-Poly1305, RustCrypto's (default, what devices run) or
+//!   ring's (feature `ring`, hosts; same bytes on the wire).
 //! - [`backoff`]: the reconnect policy devices follow.
 //! - [`keys`], [`code`], [`time`], [`varint`]: small shared types.
 
@@ -35,6 +37,7 @@
     clippy::alloc_instead_of_core
 )]
 
+mod aead;
 pub mod backoff;
 pub mod code;
 pub mod keys;

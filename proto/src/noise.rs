@@ -15,12 +15,11 @@
 
 use blake2::Blake2s256;
 use blake2::digest::Digest;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use core::fmt;
 use hmac::{Mac, SimpleHmac};
 use zeroize::Zeroize;
 
+use crate::aead::Aead;
 use crate::keys::{PublicKey, SecretKey};
 
 /// The Noise protocol name, hashed into the initial state.
@@ -80,16 +79,9 @@ fn hkdf2(ck: &[u8; 32], ikm: &[u8]) -> ([u8; 32], [u8; 32]) {
     (out1, out2)
 }
 
-/// The 96-bit ChaChaPoly nonce Noise uses: 4 zero bytes, then `n` little-endian.
-pub(crate) fn nonce(n: u64) -> Nonce {
-    let mut b = [0u8; 12];
-    b[4..].copy_from_slice(&n.to_le_bytes());
-    Nonce::from(b)
-}
-
 /// A transport key and its nonce counter, one per direction.
 pub struct CipherState {
-    aead: ChaCha20Poly1305,
+    aead: Aead,
     n: u64,
 }
 
@@ -97,7 +89,7 @@ impl CipherState {
     /// A fresh state for `key`, nonce 0.
     pub fn new(key: &[u8; 32]) -> Self {
         Self {
-            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            aead: Aead::new(key),
             n: 0,
         }
     }
@@ -113,12 +105,9 @@ impl CipherState {
         if self.n == u64::MAX {
             return None;
         }
-        let tag = self
-            .aead
-            .encrypt_in_place_detached(&nonce(self.n), ad, buf)
-            .ok()?;
+        let tag = self.aead.seal(self.n, ad, buf).ok()?;
         self.n += 1;
-        Some(tag.into())
+        Some(tag)
     }
 
     /// Decrypts `buf` in place if `tag` authenticates it; the nonce advances
@@ -133,7 +122,7 @@ impl CipherState {
             return Err(NoiseError::Decrypt);
         }
         self.aead
-            .decrypt_in_place_detached(&nonce(self.n), ad, buf, Tag::from_slice(tag))
+            .open(self.n, ad, buf, tag)
             .map_err(|_| NoiseError::Decrypt)?;
         self.n += 1;
         Ok(())
@@ -209,7 +198,7 @@ impl SymmetricState {
             return Err(NoiseError::BufferTooSmall);
         }
         let mut c = CipherState {
-            aead: ChaCha20Poly1305::new(Key::from_slice(&k)),
+            aead: Aead::new(&k),
             n: self.n,
         };
         let (body, rest) = out.split_at_mut(len);
@@ -234,7 +223,7 @@ impl SymmetricState {
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&ciphertext[len..]);
         let mut c = CipherState {
-            aead: ChaCha20Poly1305::new(Key::from_slice(&k)),
+            aead: Aead::new(&k),
             n: self.n,
         };
         c.open(&self.h, body, &tag)?;

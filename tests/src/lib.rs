@@ -21,6 +21,8 @@
 //! - `bin/bench-proxies`: the gateway against nginx and HAProxy, A/B rounds.
 //! - `bin/wss-bench`: WSS echo and idle connections through the gateway.
 //! - `bin/fleet-bench`: simulated device fleets (memory, reconnect storms).
+//! - `bin/link-bench`: one stream through the device link, gateway session
+//!   code against the device runtime in one process (Gbit/s, CPU per MB).
 //! - `tests/`: the scenarios (`device_sim.rs`: the `device-sim` binary
 //!   against the acceptor; `soak.rs`: the gateway under mixed traffic,
 //!   churn and attacks for `SOAK_SECS`).

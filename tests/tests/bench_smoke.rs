@@ -1,7 +1,8 @@
-//! The benchmark harness runs: `bench-proxies` for a few seconds against the
+//! The benchmark harnesses run: `bench-proxies` for a few seconds against the
 //! gateway alone (link mode, and direct mode where this build serves it),
-//! every workload once, and its report has numbers for each. No figure is
-//! checked against a speed: the benchmarks' numbers go to BENCHMARKS.md.
+//! every workload once, and its report has numbers for each; `link-bench`
+//! with 2 MiB each way through the device link. No figure is checked
+//! against a speed: the benchmarks' numbers go to BENCHMARKS.md.
 //!
 //! The gateway binary is `target/<profile>/gateway`: `cargo test
 //! --workspace` builds it; under `cargo test -p e2e` alone this test builds
@@ -60,4 +61,32 @@ fn the_benchmark_harness_measures_the_gateway() {
         report.contains("p99 gw-link"),
         "no latency chart:\n{report}"
     );
+}
+
+/// `link-bench` moves a few MiB each way through the device link in-process
+/// and prints a figure for both directions.
+#[test]
+fn the_link_benchmark_measures_both_directions() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_link-bench"));
+    let run = Command::new(&bench)
+        .args(["--mib=2", "--rounds=1", "--timeout=60"])
+        .output()
+        .expect("run link-bench");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "link-bench failed:\n{stdout}\n{stderr}"
+    );
+    for row in ["gateway → device", "device → gateway"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row} |")))
+            .unwrap_or_else(|| panic!("no row {row:?}:\n{stdout}\n{stderr}"));
+        let gbit = line.split('|').nth(2).unwrap_or("").trim();
+        assert!(
+            gbit.starts_with(|c: char| c.is_ascii_digit()),
+            "no Gbit/s figure in {line:?}"
+        );
+    }
 }

@@ -119,15 +119,94 @@ impl State {
 struct Streams {
     to_bridge: HashMap<StreamId, InboxSender<StreamEvent>>,
     outgoing: HashMap<StreamId, VecDeque<Outgoing>>,
+    /// Device data not passed on yet: DATA frames of one stream and message
+    /// kind that follow each other in what one read brought are handed to
+    /// the bridge as one chunk (one allocation and one wake-up, not one per
+    /// frame). Passed on before any other event and before the task waits.
+    held: Option<(StreamId, StreamEvent)>,
 }
 
-fn clock() -> Instant {
+impl Streams {
+    /// Adds a DATA frame to the held chunk, or passes that on and holds
+    /// this one. Returns credit to give back at once (see [`Self::pass_on`]).
+    fn hold(
+        &mut self,
+        stream: StreamId,
+        msg: MsgKind,
+        data: &[u8],
+        end_msg: bool,
+        fin: bool,
+    ) -> Option<(StreamId, usize)> {
+        if let Some((
+            id,
+            StreamEvent::Data {
+                msg: m,
+                data: d,
+                end_msg: e,
+                fin: f,
+            },
+        )) = &mut self.held
+            && *id == stream
+            && *m == msg
+            && !*e
+            && !*f
+        {
+            d.extend_from_slice(data);
+            (*e, *f) = (end_msg, fin);
+            return None;
+        }
+        let refund = self.pass_on();
+        let ev = StreamEvent::Data {
+            msg,
+            data: data.to_vec(),
+            end_msg,
+            fin,
+        };
+        self.held = Some((stream, ev));
+        refund
+    }
+
+    /// Hands the held chunk to its stream's reader. Without one (the
+    /// stream was dropped) returns the stream and the bytes, whose credit
+    /// the caller gives back.
+    fn pass_on(&mut self) -> Option<(StreamId, usize)> {
+        let (stream, ev) = self.held.take()?;
+        let (n, fin) = match &ev {
+            StreamEvent::Data { data, fin, .. } => (data.len(), *fin),
+            _ => (0, false),
+        };
+        let delivered = self
+            .to_bridge
+            .get(&stream)
+            .is_some_and(|tx| tx.send(ev).is_ok());
+        if fin {
+            self.to_bridge.remove(&stream);
+        }
+        (!delivered).then_some((stream, n))
+    }
+
+    /// [`Self::pass_on`], giving credit back to `s`.
+    fn flush_held(&mut self, s: &mut GwSession) {
+        if let Some((stream, n)) = self.pass_on() {
+            s.consume(stream, n);
+        }
+    }
+}
+
+/// When the sessions' clock started.
+fn clock_base() -> std::time::Instant {
     static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    Instant::from_millis(
-        BASE.get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis() as u64,
-    )
+    *BASE.get_or_init(std::time::Instant::now)
+}
+
+/// The sessions' clock: milliseconds since [`clock_base`].
+fn clock() -> Instant {
+    Instant::from_millis(clock_base().elapsed().as_millis() as u64)
+}
+
+/// A time of the sessions' clock as a tokio deadline.
+fn deadline(at: Instant) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(clock_base() + Duration::from_millis(at.as_millis()))
 }
 
 /// Accepts device connections until the hub shuts down.
@@ -229,14 +308,15 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
     // Records go out through the worker thread's scratch buffer; only
     // what the socket did not take at once is kept here (usually nothing).
     let mut unsent: Vec<u8> = Vec::new();
+    let timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(timer);
 
     loop {
         unpark(&mut s, record, slots);
-        flush_outgoing(&mut s, &mut streams);
         let mut sent = false;
         if unsent.is_empty() {
             for _ in 0..TRANSMIT_BURST {
-                match transmit(&mut s, &sock, &mut unsent) {
+                match transmit(&mut s, &mut streams, &sock, &mut unsent) {
                     Transmit::Sent => sent = true,
                     Transmit::Nothing | Transmit::Blocked => break,
                     Transmit::Failed => {
@@ -245,17 +325,23 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
                     }
                 }
             }
+        } else {
+            flush_outgoing(&mut s, &mut streams);
         }
         if s.is_closed() && unsent.is_empty() {
             break;
         }
-        let wait = s.poll_timeout().map_or(Duration::from_secs(3600), |t| {
-            Duration::from_millis(t.as_millis().saturating_sub(clock().as_millis()))
-        });
-        // One timer for the session's own deadline and the drain's.
-        let mut wake_at = tokio::time::Instant::now() + wait;
+        // One timer for the session's life, for proto's deadline or the
+        // drain's, whichever comes first; moved only when that changes
+        // (not created and dropped on every turn).
+        let mut wake_at = s.poll_timeout().map(deadline);
         if let Some(d) = drain_deadline {
-            wake_at = wake_at.min(d);
+            wake_at = Some(wake_at.map_or(d, |w| w.min(d)));
+        }
+        if let Some(at) = wake_at
+            && timer.deadline() != at
+        {
+            timer.as_mut().reset(at);
         }
         // Nothing in flight: the record buffers go back to the pool while
         // the session waits (almost always, for an idle device).
@@ -266,7 +352,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             // More records may be ready: come round again at once.
             () = std::future::ready(()), if sent => Wake::Again,
             c = cmd_rx.recv() => Wake::Command(c),
-            () = tokio::time::sleep_until(wake_at) => Wake::Timer,
+            () = &mut timer, if wake_at.is_some() => Wake::Timer,
             () = shutting_down(&mut shutdown), if drain_deadline.is_none() => Wake::Shutdown,
         };
         unpark(&mut s, record, slots);
@@ -310,11 +396,13 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             }
         }
         handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
+        streams.flush_held(&mut s);
         state.report(&s, &hub);
         if permit.is_some() && state.registered.is_some() {
             permit = None;
         }
     }
+    streams.flush_held(&mut s);
     park(&mut s);
     state.report(&s, &hub);
     for (_, tx) in streams.to_bridge.drain() {
@@ -425,25 +513,12 @@ fn handle_events(
                 fin,
                 data,
             } => {
-                let n = data.len();
-                let ev = StreamEvent::Data {
-                    msg,
-                    data: data.to_vec(),
-                    end_msg,
-                    fin,
-                };
-                let delivered = streams
-                    .to_bridge
-                    .get(&stream)
-                    .is_some_and(|tx| tx.send(ev).is_ok());
-                if !delivered {
+                if let Some((stream, n)) = streams.hold(stream, msg, data, end_msg, fin) {
                     s.consume(stream, n);
-                }
-                if fin {
-                    streams.to_bridge.remove(&stream);
                 }
             }
             Event::Reset { stream, code, .. } => {
+                streams.flush_held(s);
                 if let Some(tx) = streams.to_bridge.remove(&stream) {
                     let _ = tx.send(StreamEvent::Reset(code));
                 }
@@ -472,8 +547,8 @@ fn handle_events(
     any
 }
 
-/// Records a session sends before it looks at its socket and commands again.
-const TRANSMIT_BURST: usize = 8;
+/// Writes a session makes before it looks at its socket and commands again.
+const TRANSMIT_BURST: usize = 4;
 
 /// Why a session task woke up.
 enum Wake {
@@ -568,7 +643,8 @@ fn unpark(s: &mut GwSession, record: usize, slots: usize) {
 
 /// Scratch space of the worker thread for reads and for records on their
 /// way out: an idle session holds no I/O buffer of its own. Large enough
-/// for any record (`max_record` is at most 65,535).
+/// for any record (`max_record` is at most 65,535); records are batched
+/// into it, so one write carries up to this much (three 16 KiB records).
 const SCRATCH: usize = 64 << 10;
 
 thread_local! {
@@ -576,7 +652,7 @@ thread_local! {
 }
 
 enum Transmit {
-    /// A record went out whole.
+    /// Records went out whole.
     Sent,
     /// The session has nothing to send.
     Nothing,
@@ -586,13 +662,32 @@ enum Transmit {
     Failed,
 }
 
-/// Makes one record and writes what the socket takes of it now.
-fn transmit(s: &mut GwSession, sock: &TcpStream, unsent: &mut Vec<u8>) -> Transmit {
+/// Makes as many records as the scratch buffer holds, handing queued sends
+/// to the session between them, and writes what the socket takes of them
+/// with one system call.
+fn transmit(
+    s: &mut GwSession,
+    streams: &mut Streams,
+    sock: &TcpStream,
+    unsent: &mut Vec<u8>,
+) -> Transmit {
     IO_SCRATCH.with_borrow_mut(|buf| {
-        let n = match s.poll_transmit(clock(), buf) {
-            Some(n) if n > 0 => n,
-            _ => return Transmit::Nothing,
-        };
+        let mut n = 0;
+        loop {
+            flush_outgoing(s, streams);
+            // Another record only where a whole one fits: a smaller buffer
+            // would get control frames only.
+            if n > 0 && buf.len() - n < s.max_transmit() {
+                break;
+            }
+            match s.poll_transmit(clock(), &mut buf[n..]) {
+                Some(k) if k > 0 => n += k,
+                _ => break,
+            }
+        }
+        if n == 0 {
+            return Transmit::Nothing;
+        }
         match sock.try_write(&buf[..n]) {
             Ok(k) if k == n => Transmit::Sent,
             Ok(k) if k > 0 => {
@@ -634,6 +729,8 @@ fn receive(
                 break;
             }
         }
+        // Everything this read brought is out of the session: pass it on.
+        streams.flush_held(s);
         false
     })
 }
