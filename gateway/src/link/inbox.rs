@@ -9,8 +9,12 @@
 //! one small `Arc`; the queue grows while events wait and is given back
 //! once drained.
 //!
-//! Endings: dropping the sender ends the inbox once its events are read
-//! (`recv` gives `None`); dropping the receiver makes `send` give the
+//! The session's own command queue is one too, with many senders (the
+//! device's handle and each of its streams hold a clone): an idle device
+//! session then holds no channel block either.
+//!
+//! Endings: dropping the last sender ends the inbox once its events are
+//! read (`recv` gives `None`); dropping the receiver makes `send` give the
 //! event back, as a closed channel does.
 
 use std::collections::VecDeque;
@@ -21,7 +25,7 @@ use std::task::{Poll, Waker};
 struct State<T> {
     queue: VecDeque<T>,
     waker: Option<Waker>,
-    sender_gone: bool,
+    senders: usize,
     receiver_gone: bool,
 }
 
@@ -36,7 +40,7 @@ pub(crate) fn inbox<T>() -> (InboxSender<T>, Inbox<T>) {
     let state = Arc::new(Mutex::new(State {
         queue: VecDeque::new(),
         waker: None,
-        sender_gone: false,
+        senders: 1,
         receiver_gone: false,
     }));
     (InboxSender(state.clone()), Inbox(state))
@@ -67,11 +71,27 @@ impl<T> InboxSender<T> {
     }
 }
 
+impl<T> std::fmt::Debug for InboxSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxSender").finish_non_exhaustive()
+    }
+}
+
+impl<T> Clone for InboxSender<T> {
+    fn clone(&self) -> Self {
+        lock(&self.0).senders += 1;
+        Self(self.0.clone())
+    }
+}
+
 impl<T> Drop for InboxSender<T> {
     fn drop(&mut self) {
         let waker = {
             let mut s = lock(&self.0);
-            s.sender_gone = true;
+            s.senders -= 1;
+            if s.senders > 0 {
+                return;
+            }
             s.waker.take()
         };
         if let Some(w) = waker {
@@ -92,7 +112,7 @@ impl<T> Inbox<T> {
                 }
                 return Poll::Ready(Some(item));
             }
-            if s.sender_gone {
+            if s.senders == 0 {
                 return Poll::Ready(None);
             }
             match &mut s.waker {
@@ -110,7 +130,7 @@ impl<T> std::fmt::Debug for Inbox<T> {
         let s = lock(&self.0);
         f.debug_struct("Inbox")
             .field("queued", &s.queue.len())
-            .field("sender_gone", &s.sender_gone)
+            .field("senders", &s.senders)
             .finish()
     }
 }
@@ -170,6 +190,23 @@ mod tests {
         tx.send(1).unwrap();
         drop(rx);
         assert_eq!(tx.send(2), Err(2));
+    }
+
+    #[tokio::test]
+    async fn it_ends_when_the_last_of_several_senders_goes() {
+        let (tx, mut rx) = inbox();
+        let other = tx.clone();
+        tx.send(1).unwrap();
+        drop(tx);
+        other.send(2).unwrap();
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.recv().await, Some(2));
+        let third = other.clone();
+        drop(other);
+        third.send(3).unwrap();
+        drop(third);
+        assert_eq!(rx.recv().await, Some(3));
+        assert_eq!(rx.recv().await, None);
     }
 
     #[tokio::test]

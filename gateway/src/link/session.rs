@@ -12,7 +12,7 @@ use proto::{
     StreamKind, StreamSlot,
 };
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::hub::{DeviceHandle, Hub, ServiceInfo};
@@ -47,17 +47,16 @@ pub(crate) enum Cmd {
     Close(Code),
 }
 
-/// The way into a session task. Commands travel boxed: a channel
-/// allocates its first block of 32 slots when it is made, and an idle
-/// device session never sends one, so the block holds 32 pointers (about
-/// 300 bytes) rather than 32 commands (about 1.3 KB).
+/// The way into a session task: an inbox with a sender per holder (the
+/// device's handle, each stream), which holds no memory while empty (an
+/// idle device session gets no command for hours).
 #[derive(Clone, Debug)]
-pub(crate) struct CmdSender(mpsc::UnboundedSender<Box<Cmd>>);
+pub(crate) struct CmdSender(InboxSender<Cmd>);
 
 impl CmdSender {
-    /// Queues `cmd`; fails once the session task is gone.
-    pub(crate) fn send(&self, cmd: Cmd) -> Result<(), mpsc::error::SendError<Box<Cmd>>> {
-        self.0.send(Box::new(cmd))
+    /// Queues `cmd`; gives it back once the session task is gone.
+    pub(crate) fn send(&self, cmd: Cmd) -> Result<(), Cmd> {
+        self.0.send(cmd)
     }
 }
 
@@ -299,7 +298,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             return;
         }
     };
-    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
+    let (cmd_tx, mut cmd_rx) = inbox();
     let cmd_tx = CmdSender(cmd_tx);
     let mut streams = Streams::default();
     let mut state = State::default();
@@ -380,7 +379,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             Wake::Again => {}
             Wake::Command(c) => {
                 if let Some(c) = c {
-                    apply(&mut s, *c, &cmd_tx, &mut streams, cfg.params.max_streams);
+                    apply(&mut s, c, &cmd_tx, &mut streams, cfg.params.max_streams);
                 }
             }
             Wake::Timer => {
@@ -555,7 +554,7 @@ enum Wake {
     Readable(bool),
     Writable(bool),
     Again,
-    Command(Option<Box<Cmd>>),
+    Command(Option<Cmd>),
     /// The session's timer or the drain deadline.
     Timer,
     Shutdown,
