@@ -218,6 +218,10 @@ fn check_config_lists_every_error_with_its_place() {
 struct Running {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// Every line received so far: stdout and stderr arrive through two
+    /// threads, so a log line may come in before a banner line printed
+    /// earlier, and a wait for the banner must not lose it.
+    seen: std::cell::RefCell<Vec<String>>,
 }
 
 impl Running {
@@ -244,21 +248,33 @@ impl Running {
                 let _ = tx2.send(l);
             }
         });
-        Self { child, lines }
+        Self {
+            child,
+            lines,
+            seen: std::cell::RefCell::default(),
+        }
     }
 
-    /// The first output line containing `needle` (within 60 s).
+    /// The first output line containing `needle`, among those already
+    /// received or arriving within 60 s.
     fn wait_line(&self, needle: &str) -> String {
+        if let Some(l) = self.seen.borrow().iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
             match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(l) => seen.push(l),
+                Ok(l) => {
+                    let hit = l.contains(needle);
+                    self.seen.borrow_mut().push(l.clone());
+                    if hit {
+                        return l;
+                    }
+                }
                 Err(_) => break,
             }
         }
-        panic!("no line with {needle:?} in {seen:#?}");
+        panic!("no line with {needle:?} in {:#?}", self.seen.borrow());
     }
 
     /// SIGTERM, then the exit code.
