@@ -82,15 +82,7 @@ async fn fifty_megabytes_each_way_through_small_windows() {
     for v in [1u8, 2] {
         let mut c = gw.client(v, &host("big")).await;
         let started = Instant::now();
-        let resp = c
-            .send(
-                get(v, &host("big"), &format!("/bytes?n={N}"))
-                    .body(empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        let resp = bytes_from_big(&mut c, v, N).await;
         assert_eq!(resp.headers()["content-length"], N.to_string().as_str());
         let mut body = resp.into_body();
         let (mut n, mut ok) = (0usize, true);
@@ -286,6 +278,24 @@ async fn origin_and_headers_on_plain_http_follow_the_policy() {
     gw.stop().await;
 }
 
+/// `GET /bytes?n={n}` from the device "big", answered 200.
+async fn bytes_from_big(
+    c: &mut common::harness::Client,
+    v: u8,
+    n: usize,
+) -> hyper::Response<hyper::body::Incoming> {
+    let resp = c
+        .send(
+            get(v, &host("big"), &format!("/bytes?n={n}"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
 /// A response body still being sent keeps its connection busy: the idle
 /// timer (2 s here) must not close a connection under a download that
 /// outlasts it, and the next request on it is served. (Once the gateway
@@ -301,15 +311,7 @@ async fn a_long_download_is_not_an_idle_connection() {
     const N: usize = 16_000_000;
     for v in [1u8, 2] {
         let mut c = gw.client(v, &host("big")).await;
-        let resp = c
-            .send(
-                get(v, &host("big"), &format!("/bytes?n={N}"))
-                    .body(empty())
-                    .unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        let resp = bytes_from_big(&mut c, v, N).await;
         let mut body = resp.into_body();
         let (started, mut n) = (Instant::now(), 0usize);
         while let Some(f) = http_body_util::BodyExt::frame(&mut body).await {

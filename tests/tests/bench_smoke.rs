@@ -47,15 +47,7 @@ fn the_benchmark_harness_measures_the_gateway() {
         "bulk 64 KiB msgs, 1 conn, MB/s",
         "bulk 1 MiB msgs, 1 conn, MB/s",
     ] {
-        let line = report
-            .lines()
-            .find(|l| l.starts_with(&format!("| {row} |")))
-            .unwrap_or_else(|| panic!("no row {row:?} in the report:\n{report}\n{stderr}"));
-        let link = line.split('|').nth(3).unwrap_or("").trim();
-        assert!(
-            link.starts_with(|c: char| c.is_ascii_digit()),
-            "no gw-link figure in {line:?}:\n{stderr}"
-        );
+        assert_figure(&report, row, 3, &stderr);
     }
     assert!(
         report.contains("p99 gw-link"),
@@ -79,14 +71,20 @@ fn the_link_benchmark_measures_both_directions() {
         "link-bench failed:\n{stdout}\n{stderr}"
     );
     for row in ["gateway → device", "device → gateway"] {
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("| {row} |")))
-            .unwrap_or_else(|| panic!("no row {row:?}:\n{stdout}\n{stderr}"));
-        let gbit = line.split('|').nth(2).unwrap_or("").trim();
-        assert!(
-            gbit.starts_with(|c: char| c.is_ascii_digit()),
-            "no Gbit/s figure in {line:?}"
-        );
+        assert_figure(&stdout, row, 2, &stderr);
     }
+}
+
+/// The Markdown table row `row` of `report` has a number in `column`
+/// (1 is the row's name).
+fn assert_figure(report: &str, row: &str, column: usize, stderr: &str) {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&format!("| {row} |")))
+        .unwrap_or_else(|| panic!("no row {row:?} in the report:\n{report}\n{stderr}"));
+    let cell = line.split('|').nth(column).unwrap_or("").trim();
+    assert!(
+        cell.starts_with(|c: char| c.is_ascii_digit()),
+        "no figure in column {column} of {line:?}:\n{stderr}"
+    );
 }
