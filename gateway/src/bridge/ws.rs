@@ -446,6 +446,10 @@ async fn down<S>(
             reason: reason.into(),
         }))
     };
+    // Made once: a wait made anew on every turn cost a lock to register
+    // with the `Notify` and one to leave it, per message.
+    let revoked = revoked.notified();
+    tokio::pin!(revoked);
     loop {
         tokio::select! {
             ev = stream.recv() => {
@@ -524,7 +528,7 @@ async fn down<S>(
                     break;
                 }
             }
-            () = revoked.notified() => {
+            () = &mut revoked => {
                 debug!("access revoked; closing");
                 let _ = sink.send(close(1008, "access revoked".into())).await;
                 stream.reset(Code::CANCEL);

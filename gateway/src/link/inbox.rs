@@ -125,6 +125,29 @@ impl<T> Inbox<T> {
     }
 }
 
+impl<T> Inbox<T> {
+    /// Everything queued, at once (one lock for a burst of events); `None`
+    /// once the sender is gone and all is read. The inbox keeps no queue
+    /// afterwards.
+    pub(crate) async fn recv_all(&mut self) -> Option<VecDeque<T>> {
+        poll_fn(|cx| {
+            let mut s = lock(&self.0);
+            if !s.queue.is_empty() {
+                return Poll::Ready(Some(std::mem::take(&mut s.queue)));
+            }
+            if s.senders == 0 {
+                return Poll::Ready(None);
+            }
+            match &mut s.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
 impl<T> std::fmt::Debug for Inbox<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = lock(&self.0);
@@ -207,6 +230,21 @@ mod tests {
         drop(third);
         assert_eq!(rx.recv().await, Some(3));
         assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn everything_queued_arrives_at_once_in_order() {
+        let (tx, mut rx) = inbox();
+        for i in 0..5 {
+            tx.send(i).unwrap();
+        }
+        let got: Vec<_> = rx.recv_all().await.unwrap().into_iter().collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4]);
+        assert_eq!(lock(&rx.0).queue.capacity(), 0, "nothing kept");
+        tx.send(5).unwrap();
+        drop(tx);
+        assert_eq!(rx.recv_all().await.map(Vec::from), Some(vec![5]));
+        assert_eq!(rx.recv_all().await, None);
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! One task per device session.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,7 +19,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::hub::{DeviceHandle, Hub, ServiceInfo};
 use super::inbox::{InboxSender, inbox};
 use super::stats::DeviceCounters;
-use super::stream::{DeviceStream, OpenError, StreamClosed, StreamEvent};
+use super::stream::{DeviceStream, OpenError, SendGate, StreamEvent};
 use crate::edge::admission::{Permit, Refusal};
 
 /// What the bridge asks of a session task.
@@ -35,7 +36,6 @@ pub(crate) enum Cmd {
         data: Vec<u8>,
         end_msg: bool,
         fin: bool,
-        done: oneshot::Sender<Result<(), StreamClosed>>,
     },
     Consume(StreamId, usize),
     Reset(StreamId, Code),
@@ -67,7 +67,6 @@ struct Outgoing {
     sent: usize,
     end_msg: bool,
     fin: bool,
-    done: oneshot::Sender<Result<(), StreamClosed>>,
 }
 
 /// Who the session is and what it has reported to the metrics.
@@ -118,6 +117,9 @@ impl State {
 struct Streams {
     to_bridge: HashMap<StreamId, InboxSender<StreamEvent>>,
     outgoing: HashMap<StreamId, VecDeque<Outgoing>>,
+    /// Each open stream's send gate: told what was taken, closed when the
+    /// stream takes nothing more.
+    gates: HashMap<StreamId, Arc<SendGate>>,
     /// Device data not passed on yet: DATA frames of one stream and message
     /// kind that follow each other in what one read brought are handed to
     /// the bridge as one chunk (one allocation and one wake-up, not one per
@@ -126,6 +128,15 @@ struct Streams {
 }
 
 impl Streams {
+    /// `stream` takes nothing more from the bridge: what it queued goes,
+    /// and its senders learn it.
+    fn close_sending(&mut self, stream: StreamId) {
+        self.outgoing.remove(&stream);
+        if let Some(g) = self.gates.remove(&stream) {
+            g.close();
+        }
+    }
+
     /// Adds a DATA frame to the held chunk, or passes that on and holds
     /// this one. Returns credit to give back at once (see [`Self::pass_on`]).
     fn hold(
@@ -302,7 +313,13 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
     let cmd_tx = CmdSender(cmd_tx);
     let mut streams = Streams::default();
     let mut state = State::default();
-    let mut shutdown = hub.shutdown.subscribe();
+    let mut shutdown_rx = hub.shutdown.subscribe();
+    // Made once, polled until it fires: a wait for the flag made anew on
+    // every turn cost a registration with the watch (a lock) and its
+    // removal per wake-up.
+    let shutdown = shutting_down(&mut shutdown_rx);
+    tokio::pin!(shutdown);
+    let mut draining = false;
     let mut drain_deadline: Option<tokio::time::Instant> = None;
     // Records go out through the worker thread's scratch buffer; only
     // what the socket did not take at once is kept here (usually nothing).
@@ -312,13 +329,18 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
 
     loop {
         unpark(&mut s, record, slots);
-        let mut sent = false;
+        // Whether records may be left after a burst of full writes.
+        let mut more = false;
         if unsent.is_empty() {
             for _ in 0..TRANSMIT_BURST {
                 match transmit(&mut s, &mut streams, &sock, &mut unsent) {
-                    Transmit::Sent => sent = true,
-                    Transmit::Nothing | Transmit::Blocked => break,
+                    Transmit::Full => more = true,
+                    Transmit::Sent | Transmit::Nothing | Transmit::Blocked => {
+                        more = false;
+                        break;
+                    }
                     Transmit::Failed => {
+                        more = false;
                         s.handle_eof();
                         break;
                     }
@@ -345,14 +367,16 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
         // Nothing in flight: the record buffers go back to the pool while
         // the session waits (almost always, for an idle device).
         park(&mut s);
+        // The socket's readiness through its one reader and writer slot
+        // (`readable()` would queue and unqueue a waiter on every turn).
         let wake = tokio::select! {
-            r = sock.readable() => Wake::Readable(r.is_ok()),
-            r = sock.writable(), if !unsent.is_empty() => Wake::Writable(r.is_ok()),
+            r = poll_fn(|cx| sock.poll_read_ready(cx)) => Wake::Readable(r.is_ok()),
+            r = poll_fn(|cx| sock.poll_write_ready(cx)), if !unsent.is_empty() => Wake::Writable(r.is_ok()),
             // More records may be ready: come round again at once.
-            () = std::future::ready(()), if sent => Wake::Again,
-            c = cmd_rx.recv() => Wake::Command(c),
+            () = std::future::ready(()), if more => Wake::Again,
+            c = cmd_rx.recv_all() => Wake::Commands(c),
             () = &mut timer, if wake_at.is_some() => Wake::Timer,
-            () = shutting_down(&mut shutdown), if drain_deadline.is_none() => Wake::Shutdown,
+            () = &mut shutdown, if !draining => Wake::Shutdown,
         };
         unpark(&mut s, record, slots);
         match wake {
@@ -377,9 +401,12 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
                 }
             },
             Wake::Again => {}
-            Wake::Command(c) => {
-                if let Some(c) = c {
+            Wake::Commands(c) => {
+                // All that queued since the last turn: a stream's send and
+                // its credit, or many streams' sends, cost one turn.
+                for c in c.into_iter().flatten() {
                     apply(&mut s, c, &cmd_tx, &mut streams, cfg.params.max_streams);
+                    flush_outgoing(&mut s, &mut streams);
                 }
             }
             Wake::Timer => {
@@ -390,6 +417,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
                 s.handle_timeout(clock());
             }
             Wake::Shutdown => {
+                draining = true;
                 s.goaway(Code::SHUTDOWN);
                 drain_deadline = Some(tokio::time::Instant::now() + hub.settings.drain_timeout);
             }
@@ -406,6 +434,9 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
     state.report(&s, &hub);
     for (_, tx) in streams.to_bridge.drain() {
         let _ = tx.send(StreamEvent::Closed);
+    }
+    for (_, g) in streams.gates.drain() {
+        g.close();
     }
     let online = state.registered.is_some();
     if let Some((id, generation)) = state.registered {
@@ -521,9 +552,7 @@ fn handle_events(
                 if let Some(tx) = streams.to_bridge.remove(&stream) {
                     let _ = tx.send(StreamEvent::Reset(code));
                 }
-                for o in streams.outgoing.remove(&stream).into_iter().flatten() {
-                    let _ = o.done.send(Err(StreamClosed));
-                }
+                streams.close_sending(stream);
             }
             Event::Closed(r) => state.reason = Some(r),
             Event::Rtt(rtt) => {
@@ -554,7 +583,7 @@ enum Wake {
     Readable(bool),
     Writable(bool),
     Again,
-    Command(Option<Cmd>),
+    Commands(Option<VecDeque<Cmd>>),
     /// The session's timer or the drain deadline.
     Timer,
     Shutdown,
@@ -651,7 +680,10 @@ thread_local! {
 }
 
 enum Transmit {
-    /// Records went out whole.
+    /// Records filled the scratch buffer and went out whole: more may be
+    /// ready.
+    Full,
+    /// Records went out whole; the session had no more.
     Sent,
     /// The session has nothing to send.
     Nothing,
@@ -672,14 +704,17 @@ fn transmit(
 ) -> Transmit {
     IO_SCRATCH.with_borrow_mut(|buf| {
         let mut n = 0;
+        let mut full = false;
+        let now = clock();
         loop {
             flush_outgoing(s, streams);
             // Another record only where a whole one fits: a smaller buffer
             // would get control frames only.
             if n > 0 && buf.len() - n < s.max_transmit() {
+                full = true;
                 break;
             }
-            match s.poll_transmit(clock(), &mut buf[n..]) {
+            match s.poll_transmit(now, &mut buf[n..]) {
                 Some(k) if k > 0 => n += k,
                 _ => break,
             }
@@ -688,6 +723,7 @@ fn transmit(
             return Transmit::Nothing;
         }
         match sock.try_write(&buf[..n]) {
+            Ok(k) if k == n && full => Transmit::Full,
             Ok(k) if k == n => Transmit::Sent,
             Ok(k) if k > 0 => {
                 unsent.extend_from_slice(&buf[k..n]);
@@ -713,7 +749,7 @@ fn receive(
     state: &mut State,
 ) -> bool {
     IO_SCRATCH.with_borrow_mut(|buf| {
-        let n = match sock.try_read(buf) {
+        let n = match read_some(sock, buf) {
             Ok(0) => return true,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
@@ -732,6 +768,29 @@ fn receive(
         streams.flush_held(s);
         false
     })
+}
+
+/// One read into `buf`. A read that did not fill `buf` emptied the
+/// socket's receive queue (epoll is edge-triggered: new data raises a new
+/// event), so the socket's readiness is cleared with it, as tokio's own
+/// `poll_read` does. Otherwise the next wake-up would find the socket
+/// still marked readable and spend a system call on `EAGAIN`: one per
+/// device message in an echo.
+fn read_some(sock: &TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+        let n = sock.try_read(buf)?;
+        got = n;
+        if n > 0 && n < buf.len() {
+            // Drained: tell tokio to wait for the next edge.
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
+    }
 }
 
 /// Slots added at a time when the table is full.
@@ -770,7 +829,9 @@ fn apply(
                 Ok(id) => {
                     let (tx, rx) = inbox();
                     streams.to_bridge.insert(id, tx);
-                    Ok(DeviceStream::new(id, cmd_tx.clone(), rx))
+                    let gate = Arc::new(SendGate::default());
+                    streams.gates.insert(id, gate.clone());
+                    Ok(DeviceStream::new(id, cmd_tx.clone(), rx, gate))
                 }
                 Err(StreamError::GoingAway) => Err(OpenError::GoingAway),
                 Err(StreamError::Limit | StreamError::Blocked) => Err(OpenError::Busy),
@@ -784,7 +845,6 @@ fn apply(
             data,
             end_msg,
             fin,
-            done,
         } => {
             streams
                 .outgoing
@@ -796,16 +856,13 @@ fn apply(
                     sent: 0,
                     end_msg,
                     fin,
-                    done,
                 });
         }
         Cmd::Consume(stream, n) => s.consume(stream, n),
         Cmd::Reset(stream, code) => {
             let _ = s.reset(stream, code);
             streams.to_bridge.remove(&stream);
-            for o in streams.outgoing.remove(&stream).into_iter().flatten() {
-                let _ = o.done.send(Err(StreamClosed));
-            }
+            streams.close_sending(stream);
         }
         Cmd::Dropped {
             stream,
@@ -813,11 +870,15 @@ fn apply(
             reset,
         } => {
             s.consume(stream, owed);
+            streams.to_bridge.remove(&stream);
             if reset {
                 let _ = s.reset(stream, Code::CANCEL);
+                streams.close_sending(stream);
+            } else if let Some(g) = streams.gates.remove(&stream) {
+                // Finished both ways: what its senders queued last (its
+                // FIN) still goes out as credit allows.
+                g.close();
             }
-            streams.to_bridge.remove(&stream);
-            streams.outgoing.remove(&stream);
         }
         Cmd::Close(code) => s.close(code),
     }
@@ -825,22 +886,27 @@ fn apply(
 
 /// Hands queued sends to the session within credit, oldest first per stream.
 fn flush_outgoing(s: &mut GwSession, streams: &mut Streams) {
-    streams.outgoing.retain(|stream, queue| {
+    let Streams {
+        outgoing, gates, ..
+    } = streams;
+    outgoing.retain(|stream, queue| {
+        let gate = gates.get(stream);
         while let Some(o) = queue.front_mut() {
             match s.send(*stream, o.msg, &o.data[o.sent..], o.end_msg, o.fin) {
                 Ok(n) => {
                     o.sent += n;
+                    if let Some(g) = gate {
+                        g.taken(n);
+                    }
                     if o.sent < o.data.len() {
                         return true;
                     }
-                    if let Some(done) = queue.pop_front() {
-                        let _ = done.done.send(Ok(()));
-                    }
+                    queue.pop_front();
                 }
                 Err(StreamError::Blocked) => return true,
                 Err(_) => {
-                    for o in queue.drain(..) {
-                        let _ = o.done.send(Err(StreamClosed));
+                    if let Some(g) = gates.remove(stream) {
+                        g.close();
                     }
                     return false;
                 }
@@ -852,6 +918,7 @@ fn flush_outgoing(s: &mut GwSession, streams: &mut Streams) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::stream::{SEND_AHEAD, StreamClosed};
     use super::*;
     use crate::link::hub::{LinkSettings, Registry};
 
@@ -872,6 +939,76 @@ mod tests {
         let (task, session) = (size_of_val(&fut), size_of::<GwSession>());
         assert!(task <= 2560, "the session future grew to {task} bytes");
         assert!(session <= 1024, "the session grew to {session} bytes");
+    }
+
+    /// A stream and the inbox its session would read, with no session.
+    fn lone_stream() -> (DeviceStream, Arc<SendGate>, super::super::inbox::Inbox<Cmd>) {
+        let (cmd_tx, cmd_rx) = inbox();
+        let (_ev_tx, ev_rx) = inbox();
+        let gate = Arc::new(SendGate::default());
+        let id = StreamId::new(2).unwrap();
+        let stream = DeviceStream::new(id, CmdSender(cmd_tx), ev_rx, gate.clone());
+        (stream, gate, cmd_rx)
+    }
+
+    #[tokio::test]
+    async fn a_small_send_needs_no_answer_from_the_session() {
+        let (stream, _gate, mut cmds) = lone_stream();
+        // No session task runs: a send that waited for one would hang.
+        for i in 0..4u8 {
+            stream
+                .send(MsgKind::Binary, vec![i; 64], true, false)
+                .await
+                .unwrap();
+        }
+        let queued = cmds.recv_all().await.unwrap();
+        let sizes: Vec<_> = queued
+            .iter()
+            .map(|c| match c {
+                Cmd::Send { data, .. } => data.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(sizes, vec![64; 4], "queued in order");
+    }
+
+    #[tokio::test]
+    async fn a_send_past_the_allowance_waits_until_the_session_takes_it() {
+        use std::task::{Context, Poll, Waker};
+        let (stream, gate, _cmds) = lone_stream();
+        let mut cx = Context::from_waker(Waker::noop());
+        let big = SEND_AHEAD + 1000;
+        let mut send = std::pin::pin!(stream.send(MsgKind::Binary, vec![0; big], true, false));
+        assert!(send.as_mut().poll(&mut cx).is_pending());
+        gate.taken(999);
+        assert!(
+            send.as_mut().poll(&mut cx).is_pending(),
+            "still 1 byte over"
+        );
+        gate.taken(1);
+        assert_eq!(send.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+    }
+
+    #[tokio::test]
+    async fn a_closed_stream_fails_a_waiting_send_and_every_later_one() {
+        use std::task::{Context, Poll, Waker};
+        let (stream, gate, _cmds) = lone_stream();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut send =
+            std::pin::pin!(stream.send(MsgKind::Binary, vec![0; 2 * SEND_AHEAD], true, false));
+        assert!(send.as_mut().poll(&mut cx).is_pending());
+        gate.close();
+        assert_eq!(send.as_mut().poll(&mut cx), Poll::Ready(Err(StreamClosed)));
+        let later = stream.send(MsgKind::Binary, vec![1], true, false).await;
+        assert_eq!(later, Err(StreamClosed));
+    }
+
+    #[tokio::test]
+    async fn a_send_to_an_ended_session_fails() {
+        let (stream, _gate, cmds) = lone_stream();
+        drop(cmds);
+        let r = stream.send(MsgKind::Binary, vec![1], true, false).await;
+        assert_eq!(r, Err(StreamClosed));
     }
 
     #[test]

@@ -1,10 +1,97 @@
 //! A stream to a device, as the bridge uses it.
 
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
 use proto::{Code, MsgKind, StreamId};
-use tokio::sync::oneshot;
 
 use super::inbox::Inbox;
 use super::session::{Cmd, CmdSender};
+
+/// Bytes one stream's senders may have queued for the session beyond what
+/// it has handed to proto (within the device's credit) before `send`
+/// waits. Small messages (a WebSocket echo) then go without a round trip
+/// through the session task: the sender learns nothing per message and is
+/// not woken for it. A large message still waits until all but this much
+/// of it was taken, so a slow device holds back the browser as before,
+/// with at most this much more buffered at the gateway per stream.
+pub(crate) const SEND_AHEAD: usize = 16 << 10;
+
+/// Flow control between a stream's senders and its session task: what was
+/// queued and not yet taken, and whether the stream can take more at all.
+#[derive(Debug, Default)]
+pub(crate) struct SendGate(Mutex<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    queued: usize,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+impl SendGate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts `n` bytes a sender is about to queue.
+    fn queue(&self, n: usize) -> Result<(), StreamClosed> {
+        let mut g = self.lock();
+        if g.closed {
+            return Err(StreamClosed);
+        }
+        g.queued += n;
+        Ok(())
+    }
+
+    /// Ready once the queue is back within [`SEND_AHEAD`]; an error once
+    /// the stream can take nothing more.
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<Result<(), StreamClosed>> {
+        let mut g = self.lock();
+        if g.closed {
+            return Poll::Ready(Err(StreamClosed));
+        }
+        if g.queued <= SEND_AHEAD {
+            return Poll::Ready(Ok(()));
+        }
+        match &mut g.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// The session handed `n` queued bytes to proto.
+    pub(crate) fn taken(&self, n: usize) {
+        let waker = {
+            let mut g = self.lock();
+            g.queued = g.queued.saturating_sub(n);
+            if g.queued > SEND_AHEAD {
+                return;
+            }
+            g.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// The stream takes nothing more (reset, dropped, or its session
+    /// ended): a waiting sender and every later send get an error.
+    pub(crate) fn close(&self) {
+        let waker = {
+            let mut g = self.lock();
+            g.closed = true;
+            g.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
 
 /// What arrives on a device stream.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,18 +140,25 @@ pub struct DeviceStream {
     device: String,
     cmd: CmdSender,
     rx: Inbox<StreamEvent>,
+    gate: Arc<SendGate>,
     /// Bytes handed out by the last `recv`, whose credit is still owed.
     owed: usize,
     done: bool,
 }
 
 impl DeviceStream {
-    pub(crate) fn new(id: StreamId, cmd: CmdSender, rx: Inbox<StreamEvent>) -> Self {
+    pub(crate) fn new(
+        id: StreamId,
+        cmd: CmdSender,
+        rx: Inbox<StreamEvent>,
+        gate: Arc<SendGate>,
+    ) -> Self {
         Self {
             id,
             device: String::new(),
             cmd,
             rx,
+            gate,
             owed: 0,
             done: false,
         }
@@ -100,8 +194,12 @@ impl DeviceStream {
         ev
     }
 
-    /// Sends `data` as `msg`; completes once the session has taken all of
-    /// it within the device's credit (the browser side waits meanwhile).
+    /// Sends `data` as `msg`. Completes at once while this stream's queue
+    /// toward the session is within [`SEND_AHEAD`], otherwise once the
+    /// session has taken all but that much within the device's credit (the
+    /// browser side waits meanwhile). An error means the stream takes
+    /// nothing more; data queued before it may have been dropped with the
+    /// stream.
     pub async fn send(
         &self,
         msg: MsgKind,
@@ -118,6 +216,7 @@ impl DeviceStream {
         StreamSender {
             id: self.id,
             cmd: self.cmd.clone(),
+            gate: self.gate.clone(),
         }
     }
 
@@ -143,6 +242,7 @@ impl Drop for DeviceStream {
 pub struct StreamSender {
     id: StreamId,
     cmd: CmdSender,
+    gate: Arc<SendGate>,
 }
 
 impl StreamSender {
@@ -155,18 +255,19 @@ impl StreamSender {
         end_msg: bool,
         fin: bool,
     ) -> Result<(), StreamClosed> {
-        let (tx, rx) = oneshot::channel();
-        self.cmd
-            .send(Cmd::Send {
-                stream: self.id,
-                msg,
-                data,
-                end_msg,
-                fin,
-                done: tx,
-            })
-            .map_err(|_| StreamClosed)?;
-        rx.await.map_err(|_| StreamClosed)?
+        self.gate.queue(data.len())?;
+        let sent = self.cmd.send(Cmd::Send {
+            stream: self.id,
+            msg,
+            data,
+            end_msg,
+            fin,
+        });
+        if sent.is_err() {
+            self.gate.close();
+            return Err(StreamClosed);
+        }
+        poll_fn(|cx| self.gate.poll_room(cx)).await
     }
 
     /// Aborts the stream (the browser side failed).

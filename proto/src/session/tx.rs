@@ -28,6 +28,19 @@ where
         if self.parked {
             return None;
         }
+        if matches!(self.phase, Phase::Open) {
+            // The common case, without moving the phase out and back.
+            let len = self.compose(out);
+            if len == 0 {
+                return None;
+            }
+            let Some(n) = self.seal(out, len) else {
+                self.fail(SessionError::NonceExhausted);
+                return None;
+            };
+            self.maybe_drained();
+            return Some(self.count_sent(n));
+        }
         let n = match core::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::DeviceInit(mut hs, init) => {
                 let mut p = [0u8; crate::wire::InitPayload::LEN];
@@ -71,31 +84,19 @@ where
                 // After CLOSE nothing more is sent, whatever happens.
                 self.seal(out, len)?
             }
-            Phase::Open => {
-                self.phase = Phase::Open;
-                let len = self.compose(out);
-                if len == 0 {
-                    return None;
-                }
-                match self.seal(out, len) {
-                    Some(n) => {
-                        self.maybe_drained();
-                        n
-                    }
-                    None => {
-                        self.fail(SessionError::NonceExhausted);
-                        return None;
-                    }
-                }
-            }
+            // Open went above; the rest have nothing to send.
             other => {
                 self.phase = other;
                 return None;
             }
         };
+        Some(self.count_sent(n))
+    }
+
+    fn count_sent(&mut self, n: usize) -> usize {
         self.stats.records_sent += 1;
         self.stats.bytes_sent += n as u64;
-        Some(n)
+        n
     }
 
     /// Encrypts the `len` plaintext bytes at `out[2..]`, writing the length
