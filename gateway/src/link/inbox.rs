@@ -71,6 +71,20 @@ impl<T> InboxSender<T> {
     }
 }
 
+impl<T> InboxSender<T> {
+    /// Queues `item` without waking the reader: it is read at the reader's
+    /// next wake-up, whatever causes it. For what may wait (a credit
+    /// return that is not yet needed) and is not worth a task wake-up.
+    pub(crate) fn send_quiet(&self, item: T) -> Result<(), T> {
+        let mut s = lock(&self.0);
+        if s.receiver_gone {
+            return Err(item);
+        }
+        s.queue.push_back(item);
+        Ok(())
+    }
+}
+
 impl<T> std::fmt::Debug for InboxSender<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InboxSender").finish_non_exhaustive()
@@ -245,6 +259,36 @@ mod tests {
         drop(tx);
         assert_eq!(rx.recv_all().await.map(Vec::from), Some(vec![5]));
         assert_eq!(rx.recv_all().await, None);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_send_waits_for_the_next_wake_up() {
+        use std::task::{Context, Poll, Wake};
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let count = Arc::new(Count(Default::default()));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let (tx, mut rx) = inbox();
+        let woken = || count.0.load(std::sync::atomic::Ordering::Relaxed);
+        {
+            let mut recv = std::pin::pin!(rx.recv_all());
+            assert!(recv.as_mut().poll(&mut cx).is_pending());
+            tx.send_quiet(1).unwrap();
+            assert_eq!(woken(), 0, "a quiet send wakes nobody");
+            tx.send(2).unwrap();
+            assert_eq!(woken(), 1);
+            let Poll::Ready(Some(got)) = recv.as_mut().poll(&mut cx) else {
+                panic!("both are there");
+            };
+            assert_eq!(Vec::from(got), vec![1, 2], "in order");
+        }
+        drop(rx);
+        assert_eq!(tx.send_quiet(3), Err(3));
     }
 
     #[tokio::test]

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use proto::wire::Status;
 use proto::{
-    Buffers, CloseReason, Code, Event, Instant, MsgKind, SecretKey, Session, StreamError, StreamId,
-    StreamKind, StreamSlot,
+    Buffers, CloseReason, Code, Event, Instant, MsgKind, Params, SecretKey, Session, StreamError,
+    StreamId, StreamKind, StreamSlot,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -57,6 +57,11 @@ impl CmdSender {
     /// Queues `cmd`; gives it back once the session task is gone.
     pub(crate) fn send(&self, cmd: Cmd) -> Result<(), Cmd> {
         self.0.send(cmd)
+    }
+
+    /// Queues `cmd` for the session's next wake-up without causing one.
+    pub(crate) fn send_quiet(&self, cmd: Cmd) -> Result<(), Cmd> {
+        self.0.send_quiet(cmd)
     }
 }
 
@@ -405,7 +410,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
                 // All that queued since the last turn: a stream's send and
                 // its credit, or many streams' sends, cost one turn.
                 for c in c.into_iter().flatten() {
-                    apply(&mut s, c, &cmd_tx, &mut streams, cfg.params.max_streams);
+                    apply(&mut s, c, &cmd_tx, &mut streams, cfg.params);
                     flush_outgoing(&mut s, &mut streams);
                 }
             }
@@ -811,27 +816,22 @@ fn grow_stream_table(s: &mut GwSession, own_max_streams: u16) {
     }
 }
 
-fn apply(
-    s: &mut GwSession,
-    cmd: Cmd,
-    cmd_tx: &CmdSender,
-    streams: &mut Streams,
-    own_max_streams: u16,
-) {
+fn apply(s: &mut GwSession, cmd: Cmd, cmd_tx: &CmdSender, streams: &mut Streams, own: Params) {
     match cmd {
         Cmd::Open {
             kind,
             service,
             reply,
         } => {
-            grow_stream_table(s, own_max_streams);
+            grow_stream_table(s, own.max_streams);
             let r = match s.open(kind, service) {
                 Ok(id) => {
                     let (tx, rx) = inbox();
                     streams.to_bridge.insert(id, tx);
                     let gate = Arc::new(SendGate::default());
                     streams.gates.insert(id, gate.clone());
-                    Ok(DeviceStream::new(id, cmd_tx.clone(), rx, gate))
+                    let quiet = quiet_credit(s, own);
+                    Ok(DeviceStream::new(id, cmd_tx.clone(), rx, gate).with_quiet_credit(quiet))
                 }
                 Err(StreamError::GoingAway) => Err(OpenError::GoingAway),
                 Err(StreamError::Limit | StreamError::Blocked) => Err(OpenError::Busy),
@@ -882,6 +882,20 @@ fn apply(
         }
         Cmd::Close(code) => s.close(code),
     }
+}
+
+/// How much credit a stream's reader may hand back without waking the
+/// session (see `DeviceStream::recv`): at most 4 KiB, and little enough
+/// that it cannot hold back what the device needs to go on. proto sends a
+/// window update once half a window is used, so what waits unseen must
+/// stay below half of the stream window, and, over every stream the
+/// session can have open, below half of the connection window. A session
+/// that never woke would still see it at its next keepalive.
+fn quiet_credit(s: &GwSession, own: Params) -> usize {
+    let streams = usize::from(s.peer_params().max_streams) + usize::from(own.max_streams);
+    let stream_share = own.stream_window as usize / 4;
+    let conn_share = own.conn_window as usize / (4 * streams.max(1));
+    stream_share.min(conn_share).min(4096)
 }
 
 /// Hands queued sends to the session within credit, oldest first per stream.

@@ -143,6 +143,10 @@ pub struct DeviceStream {
     gate: Arc<SendGate>,
     /// Bytes handed out by the last `recv`, whose credit is still owed.
     owed: usize,
+    /// Credit given back since the session was last woken for it, and how
+    /// much may be given back that way (0: every return wakes it).
+    quiet: usize,
+    quiet_max: usize,
     done: bool,
 }
 
@@ -160,8 +164,17 @@ impl DeviceStream {
             rx,
             gate,
             owed: 0,
+            quiet: 0,
+            quiet_max: 0,
             done: false,
         }
+    }
+
+    /// Lets `recv` give back up to `max` bytes of credit without waking
+    /// the session (it takes them at its next wake-up).
+    pub(crate) fn with_quiet_credit(mut self, max: usize) -> Self {
+        self.quiet_max = max;
+        self
     }
 
     /// The stream id.
@@ -181,9 +194,21 @@ impl DeviceStream {
     /// The next event. Receiving returns the credit of the previous chunk,
     /// so call it once that chunk has been passed on (written to the
     /// browser): the device never has more than its window in flight.
+    ///
+    /// Small returns go to the session without waking it, up to the
+    /// session's quiet allowance in all: in an echo the session wakes for
+    /// the next message and the device's answer anyway, and a wake-up for
+    /// the credit alone was a third one per message.
     pub async fn recv(&mut self) -> Option<StreamEvent> {
         if self.owed > 0 {
-            let _ = self.cmd.send(Cmd::Consume(self.id, self.owed));
+            let cmd = Cmd::Consume(self.id, self.owed);
+            self.quiet += self.owed;
+            if self.quiet <= self.quiet_max {
+                let _ = self.cmd.send_quiet(cmd);
+            } else {
+                let _ = self.cmd.send(cmd);
+                self.quiet = 0;
+            }
             self.owed = 0;
         }
         let ev = self.rx.recv().await;
