@@ -11,6 +11,7 @@ use proto::{
     Buffers, CloseReason, Code, Event, Instant, MsgKind, SecretKey, Session, StreamError, StreamId,
     StreamKind, StreamSlot,
 };
+use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -45,6 +46,9 @@ pub(crate) enum Cmd {
         reset: bool,
     },
     Close(Code),
+    /// Nothing to do but wake up: the hub is shutting down
+    /// ([`Hub::shutdown`]), which the session checks on every turn.
+    Shutdown,
 }
 
 /// The way into a session task: an inbox with a sender per holder (the
@@ -73,10 +77,9 @@ struct Outgoing {
 /// Who the session is and what it has reported to the metrics.
 #[derive(Default)]
 struct State {
-    /// The device id, once its key was accepted.
-    authenticated: Option<String>,
-    /// The key it authenticated with.
-    key: Option<proto::PublicKey>,
+    /// The device id and the key it authenticated with, from the key's
+    /// acceptance until its HELLO (boxed: an open session holds neither).
+    authenticated: Option<Box<(String, proto::PublicKey)>>,
     /// Id and generation, once registered after HELLO.
     registered: Option<(String, u64)>,
     /// Why the session closed.
@@ -84,7 +87,16 @@ struct State {
     /// Where this device's counters go, once known.
     counters: Option<Arc<DeviceCounters>>,
     /// proto's counters as last added to the metrics.
-    reported: proto::Stats,
+    reported: Reported,
+}
+
+/// The part of [`proto::Stats`] that goes to the metrics, as last added.
+#[derive(Clone, Copy, Default)]
+struct Reported {
+    credit_stalls: u64,
+    stall_resets: u64,
+    bytes_received: u64,
+    bytes_sent: u64,
 }
 
 impl State {
@@ -109,7 +121,8 @@ impl State {
         if let Some(c) = &self.counters {
             add(&c.received_bytes, now.bytes_received, last.bytes_received);
             add(&c.sent_bytes, now.bytes_sent, last.bytes_sent);
-            self.reported = now;
+            self.reported.bytes_received = now.bytes_received;
+            self.reported.bytes_sent = now.bytes_sent;
         }
     }
 }
@@ -126,6 +139,10 @@ struct Streams {
 }
 
 impl Streams {
+    fn is_empty(&self) -> bool {
+        self.to_bridge.is_empty() && self.outgoing.is_empty() && self.held.is_none()
+    }
+
     /// Adds a DATA frame to the held chunk, or passes that on and holds
     /// this one. Returns credit to give back at once (see [`Self::pass_on`]).
     fn hold(
@@ -188,6 +205,25 @@ impl Streams {
     fn flush_held(&mut self, s: &mut GwSession) {
         if let Some((stream, n)) = self.pass_on() {
             s.consume(stream, n);
+        }
+    }
+}
+
+/// A session's [`Streams`], boxed and only while it has any: an idle
+/// device session (no stream for hours) keeps 8 bytes instead of the two
+/// maps and the held chunk in its task.
+#[derive(Default)]
+struct LazyStreams(Option<Box<Streams>>);
+
+impl LazyStreams {
+    fn get(&mut self) -> &mut Streams {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the state once nothing is in it (before the task waits).
+    fn trim(&mut self) {
+        if self.0.as_ref().is_some_and(|s| s.is_empty()) {
+            self.0 = None;
         }
     }
 }
@@ -273,6 +309,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
     let mut permit = Some(permit);
     let _ = sock.set_nodelay(true);
     let cfg = hub.settings.session;
+    let own_max_streams = cfg.params.max_streams;
     let mut eph = [0u8; 32];
     if getrandom::fill(&mut eph).is_err() {
         warn!("no randomness for an ephemeral key; dropping {peer}");
@@ -300,10 +337,10 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
     };
     let (cmd_tx, mut cmd_rx) = inbox();
     let cmd_tx = CmdSender(cmd_tx);
-    let mut streams = Streams::default();
+    let mut streams = LazyStreams::default();
     let mut state = State::default();
-    let mut shutdown = hub.shutdown.subscribe();
     let mut drain_deadline: Option<tokio::time::Instant> = None;
+    let mut draining = false;
     // Records go out through the worker thread's scratch buffer; only
     // what the socket did not take at once is kept here (usually nothing).
     let mut unsent: Vec<u8> = Vec::new();
@@ -312,10 +349,17 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
 
     loop {
         unpark(&mut s, record, slots);
+        if !draining && hub.is_shutting_down() {
+            // The drain: GOAWAY now (a session still in its handshake
+            // ends), closed at the drain deadline.
+            draining = true;
+            s.goaway(Code::SHUTDOWN);
+            drain_deadline = Some(tokio::time::Instant::now() + hub.settings.drain_timeout);
+        }
         let mut sent = false;
         if unsent.is_empty() {
             for _ in 0..TRANSMIT_BURST {
-                match transmit(&mut s, &mut streams, &sock, &mut unsent) {
+                match transmit(&mut s, streams.get(), &sock, &mut unsent) {
                     Transmit::Sent => sent = true,
                     Transmit::Nothing | Transmit::Blocked => break,
                     Transmit::Failed => {
@@ -325,7 +369,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
                 }
             }
         } else {
-            flush_outgoing(&mut s, &mut streams);
+            flush_outgoing(&mut s, streams.get());
         }
         if s.is_closed() && unsent.is_empty() {
             break;
@@ -343,24 +387,35 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             timer.as_mut().reset(at);
         }
         // Nothing in flight: the record buffers go back to the pool while
-        // the session waits (almost always, for an idle device).
+        // the session waits (almost always, for an idle device), and the
+        // stream state if there is none.
         park(&mut s);
+        streams.trim();
+        // One readiness wait for both directions (one waiter, not two, in
+        // the task's state).
+        let interest = if unsent.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
         let wake = tokio::select! {
-            r = sock.readable() => Wake::Readable(r.is_ok()),
-            r = sock.writable(), if !unsent.is_empty() => Wake::Writable(r.is_ok()),
+            r = sock.ready(interest) => match r {
+                Ok(r) if r.is_writable() && !unsent.is_empty() => Wake::Writable(true),
+                Ok(_) => Wake::Readable(true),
+                Err(_) => Wake::Readable(false),
+            },
             // More records may be ready: come round again at once.
             () = std::future::ready(()), if sent => Wake::Again,
             c = cmd_rx.recv() => Wake::Command(c),
             () = &mut timer, if wake_at.is_some() => Wake::Timer,
-            () = shutting_down(&mut shutdown), if drain_deadline.is_none() => Wake::Shutdown,
         };
         unpark(&mut s, record, slots);
         match wake {
             Wake::Readable(ok) => {
-                let eof = !ok || receive(&mut s, &sock, &hub, &cmd_tx, &mut streams, &mut state);
+                let eof = !ok || receive(&mut s, &sock, &hub, &cmd_tx, streams.get(), &mut state);
                 if eof {
                     s.handle_eof();
-                    handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
+                    handle_events(&mut s, &hub, &cmd_tx, streams.get(), &mut state);
                 }
             }
             Wake::Writable(ok) => match ok.then(|| sock.try_write(&unsent)) {
@@ -379,7 +434,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             Wake::Again => {}
             Wake::Command(c) => {
                 if let Some(c) = c {
-                    apply(&mut s, c, &cmd_tx, &mut streams, cfg.params.max_streams);
+                    apply(&mut s, c, &cmd_tx, streams.get(), own_max_streams);
                 }
             }
             Wake::Timer => {
@@ -389,18 +444,15 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
                 }
                 s.handle_timeout(clock());
             }
-            Wake::Shutdown => {
-                s.goaway(Code::SHUTDOWN);
-                drain_deadline = Some(tokio::time::Instant::now() + hub.settings.drain_timeout);
-            }
         }
-        handle_events(&mut s, &hub, &cmd_tx, &mut streams, &mut state);
-        streams.flush_held(&mut s);
+        handle_events(&mut s, &hub, &cmd_tx, streams.get(), &mut state);
+        streams.get().flush_held(&mut s);
         state.report(&s, &hub);
         if permit.is_some() && state.registered.is_some() {
             permit = None;
         }
     }
+    let streams = streams.get();
     streams.flush_held(&mut s);
     park(&mut s);
     state.report(&s, &hub);
@@ -454,8 +506,7 @@ fn handle_events(
                         Ok(()) => {
                             if s.accept().is_ok() {
                                 tracing::Span::current().record("device", info.id.as_str());
-                                state.authenticated = Some(info.id.clone());
-                                state.key = Some(device);
+                                state.authenticated = Some(Box::new((info.id.clone(), device)));
                             }
                         }
                     },
@@ -463,7 +514,7 @@ fn handle_events(
             }
             Event::Hello(h) => {
                 // The HELLO names the device, but the key decides who it is.
-                let (Some(id), Some(key)) = (state.authenticated.clone(), state.key) else {
+                let Some((id, key)) = state.authenticated.take().map(|a| *a) else {
                     continue;
                 };
                 if h.device_id != id {
@@ -471,7 +522,7 @@ fn handle_events(
                     s.close(Code::REFUSED);
                     continue;
                 }
-                let services = h
+                let services: Vec<ServiceInfo> = h
                     .services
                     .iter()
                     .map(|sv| ServiceInfo {
@@ -485,7 +536,7 @@ fn handle_events(
                 let handle = DeviceHandle {
                     id: claimed.clone(),
                     firmware,
-                    services: Arc::new(services),
+                    services: hub.shared_services(services),
                     max_head,
                     key,
                     generation: 0,
@@ -557,7 +608,6 @@ enum Wake {
     Command(Option<Cmd>),
     /// The session's timer or the drain deadline.
     Timer,
-    Shutdown,
 }
 
 // The buffers of sessions that are not using theirs.
@@ -820,6 +870,7 @@ fn apply(
             streams.outgoing.remove(&stream);
         }
         Cmd::Close(code) => s.close(code),
+        Cmd::Shutdown => {}
     }
 }
 
@@ -856,10 +907,12 @@ mod tests {
     use crate::link::hub::{LinkSettings, Registry};
 
     /// What an idle device session costs is mostly its task: the future
-    /// (the session state machine inline, about 900 bytes, and the select
-    /// of its wake-ups) plus the command channel. Record buffers are
-    /// pooled and the stream table starts small; this keeps a large
-    /// buffer from moving into the future unnoticed.
+    /// (the session state machine inline, 656 bytes with its handshake
+    /// state boxed, the timer and the select of its wake-ups; 1,408 bytes
+    /// in all) plus the command inbox. Record buffers are pooled, the
+    /// stream table and the stream state exist only while needed; this
+    /// keeps a large buffer (or the handshake) from moving into the future
+    /// unnoticed. (`--nocapture` prints the sizes.)
     #[tokio::test]
     async fn an_idle_session_task_stays_small() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -870,8 +923,9 @@ mod tests {
         let permit = hub.handshakes.acquire(addr.ip()).unwrap();
         let fut = run_session(c, addr, hub, permit);
         let (task, session) = (size_of_val(&fut), size_of::<GwSession>());
-        assert!(task <= 2560, "the session future grew to {task} bytes");
-        assert!(session <= 1024, "the session grew to {session} bytes");
+        eprintln!("session future {task} bytes, session {session} bytes");
+        assert!(task <= 1472, "the session future grew to {task} bytes");
+        assert!(session <= 704, "the session grew to {session} bytes");
     }
 
     #[test]
