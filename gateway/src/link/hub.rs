@@ -71,6 +71,9 @@ pub struct LinkSettings {
     /// address (IPv6: one /64) (`[link] max_handshakes_per_address`).
     /// Default 1024.
     pub max_handshakes_per_address: usize,
+    /// Connections that may wait for a place when a cap is full
+    /// (`[link] max_handshakes_waiting`). Default 8192.
+    pub max_handshakes_waiting: usize,
 }
 
 impl Default for LinkSettings {
@@ -81,6 +84,7 @@ impl Default for LinkSettings {
             max_device_series: crate::config::settings::DEFAULT_MAX_DEVICE_SERIES,
             max_handshakes: crate::config::settings::DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_address: crate::config::settings::DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            max_handshakes_waiting: crate::config::settings::DEFAULT_MAX_HANDSHAKES_WAITING,
         }
     }
 }

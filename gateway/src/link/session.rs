@@ -248,37 +248,54 @@ fn deadline(at: Instant) -> tokio::time::Instant {
 ///
 /// Each connection first needs a place among the handshakes in progress
 /// ([`Hub::handshakes`]: `[link] max_handshakes` in all,
-/// `max_handshakes_per_address` from one source). Without one it is
-/// closed at once, before any key exchange or buffer is spent on it, and
-/// counted (`gateway_link_handshakes_refused_total{reason}`); a device
-/// turned away retries with its backoff. The place is given back when the
-/// device's HELLO registers it (an online device no longer counts) or
-/// when the connection ends, at the latest after `handshake_timeout`.
-/// Online devices are never affected.
+/// `max_handshakes_per_address` from one source). Without one it waits
+/// in line, if fewer than `max_handshakes_waiting` connections wait
+/// already, for at most half of `handshake_timeout` (the device's own
+/// handshake timer runs meanwhile): a place given back goes to the
+/// longest waiting connection it fits, which then starts its handshake
+/// (counted in `gateway_link_handshakes_waited_total`). A waiting
+/// connection holds its descriptor and a small task, no session and no
+/// buffer, and reads nothing. A connection with no place and no room in
+/// line, or none by the end of its wait, is reset, before any key
+/// exchange or buffer is spent on it, and counted
+/// (`gateway_link_handshakes_refused_total{reason}`); a device turned
+/// away retries with its backoff. So a reconnect storm from one address
+/// (a fleet behind a NAT, a restart) is served in turn instead of sending
+/// most devices into their backoff, while a flood beyond the caps and the
+/// line is still turned away. The place is given back when the device's
+/// HELLO registers it (an online device no longer counts) or when the
+/// connection ends, at the latest after `handshake_timeout`. Online
+/// devices are never affected.
 pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
     let mut shutdown = hub.shutdown.subscribe();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((sock, peer)) => {
-                    let permit = match hub.handshakes.acquire(peer.ip()) {
-                        Ok(p) => p,
-                        Err(r) => {
-                            let c = match r {
-                                Refusal::PerAddressCap => &hub.stats.handshakes_refused_per_address,
-                                _ => &hub.stats.handshakes_refused_global,
-                            };
-                            c.fetch_add(1, Ordering::Relaxed);
-                            debug!(%peer, reason = r.label(), "device link connection refused");
-                            // A reset, not a FIN: nothing lingers in TIME_WAIT here.
-                            let _ = sock.set_zero_linger();
-                            drop(sock);
+                    let refusal = match hub.handshakes.acquire(peer.ip()) {
+                        Ok(permit) => {
+                            start_session(sock, peer, hub.clone(), permit);
                             continue;
                         }
+                        Err(r) => r,
                     };
-                    let hub = hub.clone();
-                    let span = info_span!("device_link", %peer, device = tracing::field::Empty);
-                    tokio::spawn(run_session(sock, peer, hub, permit).instrument(span));
+                    let waiting = hub.settings.max_handshakes_waiting;
+                    match hub.handshakes.queue(peer.ip(), refusal, waiting) {
+                        Ok(ticket) => {
+                            let hub = hub.clone();
+                            tokio::spawn(async move {
+                                let wait = hub.settings.session.handshake_timeout / 2;
+                                match ticket.wait(wait).await {
+                                    Ok(permit) => {
+                                        hub.stats.handshakes_waited.fetch_add(1, Ordering::Relaxed);
+                                        start_session(sock, peer, hub, permit);
+                                    }
+                                    Err(r) => refuse(&hub, sock, peer, r),
+                                }
+                            });
+                        }
+                        Err(r) => refuse(&hub, sock, peer, r),
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly, keep serving.
@@ -289,6 +306,25 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
             () = shutting_down(&mut shutdown) => return,
         }
     }
+}
+
+/// Runs a session for a connection that has its place.
+fn start_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: Permit) {
+    let span = info_span!("device_link", %peer, device = tracing::field::Empty);
+    tokio::spawn(run_session(sock, peer, hub, permit).instrument(span));
+}
+
+/// Resets a connection that got no place, and counts it.
+fn refuse(hub: &Hub, sock: TcpStream, peer: SocketAddr, r: Refusal) {
+    let c = match r {
+        Refusal::PerAddressCap => &hub.stats.handshakes_refused_per_address,
+        _ => &hub.stats.handshakes_refused_global,
+    };
+    c.fetch_add(1, Ordering::Relaxed);
+    debug!(%peer, reason = r.label(), "device link connection refused");
+    // A reset, not a FIN: nothing lingers in TIME_WAIT here.
+    let _ = sock.set_zero_linger();
+    drop(sock);
 }
 
 type GwSession = Session<Vec<u8>, Vec<StreamSlot>>;
