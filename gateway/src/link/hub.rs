@@ -355,7 +355,7 @@ impl Hub {
     /// accepted.
     ///
     /// Sessions see the flag whenever they wake; an idle one is woken by a
-    /// [`Cmd::Shutdown`] in its command inbox (a session waits on no
+    /// `Cmd::Shutdown` in its command inbox (a session waits on no
     /// channel of its own for this). One that registers after the flag was
     /// set sees it on its next turn, and one still in its handshake ends
     /// there.
