@@ -61,7 +61,7 @@ async fn honest_device_serves(gw: &Gw) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_done_handshakes_are_capped_per_source_and_in_all_then_timed_out() {
     let gw = Gw::start(
-        "max_handshakes = 300\nmax_handshakes_per_address = 100\nmax_handshakes_waiting = 50\nhandshake_timeout = \"3s\"\n",
+        "max_handshakes = 300\nmax_handshakes_per_address = 100\nmax_handshakes_waiting = 50\nhandshake_timeout = \"6s\"\n",
         &[Dev("plc", ""), Dev("late", "")],
     )
     .await;
