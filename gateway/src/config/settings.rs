@@ -368,7 +368,7 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
 /// behind one NAT reconnecting at once.
 pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 1024;
 /// Default `[link] max_handshakes_waiting`: a connection that finds a cap
-/// full waits (at most half of `handshake_timeout`) for a place instead of
+/// full waits (at most a quarter of `handshake_timeout`) for a place instead of
 /// being reset at once, so a reconnect storm from one address is served in
 /// turn instead of sending most devices into their backoff. Each waiting
 /// connection holds a descriptor and a small task, nothing else.

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  TcpListener ──accept──▶ handshake place? (max_handshakes, per address)
-//!                │ none: wait in line (max_handshakes_waiting, ≤ handshake_timeout / 2), else reset
+//!                │ none: wait in line (max_handshakes_waiting, ≤ handshake_timeout / 4), else reset
 //!                ▼
 //!              session task (span: peer, device)
 //!                           │ proto::Session (gateway role)

@@ -250,8 +250,11 @@ fn deadline(at: Instant) -> tokio::time::Instant {
 /// ([`Hub::handshakes`]: `[link] max_handshakes` in all,
 /// `max_handshakes_per_address` from one source). Without one it waits
 /// in line, if fewer than `max_handshakes_waiting` connections wait
-/// already, for at most half of `handshake_timeout` (the device's own
-/// handshake timer runs meanwhile): a place given back goes to the
+/// already, for at most a quarter of `handshake_timeout` (the device's own
+/// handshake timer runs meanwhile, and the handshake itself takes time
+/// on a busy gateway: with half of it, 15,000 devices on a starved machine
+/// timed out in line and in progress and most handshakes were wasted): a
+/// place given back goes to the
 /// longest waiting connection it fits, which then starts its handshake
 /// (counted in `gateway_link_handshakes_waited_total`). A waiting
 /// connection holds its descriptor and a small task, no session and no
@@ -284,7 +287,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
                         Ok(ticket) => {
                             let hub = hub.clone();
                             tokio::spawn(async move {
-                                let wait = hub.settings.session.handshake_timeout / 2;
+                                let wait = hub.settings.session.handshake_timeout / 4;
                                 match ticket.wait(wait).await {
                                     Ok(permit) => {
                                         hub.stats.handshakes_waited.fetch_add(1, Ordering::Relaxed);

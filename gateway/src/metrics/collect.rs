@@ -169,7 +169,7 @@ const LINK_REJECTIONS: Family = counter(
 const LINK_HANDSHAKES_REFUSED: Family = counter(
     "gateway_link_handshakes_refused_total",
     &["reason"],
-    "Device connections closed because too many handshakes were in progress: global_cap ([link] max_handshakes), per_address_cap ([link] max_handshakes_per_address); at accept when [link] max_handshakes_waiting connections wait already, else after waiting half of handshake_timeout for a place.",
+    "Device connections closed because too many handshakes were in progress: global_cap ([link] max_handshakes), per_address_cap ([link] max_handshakes_per_address); at accept when [link] max_handshakes_waiting connections wait already, else after waiting a quarter of handshake_timeout for a place.",
 );
 const LINK_HANDSHAKES_WAITED: Family = counter(
     "gateway_link_handshakes_waited_total",
