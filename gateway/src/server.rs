@@ -189,6 +189,7 @@ impl Server {
             max_device_series: config.metrics.max_device_series,
             max_handshakes: config.link.max_handshakes,
             max_handshakes_per_address: config.link.max_handshakes_per_address,
+            max_handshakes_waiting: config.link.max_handshakes_waiting,
         };
         let hub = Hub::new(
             config.gateway.key.expose().clone(),

@@ -61,12 +61,14 @@ async fn honest_device_serves(gw: &Gw) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_done_handshakes_are_capped_per_source_and_in_all_then_timed_out() {
     let gw = Gw::start(
-        "max_handshakes = 300\nmax_handshakes_per_address = 100\nhandshake_timeout = \"3s\"\n",
+        "max_handshakes = 300\nmax_handshakes_per_address = 100\nmax_handshakes_waiting = 50\nhandshake_timeout = \"6s\"\n",
         &[Dev("plc", ""), Dev("late", "")],
     )
     .await;
     // 2,000 connections from one source that never finish the handshake
-    // (half of them send the first bytes of a msg1, then nothing).
+    // (half of them send the first bytes of a msg1, then nothing): 100
+    // get a place, 50 wait in line (in vain: the places are held until
+    // the handshake timeout, longer than a wait), the rest are refused.
     let mut attack = Vec::new();
     for i in 0..2000 {
         // A connection refused at accept may already fail here (reset).
@@ -78,14 +80,23 @@ async fn half_done_handshakes_are_capped_per_source_and_in_all_then_timed_out() 
         }
         attack.push(tcp);
     }
-    eventually("the per-source cap refused the rest", || {
+    eventually("the per-source cap refused the rest at once", || {
+        metric(
+            &gw,
+            "gateway_link_handshakes_refused_total{reason=\"per_address_cap\"}",
+        ) >= 1850.0
+    })
+    .await;
+    assert!(metric(&gw, "gateway_link_handshakes_in_progress") <= 100.0);
+    assert!(metric(&gw, "gateway_link_handshakes_waiting") <= 50.0);
+    eventually("and those in line after their wait", || {
         metric(
             &gw,
             "gateway_link_handshakes_refused_total{reason=\"per_address_cap\"}",
         ) >= 1900.0
     })
     .await;
-    assert!(metric(&gw, "gateway_link_handshakes_in_progress") <= 100.0);
+    assert_eq!(metric(&gw, "gateway_link_handshakes_waited_total"), 0.0);
 
     // Another source still gets in: an honest device comes online.
     let _plc = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
@@ -98,11 +109,13 @@ async fn half_done_handshakes_are_capped_per_source_and_in_all_then_timed_out() 
             }
         }
     }
+    // (100 over the cap: up to 50 wait, the rest are refused at once, and
+    // those waiting when the first 100 time out take their places.)
     eventually("the global cap refused the overflow", || {
         metric(
             &gw,
             "gateway_link_handshakes_refused_total{reason=\"global_cap\"}",
-        ) >= 90.0
+        ) >= 45.0
     })
     .await;
     assert!(metric(&gw, "gateway_link_handshakes_in_progress") <= 300.0);
@@ -130,6 +143,51 @@ async fn half_done_handshakes_are_capped_per_source_and_in_all_then_timed_out() 
     // And the link takes new devices again.
     let _late = gw.echo("late", &[], link_config(4096, 16384, 1024)).await;
     honest_device_serves(&gw).await;
+    gw.stop().await;
+}
+
+/// A device that connects while the cap is full waits for a place instead
+/// of being reset, and gets the first one that frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_arriving_at_a_full_cap_waits_for_a_place() {
+    let gw = Gw::start(
+        "max_handshakes = 1\nmax_handshakes_per_address = 1\nhandshake_timeout = \"6s\"\n",
+        &[Dev("plc", "")],
+    )
+    .await;
+    // A half-done handshake holds the only place.
+    let mut blocker = connect_from([127, 0, 0, 3], gw.link).await.unwrap();
+    blocker.write_all(&[0x00, 0x60, 0x01]).await.unwrap();
+    eventually("the blocker holds the place", || {
+        metric(&gw, "gateway_link_handshakes_in_progress") == 1.0
+    })
+    .await;
+    let mut device = RawDevice::connect(&gw, "plc", Config::DEVICE.params).await;
+    let mut seen = Seen::default();
+    device.pump(Duration::from_millis(300), &mut seen).await;
+    assert!(!seen.closed, "the gateway reset the device at the full cap");
+    assert_eq!(metric(&gw, "gateway_link_handshakes_waiting"), 1.0);
+    // The place frees: the device gets it at once and comes online.
+    drop(blocker);
+    let freed = std::time::Instant::now();
+    device.establish(&gw, "plc").await;
+    assert!(
+        freed.elapsed() < Duration::from_secs(2),
+        "served only after {:?}",
+        freed.elapsed()
+    );
+    assert_eq!(metric(&gw, "gateway_link_handshakes_waited_total"), 1.0);
+    assert_eq!(metric(&gw, "gateway_link_handshakes_waiting"), 0.0);
+    for reason in ["global_cap", "per_address_cap"] {
+        assert_eq!(
+            metric(
+                &gw,
+                &format!("gateway_link_handshakes_refused_total{{reason=\"{reason}\"}}")
+            ),
+            0.0,
+            "refused ({reason})"
+        );
+    }
     gw.stop().await;
 }
 

@@ -37,6 +37,9 @@
     clippy::alloc_instead_of_core
 )]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 mod aead;
 pub mod backoff;
 pub mod code;

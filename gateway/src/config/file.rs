@@ -397,6 +397,10 @@ pub struct LinkSection {
     pub max_handshakes: Option<Spanned<i64>>,
     /// Of those, from one source address (IPv6: one /64), 1 to 1000000. Default 1024.
     pub max_handshakes_per_address: Option<Spanned<i64>>,
+    /// Connections that wait for a place (at most a quarter of
+    /// `handshake_timeout`) when a cap is full, 0 to 1000000; past that
+    /// they are reset at once. Default 8192.
+    pub max_handshakes_waiting: Option<Spanned<i64>>,
 }
 
 /// `[metrics]`: Prometheus `/metrics`, `/healthz` and `/readyz`.

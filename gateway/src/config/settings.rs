@@ -350,6 +350,8 @@ pub struct Link {
     pub max_handshakes: usize,
     /// Of those, from one source address (IPv6: one /64). Default 1024.
     pub max_handshakes_per_address: usize,
+    /// Connections that may wait for a place when a cap is full. Default 8192.
+    pub max_handshakes_waiting: usize,
 }
 
 /// Default `[link] address`.
@@ -365,6 +367,12 @@ pub const DEFAULT_MAX_HANDSHAKES: usize = 4096;
 /// Default `[link] max_handshakes_per_address`: generous for a fleet
 /// behind one NAT reconnecting at once.
 pub const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS: usize = 1024;
+/// Default `[link] max_handshakes_waiting`: a connection that finds a cap
+/// full waits (at most a quarter of `handshake_timeout`) for a place instead of
+/// being reset at once, so a reconnect storm from one address is served in
+/// turn instead of sending most devices into their backoff. Each waiting
+/// connection holds a descriptor and a small task, nothing else.
+pub const DEFAULT_MAX_HANDSHAKES_WAITING: usize = 8192;
 
 /// `[metrics]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -655,12 +663,19 @@ pub(crate) fn link(
         DEFAULT_MAX_HANDSHAKES_PER_ADDRESS as u64,
         handshakes,
     ) as usize;
+    let max_handshakes_waiting = ctx.int(
+        "max_handshakes_waiting",
+        raw.max_handshakes_waiting.as_ref(),
+        DEFAULT_MAX_HANDSHAKES_WAITING as u64,
+        0..=1_000_000,
+    ) as usize;
     Some(Link {
         address,
         socket,
         session,
         max_handshakes,
         max_handshakes_per_address,
+        max_handshakes_waiting,
     })
 }
 

@@ -32,12 +32,13 @@
 //! by itself. Each change is logged and counted
 //! (`gateway_overload_active`, `gateway_overload_transitions_total`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use crate::config::settings::Limits;
@@ -104,6 +105,12 @@ fn source(ip: IpAddr) -> IpAddr {
 /// A global cap and a per-source cap on things open at once (browser
 /// connections here; unauthenticated device-link handshakes in
 /// [`crate::link`]).
+///
+/// A caller may also wait for a place ([`SourceCaps::queue`]): a place
+/// given back goes straight to the longest waiting caller it fits (its
+/// source below the per-source cap), first come, first served. The
+/// waiting room is bounded by the caller and a wait by time; browser
+/// connections never wait, device handshakes do.
 #[derive(Debug)]
 pub struct SourceCaps {
     max_total: usize,
@@ -116,6 +123,56 @@ pub struct SourceCaps {
 struct Counts {
     total: usize,
     by_source: HashMap<IpAddr, usize>,
+    /// Callers waiting for a place, oldest first. A place handed over is
+    /// counted before the waiter hears of it (so its [`Ticket`] owns it).
+    waiting: VecDeque<Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    source: IpAddr,
+    tx: oneshot::Sender<()>,
+}
+
+impl Counts {
+    fn fits(&self, key: IpAddr, max_total: usize, max_per_source: usize) -> Result<(), Refusal> {
+        if self.total >= max_total {
+            return Err(Refusal::GlobalCap);
+        }
+        if self.by_source.get(&key).copied().unwrap_or(0) >= max_per_source {
+            return Err(Refusal::PerAddressCap);
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, key: IpAddr) {
+        *self.by_source.entry(key).or_insert(0) += 1;
+        self.total += 1;
+    }
+
+    /// Gives a free place to the oldest waiter that fits; drops waiters
+    /// that gave up on the way.
+    fn hand_over(&mut self, max_total: usize, max_per_source: usize) {
+        let mut i = 0;
+        while i < self.waiting.len() && self.total < max_total {
+            let w = &self.waiting[i];
+            if w.tx.is_closed() {
+                self.waiting.remove(i);
+                continue;
+            }
+            if self.fits(w.source, max_total, max_per_source).is_err() {
+                i += 1;
+                continue;
+            }
+            let Some(w) = self.waiting.remove(i) else {
+                return;
+            };
+            if w.tx.send(()).is_ok() {
+                self.take(w.source);
+                return;
+            }
+        }
+    }
 }
 
 impl SourceCaps {
@@ -132,19 +189,63 @@ impl SourceCaps {
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refusal> {
         let key = source(ip);
         let mut open = self.lock();
-        if open.total >= self.max_total {
-            return Err(Refusal::GlobalCap);
-        }
-        let n = open.by_source.entry(key).or_insert(0);
-        if *n >= self.max_per_source {
-            return Err(Refusal::PerAddressCap);
-        }
-        *n += 1;
-        open.total += 1;
+        open.fits(key, self.max_total, self.max_per_source)?;
+        open.take(key);
         Ok(Permit {
             caps: self.clone(),
             source: key,
         })
+    }
+
+    /// After [`Self::acquire`] refused `ip` with `refusal`: a place in
+    /// line for the next free place that fits it, unless `max_waiting`
+    /// callers wait already (then `refusal` again). Waiters that gave up
+    /// are cleared out first.
+    pub fn queue(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        refusal: Refusal,
+        max_waiting: usize,
+    ) -> Result<Ticket, Refusal> {
+        let key = source(ip);
+        let mut open = self.lock();
+        if open.waiting.len() >= max_waiting {
+            open.waiting.retain(|w| !w.tx.is_closed());
+        }
+        if open.waiting.len() >= max_waiting {
+            return Err(refusal);
+        }
+        // A place may have freed since the refusal.
+        if open.fits(key, self.max_total, self.max_per_source).is_ok() && open.waiting.is_empty() {
+            open.take(key);
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(());
+            return Ok(self.ticket(key, rx, refusal));
+        }
+        let (tx, rx) = oneshot::channel();
+        open.waiting.push_back(Waiter { source: key, tx });
+        Ok(self.ticket(key, rx, refusal))
+    }
+
+    fn ticket(
+        self: &Arc<Self>,
+        source: IpAddr,
+        rx: oneshot::Receiver<()>,
+        refusal: Refusal,
+    ) -> Ticket {
+        Ticket {
+            caps: self.clone(),
+            source,
+            rx,
+            refusal,
+            done: false,
+        }
+    }
+
+    /// Callers waiting for a place (those that gave up may count until
+    /// the next place is handed over).
+    pub fn waiting(&self) -> usize {
+        self.lock().waiting.len()
     }
 
     /// Places taken and not yet given back.
@@ -164,6 +265,56 @@ impl SourceCaps {
             if *n == 0 {
                 open.by_source.remove(&key);
             }
+        }
+        if !open.waiting.is_empty() {
+            open.hand_over(self.max_total, self.max_per_source);
+        }
+    }
+}
+
+/// A place in line at [`SourceCaps`] ([`SourceCaps::queue`]).
+#[derive(Debug)]
+pub struct Ticket {
+    caps: Arc<SourceCaps>,
+    source: IpAddr,
+    rx: oneshot::Receiver<()>,
+    /// What the caps said when the caller first asked.
+    refusal: Refusal,
+    /// The place (if one came) went to a [`Permit`].
+    done: bool,
+}
+
+impl Ticket {
+    /// Waits up to `wait` for a place; without one by then, the refusal
+    /// the caller first met.
+    pub async fn wait(mut self, wait: Duration) -> Result<Permit, Refusal> {
+        let came = matches!(tokio::time::timeout(wait, &mut self.rx).await, Ok(Ok(())));
+        // A place handed over just as the wait ended still counts.
+        let came = came || {
+            self.rx.close();
+            self.rx.try_recv().is_ok()
+        };
+        self.done = true;
+        if came {
+            Ok(Permit {
+                caps: self.caps.clone(),
+                source: self.source,
+            })
+        } else {
+            Err(self.refusal)
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Dropped while waiting: a place that came already goes back.
+        self.rx.close();
+        if self.rx.try_recv().is_ok() {
+            self.caps.release(self.source);
         }
     }
 }
@@ -353,6 +504,44 @@ mod tests {
             Refusal::PerAddressCap
         );
         assert!(a.admit(ip("2001:db8:0:2::1")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gets_the_next_place_that_fits_it() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let caps = SourceCaps::new(3, 2);
+        let a1 = caps.acquire(ip("192.0.2.1")).unwrap();
+        let _a2 = caps.acquire(ip("192.0.2.1")).unwrap();
+        let r = caps.acquire(ip("192.0.2.1")).unwrap_err();
+        assert_eq!(r, Refusal::PerAddressCap);
+        let t = caps.queue(ip("192.0.2.1"), r, 1).unwrap();
+        // The waiting room holds one.
+        assert_eq!(
+            caps.queue(ip("192.0.2.1"), r, 1).unwrap_err(),
+            Refusal::PerAddressCap
+        );
+        // A place of another source does not fit it; its own does.
+        let b = caps.acquire(ip("192.0.2.2")).unwrap();
+        drop(b);
+        assert_eq!(caps.waiting(), 1);
+        drop(a1);
+        assert_eq!(caps.waiting(), 0);
+        let p = t.wait(Duration::from_millis(10)).await.unwrap();
+        assert_eq!(caps.open(), 2);
+        // Nothing frees: the wait ends with the first refusal.
+        let r = caps.acquire(ip("192.0.2.1")).unwrap_err();
+        let t = caps.queue(ip("192.0.2.1"), r, 1).unwrap();
+        assert_eq!(
+            t.wait(Duration::from_millis(10)).await.unwrap_err(),
+            Refusal::PerAddressCap
+        );
+        // A ticket dropped after a place came gives it back.
+        let r = caps.acquire(ip("192.0.2.1")).unwrap_err();
+        let t = caps.queue(ip("192.0.2.1"), r, 1).unwrap();
+        drop(p);
+        assert_eq!(caps.open(), 2);
+        drop(t);
+        assert_eq!(caps.open(), 1);
     }
 
     #[test]

@@ -71,6 +71,9 @@ pub struct LinkSettings {
     /// address (IPv6: one /64) (`[link] max_handshakes_per_address`).
     /// Default 1024.
     pub max_handshakes_per_address: usize,
+    /// Connections that may wait for a place when a cap is full
+    /// (`[link] max_handshakes_waiting`). Default 8192.
+    pub max_handshakes_waiting: usize,
 }
 
 impl Default for LinkSettings {
@@ -81,6 +84,7 @@ impl Default for LinkSettings {
             max_device_series: crate::config::settings::DEFAULT_MAX_DEVICE_SERIES,
             max_handshakes: crate::config::settings::DEFAULT_MAX_HANDSHAKES,
             max_handshakes_per_address: crate::config::settings::DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            max_handshakes_waiting: crate::config::settings::DEFAULT_MAX_HANDSHAKES_WAITING,
         }
     }
 }
@@ -170,7 +174,13 @@ pub struct Hub {
     /// HELLO or when the connection ends).
     pub handshakes: Arc<SourceCaps>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Service lists recently announced, shared by the devices that
+    /// announce the same (see [`Hub::shared_services`]).
+    services: Mutex<Vec<Arc<Vec<ServiceInfo>>>>,
 }
+
+/// Distinct service lists [`Hub::shared_services`] remembers.
+const SHARED_SERVICE_LISTS: usize = 16;
 
 impl Hub {
     /// A hub with the gateway's static key.
@@ -190,6 +200,7 @@ impl Hub {
             stats,
             handshakes,
             shutdown: watch::channel(false).0,
+            services: Mutex::new(Vec::new()),
         })
     }
 
@@ -316,6 +327,24 @@ impl Hub {
             .collect()
     }
 
+    /// `services` as an `Arc` that devices announcing the same list share:
+    /// a fleet runs few firmwares, and each online device would otherwise
+    /// hold its own copy (a vector and a string per service, about 250
+    /// bytes for a typical device). The last [`SHARED_SERVICE_LISTS`]
+    /// distinct lists are kept, most recent first.
+    pub(crate) fn shared_services(&self, services: Vec<ServiceInfo>) -> Arc<Vec<ServiceInfo>> {
+        let mut lists = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = lists.iter().position(|l| **l == services) {
+            let list = lists.remove(i);
+            lists.insert(0, list.clone());
+            return list;
+        }
+        let list = Arc::new(services);
+        lists.insert(0, list.clone());
+        lists.truncate(SHARED_SERVICE_LISTS);
+        list
+    }
+
     /// Whether [`Hub::shutdown`] was called.
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
@@ -324,7 +353,17 @@ impl Hub {
     /// Starts the drain: every session sends GOAWAY, finishes its streams
     /// and closes (or is closed after the drain timeout); no new session is
     /// accepted.
+    ///
+    /// Sessions see the flag whenever they wake; an idle one is woken by a
+    /// `Cmd::Shutdown` in its command inbox (a session waits on no
+    /// channel of its own for this). One that registers after the flag was
+    /// set sees it on its next turn, and one still in its handshake ends
+    /// there.
     pub fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        let online = self.online.read().unwrap_or_else(|e| e.into_inner());
+        for handle in online.values() {
+            let _ = handle.cmd.send(Cmd::Shutdown);
+        }
     }
 }

@@ -32,6 +32,8 @@ pub struct HubStats {
     /// Connections closed at accept: `[link] max_handshakes_per_address`
     /// from that source were in progress.
     pub handshakes_refused_per_address: AtomicU64,
+    /// Connections that found a cap full, waited and got a place.
+    pub handshakes_waited: AtomicU64,
     /// Streams a device opened that the gateway refused (it serves none).
     pub device_streams_refused: AtomicU64,
     /// Sessions closed because a newer one of the same device took over.
@@ -69,6 +71,7 @@ impl HubStats {
             handshake_failures: AtomicU64::new(0),
             handshakes_refused_global: AtomicU64::new(0),
             handshakes_refused_per_address: AtomicU64::new(0),
+            handshakes_waited: AtomicU64::new(0),
             device_streams_refused: AtomicU64::new(0),
             replaced: AtomicU64::new(0),
             revoked: AtomicU64::new(0),

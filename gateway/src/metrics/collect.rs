@@ -169,7 +169,17 @@ const LINK_REJECTIONS: Family = counter(
 const LINK_HANDSHAKES_REFUSED: Family = counter(
     "gateway_link_handshakes_refused_total",
     &["reason"],
-    "Device connections closed at accept because too many handshakes were in progress: global_cap ([link] max_handshakes), per_address_cap ([link] max_handshakes_per_address).",
+    "Device connections closed because too many handshakes were in progress: global_cap ([link] max_handshakes), per_address_cap ([link] max_handshakes_per_address); at accept when [link] max_handshakes_waiting connections wait already, else after waiting a quarter of handshake_timeout for a place.",
+);
+const LINK_HANDSHAKES_WAITED: Family = counter(
+    "gateway_link_handshakes_waited_total",
+    &[],
+    "Device connections that found a handshake cap full, waited and got a place.",
+);
+const LINK_HANDSHAKES_WAITING: Family = gauge(
+    "gateway_link_handshakes_waiting",
+    &[],
+    "Device connections waiting for a handshake place ([link] max_handshakes_waiting).",
 );
 const LINK_HANDSHAKES: Family = gauge(
     "gateway_link_handshakes_in_progress",
@@ -523,6 +533,8 @@ impl Gateway {
             ],
         );
         out.one(&LINK_HANDSHAKES, hub.handshakes.open() as f64);
+        out.one(&LINK_HANDSHAKES_WAITED, load(&s.handshakes_waited));
+        out.one(&LINK_HANDSHAKES_WAITING, hub.handshakes.waiting() as f64);
         out.one(
             &LINK_DEVICE_STREAMS_REFUSED,
             load(&s.device_streams_refused),

@@ -69,6 +69,9 @@ pub use stream::StreamSlot;
 
 use core::time::Duration;
 
+#[cfg(feature = "alloc")]
+use alloc::boxed::Box;
+
 use crate::code::Code;
 use crate::keys::{PublicKey, SecretKey};
 use crate::noise::{CipherState, Initiator, Responder, TAG_LEN};
@@ -189,11 +192,49 @@ impl core::fmt::Display for SetupError {
 
 impl core::error::Error for SetupError {}
 
+/// Handshake state inside a [`Phase`]: boxed with the `alloc` feature, so
+/// an open session does not carry the largest phase (the handshake, about
+/// 250 bytes) for the rest of its life; inline without it (devices, which
+/// have no allocator and one session).
+#[cfg(feature = "alloc")]
+struct Held<T>(Box<T>);
+/// Handshake state inside a [`Phase`], inline (no `alloc` feature).
+#[cfg(not(feature = "alloc"))]
+struct Held<T>(T);
+
+impl<T> Held<T> {
+    fn new(t: T) -> Self {
+        #[cfg(feature = "alloc")]
+        let t = Box::new(t);
+        Self(t)
+    }
+
+    fn into_inner(self) -> T {
+        let t = self.0;
+        #[cfg(feature = "alloc")]
+        let t = *t;
+        t
+    }
+}
+
+impl<T> core::ops::Deref for Held<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> core::ops::DerefMut for Held<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.0
+    }
+}
+
 enum Phase {
-    DeviceInit(Initiator, InitPayload),
-    DeviceAwaitResp(Initiator),
-    GatewayAwaitInit(Responder),
-    GatewayDecide(Responder, InitPayload),
+    DeviceInit(Held<Initiator>, InitPayload),
+    DeviceAwaitResp(Held<Initiator>),
+    GatewayAwaitInit(Held<Responder>),
+    GatewayDecide(Held<Responder>, InitPayload),
     /// msg2 staged in `tx`; whether it accepted.
     GatewayResp(bool),
     GatewayAwaitHello,
@@ -365,7 +406,7 @@ where
         };
         let mut s = Self::blank(
             Role::Device,
-            Phase::DeviceInit(hs, init),
+            Phase::DeviceInit(Held::new(hs), init),
             config,
             buffers,
             now,
@@ -400,7 +441,7 @@ where
         let hs = Responder::new(key, ephemeral, PROLOGUE);
         Ok(Self::blank(
             Role::Gateway,
-            Phase::GatewayAwaitInit(hs),
+            Phase::GatewayAwaitInit(Held::new(hs)),
             config,
             buffers,
             now,
@@ -588,12 +629,12 @@ where
         let hi = init.max_version.min(VERSION_MAX);
         if lo > hi {
             let info = u64::from(VERSION_MIN) << 8 | u64::from(VERSION_MAX);
-            self.respond(hs, Status::VersionUnsupported, info);
+            self.respond(hs.into_inner(), Status::VersionUnsupported, info);
             self.close_event = Some(CloseReason::Error(SessionError::Version));
             return Err(SessionError::Version);
         }
         self.version = hi;
-        self.respond(hs, Status::Accepted, 0);
+        self.respond(hs.into_inner(), Status::Accepted, 0);
         Ok(())
     }
 
@@ -611,7 +652,7 @@ where
             } else {
                 status
             };
-            self.respond(hs, status, info);
+            self.respond(hs.into_inner(), status, info);
             self.close_event = Some(CloseReason::Local(Code::REFUSED));
         }
     }

@@ -114,7 +114,7 @@ where
                 }
             }
             Phase::DeviceAwaitResp(hs) if ty == Some(MSG_RESP) => {
-                let (n, keys) = match hs.read_message(body, &mut payload) {
+                let (n, keys) = match hs.into_inner().read_message(body, &mut payload) {
                     Ok(v) => v,
                     Err(e) => return self.closed_now(SessionError::Handshake(e)),
                 };
