@@ -268,6 +268,13 @@ pub struct Session<B, S> {
     tx_len: usize,
     /// The record buffers are out (see [`Session::park_buffers`]).
     parked: bool,
+    /// Some slot may have a RESET or WINDOW to send: `compose` walks the
+    /// stream table only then (set wherever one is queued, cleared by a
+    /// walk that left nothing behind).
+    slots_dirty: bool,
+    /// Some slot may have a local reset to report (`poll_event` walks the
+    /// table only then).
+    notify_due: bool,
     streams: S,
 
     next_local: u32,
@@ -338,6 +345,8 @@ where
             tx: buffers.tx,
             tx_len: 0,
             parked: false,
+            slots_dirty: false,
+            notify_due: false,
             streams: buffers.streams,
             next_local: if role == Role::Gateway { 2 } else { 1 },
             max_peer_opened: 0,
@@ -851,6 +860,7 @@ where
             slot.to_return += k;
             let initial = self.config.params.stream_window;
             stream::maybe_window(slot, initial);
+            self.slots_dirty = true;
         }
     }
 
@@ -862,6 +872,7 @@ where
             slot.reset = Some(code);
             slot.window_pending = false;
             slot.blocked_since = None;
+            self.slots_dirty = true;
         }
         Ok(())
     }
@@ -975,6 +986,10 @@ where
                         }
                     }
                     self.stats.stall_resets += resets;
+                    if resets > 0 {
+                        self.slots_dirty = true;
+                        self.notify_due = true;
+                    }
                 }
             }
             _ => {

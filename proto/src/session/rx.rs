@@ -189,16 +189,19 @@ where
                 },
             });
         }
-        for slot in self.streams.as_mut() {
-            if slot.notify {
-                slot.notify = false;
-                let (stream, code) = (slot.stream_id(), slot.reset.unwrap_or(Code::TIMEOUT));
-                return Some(Event::Reset {
-                    stream,
-                    code,
-                    by_peer: false,
-                });
+        if self.notify_due {
+            for slot in self.streams.as_mut() {
+                if slot.notify {
+                    slot.notify = false;
+                    let (stream, code) = (slot.stream_id(), slot.reset.unwrap_or(Code::TIMEOUT));
+                    return Some(Event::Reset {
+                        stream,
+                        code,
+                        by_peer: false,
+                    });
+                }
             }
+            self.notify_due = false;
         }
         loop {
             if self.rx_pos >= self.rx_end {
@@ -460,6 +463,7 @@ where
         if !slot.rx.allows(slot.kind, msg) {
             slot.reset = Some(Code::PROTOCOL);
             slot.window_pending = false;
+            self.slots_dirty = true;
             self.discard(n);
             return Out::Event(Event::Reset {
                 stream,
@@ -470,6 +474,7 @@ where
         slot.rx.advance(msg, end_msg, fin);
         slot.unconsumed += n;
         maybe_window(slot, initial);
+        self.slots_dirty = true;
         if slot.is_done() && !slot.open_unsent {
             *slot = StreamSlot::default();
         }

@@ -167,32 +167,42 @@ where
             self.take_refusal();
         }
         let staged_flushable = self.tx_len <= cap;
-        for slot in self.streams.as_mut() {
-            if slot.is_free() {
-                continue;
-            }
-            let stream = slot.stream_id();
-            if let Some(code) = slot.reset {
-                // A RESET must not overtake the OPEN still in the staging buffer.
-                if slot.open_unsent || slot.notify {
+        if self.slots_dirty {
+            // Whether a slot still has something to send after this walk.
+            let mut left = false;
+            for slot in self.streams.as_mut() {
+                if slot.is_free() {
                     continue;
                 }
-                if w.put(&FrameRepr::Reset { stream, code }) {
-                    *slot = StreamSlot::default();
+                let stream = slot.stream_id();
+                if let Some(code) = slot.reset {
+                    // A RESET must not overtake the OPEN still in the staging buffer.
+                    if slot.open_unsent || slot.notify {
+                        left = true;
+                        continue;
+                    }
+                    if w.put(&FrameRepr::Reset { stream, code }) {
+                        *slot = StreamSlot::default();
+                    } else {
+                        left = true;
+                    }
+                    continue;
                 }
-                continue;
-            }
-            if slot.window_pending && slot.to_return > 0 {
-                let inc = u64::from(slot.to_return);
-                if w.put(&FrameRepr::Window {
-                    stream,
-                    increment: inc,
-                }) {
-                    slot.recv_credit += slot.to_return;
-                    slot.to_return = 0;
-                    slot.window_pending = false;
+                if slot.window_pending && slot.to_return > 0 {
+                    let inc = u64::from(slot.to_return);
+                    if w.put(&FrameRepr::Window {
+                        stream,
+                        increment: inc,
+                    }) {
+                        slot.recv_credit += slot.to_return;
+                        slot.to_return = 0;
+                        slot.window_pending = false;
+                    } else {
+                        left = true;
+                    }
                 }
             }
+            self.slots_dirty = left;
         }
         if let (Some(code), false) = (self.goaway_due, self.goaway_sent) {
             let last = StreamId::new(self.max_peer_opened).unwrap_or(StreamId::CONNECTION);
