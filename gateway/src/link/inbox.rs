@@ -117,37 +117,35 @@ impl<T> Drop for InboxSender<T> {
 impl<T> Inbox<T> {
     /// The next event; `None` once the sender is gone and all is read.
     pub(crate) async fn recv(&mut self) -> Option<T> {
-        poll_fn(|cx| {
-            let mut s = lock(&self.0);
-            if let Some(item) = s.queue.pop_front() {
-                if s.queue.is_empty() {
-                    // Drained: hold nothing while idle.
-                    s.queue = VecDeque::new();
-                }
-                return Poll::Ready(Some(item));
+        self.wait_for(|queue| {
+            let item = queue.pop_front()?;
+            if queue.is_empty() {
+                // Drained: hold nothing while idle.
+                *queue = VecDeque::new();
             }
-            if s.senders == 0 {
-                return Poll::Ready(None);
-            }
-            match &mut s.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
-            Poll::Pending
+            Some(item)
         })
         .await
     }
-}
 
-impl<T> Inbox<T> {
     /// Everything queued, at once (one lock for a burst of events); `None`
     /// once the sender is gone and all is read. The inbox keeps no queue
     /// afterwards.
     pub(crate) async fn recv_all(&mut self) -> Option<VecDeque<T>> {
+        self.wait_for(|queue| (!queue.is_empty()).then(|| std::mem::take(queue)))
+            .await
+    }
+
+    /// Waits until `take` gets something from the queue, or the senders
+    /// are all gone (`None`).
+    async fn wait_for<R>(
+        &mut self,
+        mut take: impl FnMut(&mut VecDeque<T>) -> Option<R>,
+    ) -> Option<R> {
         poll_fn(|cx| {
             let mut s = lock(&self.0);
-            if !s.queue.is_empty() {
-                return Poll::Ready(Some(std::mem::take(&mut s.queue)));
+            if let Some(r) = take(&mut s.queue) {
+                return Poll::Ready(Some(r));
             }
             if s.senders == 0 {
                 return Poll::Ready(None);
