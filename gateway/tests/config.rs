@@ -730,6 +730,25 @@ fn handshake_caps_must_admit_someone() {
 }
 
 #[test]
+fn the_handshake_line_is_bounded_and_may_be_off() {
+    let dir = TempDir::new("handshake-line");
+    let e = only(
+        dir.load(&format!("{MINIMAL}\n[link]\nmax_handshakes_waiting = -1\n"))
+            .unwrap_err(),
+    );
+    assert_eq!(e.at.position.map(|p| p.line), Some(11));
+    assert!(
+        e.to_string()
+            .contains("max_handshakes_waiting = -1 is out of range 0..=1000000"),
+        "{e}"
+    );
+    let c = dir
+        .load(&format!("{MINIMAL}\n[link]\nmax_handshakes_waiting = 0\n"))
+        .unwrap();
+    assert_eq!(c.link.max_handshakes_waiting, 0, "0 turns the line off");
+}
+
+#[test]
 fn no_listener_is_an_error() {
     let dir = TempDir::new("nolisten");
     let e = only(dir.load("[gateway]\ndomain = \"x.org\"\n").unwrap_err());
