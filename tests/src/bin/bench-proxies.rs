@@ -431,10 +431,26 @@ impl Bench {
         // process freed, so RSS after earlier load is no clean baseline.
         if self.work("idle") && self.args.idle > 0 {
             let count = format!("--count={}", self.args.idle);
+            // gw-link and gw-direct are one gateway process: the second
+            // measured would reuse what the first freed, so only the first
+            // of a process is measured.
+            let mut idle: Vec<&Target> = Vec::new();
+            for t in targets {
+                if idle.iter().any(|o| o.pid == t.pid) {
+                    self.notes.push(format!(
+                        "{}: idle memory not measured, its process is another target's; \
+                         measure it alone: --only {} --work idle",
+                        t.name, t.name
+                    ));
+                } else {
+                    idle.push(t);
+                }
+            }
+            let k = idle.len();
             for round in 0..self.args.idle_rounds {
                 eprintln!("idle round {} (load {})", round + 1, loadavg());
-                for i in 0..n {
-                    let t = &targets[(i + round) % n];
+                for i in 0..k {
+                    let t = idle[(i + round) % k];
                     self.measure(t, "idle", &["idle", &count, "--sources=4"]);
                 }
             }
