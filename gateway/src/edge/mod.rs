@@ -11,6 +11,7 @@
 //! - [`quic`]: HTTP/3 over QUIC (quinn, h3) on the TLS listeners' ports, into the same bridge.
 
 pub mod admission;
+pub mod client_hello;
 pub mod framing;
 pub mod guard;
 pub mod http;
