@@ -42,12 +42,7 @@ async fn server(tls: Tls) -> std::net::SocketAddr {
             let tls = tls.clone();
             tokio::spawn(async move {
                 if let Ok(mut s) = tls.accept(tcp).await {
-                    let alpn = s
-                        .get_ref()
-                        .1
-                        .alpn_protocol()
-                        .map(<[u8]>::to_vec)
-                        .unwrap_or_default();
+                    let alpn = s.alpn_protocol().map(<[u8]>::to_vec).unwrap_or_default();
                     let _ = s.write_all(&alpn).await;
                     let _ = s.shutdown().await;
                 }

@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tracing::Instrument as _;
 
 use super::Bridge;
@@ -43,13 +43,7 @@ pub(super) fn spawn(
         async move {
             let (_guard, revoked) = live;
             let Ok(io) = browser.await else { return };
-            let w = &bridge.websocket;
-            let cfg = WebSocketConfig::default()
-                .read_buffer_size(2 * 1024)
-                .write_buffer_size(0)
-                .max_write_buffer_size(w.write_buffer + w.max_message)
-                .max_message_size(Some(w.max_message))
-                .max_frame_size(Some(w.max_frame));
+            let cfg = super::ws::ws_config(&bridge);
             let ws =
                 WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(cfg)).await;
             let (mut sink, mut src) = ws.split();

@@ -402,10 +402,7 @@ impl Connection {
         );
         match tls {
             Some(tls) => match tls.accept(io).await {
-                Ok(stream)
-                    if stream.get_ref().1.alpn_protocol()
-                        == Some(crate::edge::tls::ACME_TLS_ALPN) =>
-                {
+                Ok(stream) if stream.alpn_protocol() == Some(crate::edge::tls::ACME_TLS_ALPN) => {
                     // An ACME CA saw the TLS-ALPN-01 certificate; RFC 8737
                     // ends the connection here.
                     stats.tls_ok.fetch_add(1, Ordering::Relaxed);
@@ -421,7 +418,7 @@ impl Connection {
                             .map(Arc::<str>::from),
                         sni: crate::edge::tls::server_name(&stream)
                             .map(|n| (Arc::<str>::from(n), tls.resolver.clone())),
-                        h2: stream.get_ref().1.alpn_protocol() == Some(b"h2"),
+                        h2: stream.alpn_protocol() == Some(b"h2"),
                         framing: None,
                     };
                     if session.h2 {

@@ -2,7 +2,8 @@
 //! `http/1.1`, session tickets and a session cache for resumption, SNI
 //! certificate selection, certificates swapped at run time, and a handshake
 //! deadline whose expiry is its own outcome ("TCP up, TLS stalled": the
-//! signature of the PMTU black hole of seed 000).
+//! signature of the PMTU black hole of seed 000). The connections run on
+//! [`super::tls_stream`], whose buffers an idle connection does not hold.
 //!
 //! Certificates are ECDSA P-256 when the gateway makes them (the demo's
 //! local CA): a small certificate flight is the other half of the remedy
@@ -20,8 +21,8 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
+
+use super::tls_stream::TlsStream;
 
 /// Why TLS set-up or a handshake failed.
 #[derive(Debug, thiserror::Error)]
@@ -293,7 +294,7 @@ pub fn alpn_challenge_key(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>
 /// The acceptor with its handshake deadline.
 #[derive(Clone)]
 pub struct Tls {
-    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
     /// Certificates, swappable.
     pub resolver: Arc<CertResolver>,
     /// Deadline for a handshake. Default 10 s.
@@ -330,7 +331,7 @@ impl Tls {
         // AES-GCM.
         config.ignore_client_order = true;
         Ok(Self {
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            config: Arc::new(config),
             resolver,
             handshake_timeout,
         })
@@ -342,7 +343,8 @@ impl Tls {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        match tokio::time::timeout(self.handshake_timeout, self.acceptor.accept(io)).await {
+        let handshake = super::tls_stream::accept(io, self.config.clone());
+        match tokio::time::timeout(self.handshake_timeout, handshake).await {
             Err(_) => Err(TlsError::Stalled(self.handshake_timeout)),
             Ok(Err(e)) => Err(TlsError::Handshake(e)),
             Ok(Ok(s)) => Ok(s),
@@ -410,14 +412,13 @@ fn server_config(
 /// The server name (SNI) the client asked for, lower case and without a
 /// trailing dot; `None` when it sent none (an IP address in the URL).
 pub fn server_name<IO>(stream: &TlsStream<IO>) -> Option<String> {
-    let name = stream.get_ref().1.server_name()?;
-    Some(name.trim_end_matches('.').to_ascii_lowercase())
+    stream.server_name().map(str::to_string)
 }
 
 /// The common name of a verified client certificate, if any (the first
 /// CN of the subject).
 pub fn client_common_name<IO>(stream: &TlsStream<IO>) -> Option<String> {
-    common_name(stream.get_ref().1.peer_certificates()?.first()?)
+    common_name(stream.peer_certificates()?.first()?)
 }
 
 /// The first common name of a certificate's subject.

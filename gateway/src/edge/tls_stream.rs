@@ -1,0 +1,887 @@
+//! The browser side's TLS stream: rustls' unbuffered server connection
+//! under buffers this module owns, so that an idle connection holds none.
+//!
+//! rustls' buffered `ServerConnection` (what `tokio-rustls` drives) keeps a
+//! 4 KiB receive buffer for the life of the connection, grown at the first
+//! read and never given back below that. With thousands of idle WebSockets
+//! that buffer is a third of the gateway's memory per connection. Here the
+//! received TLS bytes (`rx`), the encrypted bytes not yet written (`tx`) and
+//! the decrypted bytes not yet read (`plain`) are this stream's own; each is
+//! freed as soon as it is empty, so a connection between messages holds only
+//! rustls' keys and state.
+//!
+//! How it drives rustls: every call into the connection goes through
+//! [`TlsStream::pump`], which calls `process_tls_records` on all received
+//! bytes and handles the state it returns until the caller's need is met:
+//! plaintext for a read, room to encrypt for a write, a close_notify for a
+//! shutdown, the end of the handshake for [`accept`]. Bytes rustls asks to
+//! transmit (handshake flights, tickets, a key update, alerts) go to the end
+//! of `tx`, so they leave in the order rustls made them, before any
+//! application data encrypted after them (RFC 8446 §4.6.3 asks for exactly
+//! that order after a peer's key update). rustls itself handles key updates,
+//! the cipher suites' confidentiality limits and alerts.
+//!
+//! The received bytes are always given to rustls whole and only shrunk from
+//! the front by the amount rustls says to discard: rustls joins handshake
+//! messages in place and remembers offsets into that buffer.
+//!
+//! A write can meet application data that arrived before the reader asked
+//! for it (rustls decrypts the next record whenever it is called). Those
+//! bytes wait in `plain`, and the reader is woken, since its wait was on the
+//! socket.
+//!
+//! The server name: rustls' unbuffered server connection does not expose
+//! it, so [`super::client_hello::scan`] reads it from the ClientHello before
+//! rustls sees the bytes.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker, ready};
+
+use rustls::ServerConfig;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, InsufficientSizeError};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::client_hello::{self, Scan};
+
+/// Bytes asked of the socket per read at least: small enough that the
+/// allocator serves it from its per-thread cache (the buffer is taken and
+/// given back around every wait), large enough for a typical small
+/// WebSocket message's record. A larger record is read whole once its
+/// header is in, and the size of the last record read is the next read's
+/// size, so bulk transfers read a record per call.
+const READ_MIN: usize = 1024;
+/// The most received bytes held at once: a handshake message of up to
+/// 64 KiB (rustls' own cap) joined in place, and a record after it.
+const RX_MAX: usize = 0xffff + 2 * RECORD_MAX;
+/// A TLS record on the wire at most: header, 16 KiB of plaintext and the
+/// largest expansion rustls' suites add.
+const RECORD_MAX: usize = 5 + 16_384 + 256;
+/// Plaintext taken per `poll_write`; larger writes return a partial count.
+const WRITE_CHUNK: usize = 64 * 1024;
+/// Encrypted bytes a writer may queue before `poll_write` waits for the
+/// socket.
+const TX_HIGH: usize = 64 * 1024;
+
+/// A server-side TLS stream over `IO`.
+pub struct TlsStream<IO> {
+    io: IO,
+    conn: UnbufferedServerConnection,
+    /// Received, not yet discarded TLS bytes.
+    rx: Vec<u8>,
+    /// Decrypted application data not yet read, with the read offset into
+    /// the first chunk.
+    plain: VecDeque<Vec<u8>>,
+    plain_pos: usize,
+    /// Encrypted bytes to write, from `tx_pos` on.
+    tx: Vec<u8>,
+    tx_pos: usize,
+    /// The size of the last record that took more than one read (a hint
+    /// for the next read, halved at every use).
+    read_hint: u16,
+    /// The reader's waker while it waits on the socket.
+    read_waker: Option<Waker>,
+    /// The peer ended its side (close_notify, or TCP end between records).
+    read_done: bool,
+    /// This side sent its close_notify.
+    close_sent: bool,
+    /// rustls failed: every later call fails the same way.
+    failed: Option<Failed>,
+    sni: Option<String>,
+    hello_scanned: bool,
+}
+
+/// Why the stream stopped working.
+#[derive(Debug, Clone)]
+enum Failed {
+    Tls(rustls::Error),
+    Io(io::ErrorKind, String),
+}
+
+impl Failed {
+    fn to_io(&self) -> io::Error {
+        match self {
+            Self::Tls(e) => io::Error::new(io::ErrorKind::InvalidData, e.clone()),
+            Self::Io(kind, msg) => io::Error::new(*kind, msg.clone()),
+        }
+    }
+}
+
+/// What [`TlsStream::pump`] is asked for.
+enum Want<'a, 'b> {
+    /// Plaintext into this buffer.
+    Read(&'a mut ReadBuf<'b>),
+    /// Encrypt (a prefix of) this plaintext.
+    Write(&'a [u8]),
+    /// Queue a close_notify.
+    Close,
+    /// Progress on the handshake.
+    Handshake,
+}
+
+/// What [`TlsStream::pump`] achieved.
+#[derive(Debug, PartialEq, Eq)]
+enum Pumped {
+    /// Plaintext was put in the read buffer.
+    Read,
+    /// This much plaintext was encrypted into `tx`.
+    Wrote(usize),
+    /// The close_notify is in `tx`.
+    Closed,
+    /// Nothing more can happen without more bytes from the peer.
+    NeedInput,
+    /// The peer ended its side: no more plaintext will come.
+    PeerDone,
+}
+
+/// Runs a server handshake on `io` under `config`. The server name, ALPN
+/// and client certificate are known when it returns.
+pub async fn accept<IO>(io: IO, config: Arc<ServerConfig>) -> io::Result<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+    let mut stream = TlsStream {
+        io,
+        conn,
+        rx: Vec::new(),
+        plain: VecDeque::new(),
+        plain_pos: 0,
+        tx: Vec::new(),
+        tx_pos: 0,
+        read_hint: 0,
+        read_waker: None,
+        read_done: false,
+        close_sent: false,
+        failed: None,
+        sni: None,
+        hello_scanned: false,
+    };
+    poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    Ok(stream)
+}
+
+impl<IO> TlsStream<IO> {
+    /// The server name the client asked for (lower case, no trailing dot).
+    pub fn server_name(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    /// The protocol ALPN chose.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The client's certificate chain, when it sent one that verified.
+    pub fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    /// The negotiated TLS version.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// The socket under the TLS.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// Heap bytes this stream holds in its own buffers (not rustls' state):
+    /// zero between messages.
+    pub fn buffered_capacity(&self) -> usize {
+        self.rx.capacity()
+            + self.tx.capacity()
+            + self.plain.iter().map(Vec::capacity).sum::<usize>()
+    }
+
+    fn fail(&mut self, f: Failed) -> io::Error {
+        let e = f.to_io();
+        self.failed = Some(f);
+        e
+    }
+
+    /// Drives rustls until `want` is met or more input is needed.
+    fn pump(&mut self, mut want: Want<'_, '_>) -> io::Result<Pumped> {
+        if let Some(f) = &self.failed {
+            return Err(f.to_io());
+        }
+        loop {
+            let Self {
+                conn,
+                rx,
+                plain,
+                tx,
+                read_waker,
+                read_done,
+                close_sent,
+                ..
+            } = self;
+            let status = conn.process_tls_records(rx);
+            let mut discard = status.discard;
+            let state = match status.state {
+                Ok(state) => state,
+                Err(e) => {
+                    rx.drain(..discard.min(rx.len()));
+                    self.queue_alert();
+                    return Err(self.fail(Failed::Tls(e)));
+                }
+            };
+            let outcome = match state {
+                ConnectionState::ReadTraffic(mut records) => {
+                    let mut delivered = false;
+                    while let Some(record) = records.next_record() {
+                        let record = match record {
+                            Ok(r) => r,
+                            Err(e) => {
+                                drop(records);
+                                rx.drain(..discard.min(rx.len()));
+                                self.queue_alert();
+                                return Err(self.fail(Failed::Tls(e)));
+                            }
+                        };
+                        discard += record.discard;
+                        let mut payload = record.payload;
+                        if let Want::Read(dst) = &mut want
+                            && !delivered
+                            && plain.is_empty()
+                            && !payload.is_empty()
+                        {
+                            let n = payload.len().min(dst.remaining());
+                            dst.put_slice(&payload[..n]);
+                            payload = &payload[n..];
+                            delivered = true;
+                        }
+                        if !payload.is_empty() {
+                            plain.push_back(payload.to_vec());
+                        }
+                    }
+                    if !delivered
+                        && !plain.is_empty()
+                        && let Some(w) = read_waker.take()
+                    {
+                        w.wake();
+                    }
+                    match want {
+                        Want::Read(_) if delivered => Some(Pumped::Read),
+                        _ => None,
+                    }
+                }
+                ConnectionState::EncodeTlsData(mut data) => {
+                    let start = tx.len();
+                    let need = match data.encode(&mut []) {
+                        Err(EncodeError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => required_size,
+                        Ok(_) | Err(_) => 0,
+                    };
+                    tx.resize(start + need, 0);
+                    match data.encode(&mut tx[start..]) {
+                        Ok(n) => tx.truncate(start + n),
+                        Err(e) => {
+                            tx.truncate(start);
+                            let e = Failed::Io(io::ErrorKind::Other, format!("TLS encode: {e}"));
+                            return Err(self.fail(e));
+                        }
+                    }
+                    None
+                }
+                ConnectionState::TransmitTlsData(data) => {
+                    // The bytes are at the end of `tx`, after everything
+                    // queued before them: they leave in order.
+                    data.done();
+                    None
+                }
+                ConnectionState::BlockedHandshake => Some(Pumped::NeedInput),
+                ConnectionState::WriteTraffic(mut traffic) => match &want {
+                    Want::Write(data) => {
+                        let data = &data[..data.len().min(WRITE_CHUNK)];
+                        let start = tx.len();
+                        let records = data.len().div_ceil(16_384).max(1);
+                        tx.resize(start + data.len() + records * 64, 0);
+                        let mut r = traffic.encrypt(data, &mut tx[start..]);
+                        if let Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) = r
+                        {
+                            tx.resize(start + required_size, 0);
+                            r = traffic.encrypt(data, &mut tx[start..]);
+                        }
+                        match r {
+                            Ok(n) => {
+                                tx.truncate(start + n);
+                                Some(Pumped::Wrote(data.len()))
+                            }
+                            Err(e) => {
+                                tx.truncate(start);
+                                let e = Failed::Io(io::ErrorKind::Other, format!("TLS: {e}"));
+                                return Err(self.fail(e));
+                            }
+                        }
+                    }
+                    Want::Close => {
+                        let start = tx.len();
+                        tx.resize(start + 64, 0);
+                        match traffic.queue_close_notify(&mut tx[start..]) {
+                            Ok(n) => tx.truncate(start + n),
+                            Err(_) => tx.truncate(start),
+                        }
+                        *close_sent = true;
+                        Some(Pumped::Closed)
+                    }
+                    Want::Read(_) | Want::Handshake => Some(Pumped::NeedInput),
+                },
+                ConnectionState::PeerClosed => {
+                    // Writing and closing go on after the peer's end.
+                    *read_done = true;
+                    match want {
+                        Want::Write(_) | Want::Close => None,
+                        Want::Read(_) | Want::Handshake => Some(Pumped::PeerDone),
+                    }
+                }
+                ConnectionState::Closed => {
+                    // Both ends closed: no room to encrypt ever again.
+                    *read_done = true;
+                    match want {
+                        Want::Write(_) | Want::Close => {
+                            rx.drain(..discard.min(rx.len()));
+                            return Err(io::ErrorKind::BrokenPipe.into());
+                        }
+                        Want::Read(_) | Want::Handshake => Some(Pumped::PeerDone),
+                    }
+                }
+                ConnectionState::ReadEarlyData(_) => {
+                    rx.drain(..discard.min(rx.len()));
+                    let e = Failed::Io(io::ErrorKind::InvalidData, "TLS early data".into());
+                    return Err(self.fail(e));
+                }
+                _ => {
+                    rx.drain(..discard.min(rx.len()));
+                    let e = Failed::Io(io::ErrorKind::Other, "TLS: unknown state".into());
+                    return Err(self.fail(e));
+                }
+            };
+            rx.drain(..discard.min(rx.len()));
+            if let Some(outcome) = outcome {
+                return Ok(outcome);
+            }
+        }
+    }
+
+    /// After rustls failed: takes the alert it queued, if any, into `tx`
+    /// (sent on a best-effort basis by the caller's next flush). rustls
+    /// hands out queued bytes before it looks at received ones, and at the
+    /// failure its queue held only the alert; it is asked once, since a
+    /// second call would read the bad bytes again.
+    fn queue_alert(&mut self) {
+        let status = self.conn.process_tls_records(&mut self.rx);
+        if let Ok(ConnectionState::EncodeTlsData(mut data)) = status.state {
+            let start = self.tx.len();
+            self.tx.resize(start + 64, 0);
+            match data.encode(&mut self.tx[start..]) {
+                Ok(n) => self.tx.truncate(start + n),
+                Err(_) => self.tx.truncate(start),
+            }
+        }
+    }
+
+    /// Frees the buffers that are empty: an idle connection holds none.
+    /// The receive buffer only when the reader is about to wait (the
+    /// caller of a read that delivered usually reads again at once).
+    fn release(&mut self, waiting: bool) {
+        if waiting && self.rx.is_empty() && self.rx.capacity() != 0 && !self.conn.is_handshaking() {
+            self.rx = Vec::new();
+        }
+        if self.tx_pos == self.tx.len() && self.tx.capacity() != 0 {
+            self.tx = Vec::new();
+            self.tx_pos = 0;
+        }
+        if self.plain.is_empty() && self.plain.capacity() != 0 {
+            self.plain = VecDeque::new();
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
+    /// Reads more TLS bytes from the socket into `rx`: enough for the
+    /// record at its front, at least [`READ_CHUNK`]. `Ok(0)` is the TCP end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let have = self.rx.len();
+        // Enough for the record `rx` ends in, so a large record takes one
+        // read, not four.
+        let pending = match last_record_missing(&self.rx) {
+            Some(missing) => {
+                self.read_hint = u16::try_from(missing + have).unwrap_or(u16::MAX);
+                missing
+            }
+            None => {
+                // Halved at every use: after a bulk transfer, small
+                // messages go back to small reads.
+                let hint = usize::from(self.read_hint);
+                self.read_hint /= 2;
+                hint
+            }
+        };
+        let want = pending.max(READ_MIN).min(RX_MAX.saturating_sub(have));
+        if want == 0 {
+            let e = Failed::Io(io::ErrorKind::InvalidData, "TLS message too large".into());
+            return Poll::Ready(Err(self.fail(e)));
+        }
+        // Into the spare capacity, unzeroed (tokio-util does the
+        // bookkeeping of what the read initialized).
+        self.rx.reserve_exact(want);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rx)
+    }
+
+    /// Writes `tx` out; `Ready(Ok)` once it is all on the socket.
+    fn poll_flush_tx(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.tx_pos < self.tx.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.tx[self.tx_pos..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.tx_pos += n;
+        }
+        self.tx = Vec::new();
+        self.tx_pos = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if !self.hello_scanned {
+                match client_hello::scan(&self.rx) {
+                    Scan::NeedMore => {}
+                    Scan::Done(name) => {
+                        self.sni = name;
+                        self.hello_scanned = true;
+                    }
+                    Scan::Invalid => self.hello_scanned = true,
+                }
+            }
+            if self.hello_scanned {
+                let pumped = match self.pump(Want::Handshake) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // The alert, if the socket takes it now.
+                        let _ = self.poll_flush_tx(cx);
+                        return Poll::Ready(Err(e));
+                    }
+                };
+                if pumped == Pumped::PeerDone {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "peer closed during the TLS handshake",
+                    )));
+                }
+            }
+            ready!(self.poll_flush_tx(cx))?;
+            if self.hello_scanned && !self.conn.is_handshaking() {
+                self.release(true);
+                return Poll::Ready(Ok(()));
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed during the TLS handshake",
+                )));
+            }
+        }
+    }
+}
+
+/// When `rx` ends inside a record: how many bytes that record still
+/// misses. `None` when it ends on a record boundary or inside a header.
+fn last_record_missing(rx: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let header = rx.get(at..at + 5)?;
+        let end = at + 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if end > rx.len() {
+            return Some(end - rx.len());
+        }
+        at = end;
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(front) = this.plain.front() {
+                let n = (front.len() - this.plain_pos).min(buf.remaining());
+                buf.put_slice(&front[this.plain_pos..this.plain_pos + n]);
+                this.plain_pos += n;
+                if this.plain_pos == front.len() {
+                    this.plain.pop_front();
+                    this.plain_pos = 0;
+                }
+                this.release(false);
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_done {
+                return Poll::Ready(Ok(()));
+            }
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Bytes rustls queued while reading (a key update, an alert)
+            // go out when the socket takes them; a full socket is the
+            // writer's concern.
+            if this.tx_pos < this.tx.len()
+                && let Poll::Ready(Err(e)) = this.poll_flush_tx(cx)
+            {
+                return Poll::Ready(Err(e));
+            }
+            match this.pump(Want::Read(buf))? {
+                Pumped::Read => {
+                    this.release(false);
+                    return Poll::Ready(Ok(()));
+                }
+                Pumped::PeerDone => {
+                    this.read_done = true;
+                    continue;
+                }
+                Pumped::NeedInput | Pumped::Wrote(_) | Pumped::Closed => {}
+            }
+            if !this.plain.is_empty() {
+                continue;
+            }
+            match this.poll_fill(cx) {
+                Poll::Pending => {
+                    match &this.read_waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        _ => this.read_waker = Some(cx.waker().clone()),
+                    }
+                    this.release(true);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => {
+                    this.read_done = true;
+                    if this.rx.is_empty() {
+                        // The TCP end between records: the end of the
+                        // stream (HTTP and WebSocket frame their own ends).
+                        return Poll::Ready(Ok(()));
+                    }
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "TLS record cut short by the end of the connection",
+                    )));
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.tx.len() - this.tx_pos >= TX_HIGH {
+            ready!(this.poll_flush_tx(cx))?;
+        }
+        if this.close_sent {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let n = match this.pump(Want::Write(data))? {
+            Pumped::Wrote(n) => n,
+            other => {
+                return Poll::Ready(Err(io::Error::other(format!(
+                    "TLS: no room to write ({other:?})"
+                ))));
+            }
+        };
+        // Out now if the socket takes it; what it does not take waits in
+        // `tx` for the next write or flush.
+        if let Poll::Ready(Err(e)) = this.poll_flush_tx(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_flush_tx(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent && this.failed.is_none() {
+            // A peer that already closed both ends leaves nothing to tell.
+            match this.pump(Want::Close) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+            this.close_sent = true;
+        }
+        ready!(this.poll_flush_tx(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl<IO> std::fmt::Debug for TlsStream<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("sni", &self.sni)
+            .field("rx", &self.rx.len())
+            .field("tx", &(self.tx.len() - self.tx_pos))
+            .field("read_done", &self.read_done)
+            .field("close_sent", &self.close_sent)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    use super::*;
+    use crate::edge::tls::{CertResolver, LocalCa, Tls, local_ca};
+
+    fn server() -> (Tls, LocalCa) {
+        let ca = local_ca(&["plc-1.gw.example".into()]).unwrap();
+        let tls = Tls::new(
+            CertResolver::new(vec![ca.pair().unwrap()]),
+            Duration::from_secs(5),
+        );
+        (tls, ca)
+    }
+
+    fn client_config(
+        ca: &LocalCa,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(versions)
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+
+    /// A handshaken pair over an in-memory pipe of `pipe` bytes.
+    async fn pair(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        pipe: usize,
+    ) -> (
+        TlsStream<DuplexStream>,
+        tokio_rustls::client::TlsStream<DuplexStream>,
+    ) {
+        let (tls, ca) = server();
+        let (a, b) = duplex(pipe);
+        let connector = tokio_rustls::TlsConnector::from(client_config(&ca, versions));
+        let name = ServerName::try_from("PLC-1.gw.example").unwrap();
+        let (s, c) = tokio::join!(tls.accept(a), connector.connect(name, b));
+        (s.unwrap(), c.unwrap())
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn data_crosses_both_ways_and_an_idle_stream_holds_no_buffers() {
+        for versions in [
+            &[&rustls::version::TLS13][..],
+            &[&rustls::version::TLS12][..],
+        ] {
+            let (mut s, mut c) = pair(versions, 64 * 1024).await;
+            assert_eq!(s.alpn_protocol(), Some(&b"http/1.1"[..]));
+            assert_eq!(s.server_name(), Some("plc-1.gw.example"));
+            // Past the handshake nothing is buffered.
+            assert_eq!(s.buffered_capacity(), 0, "{s:?}");
+            for (i, len) in [1usize, 64, 16_384, 16_385, 100_000, 1 << 20]
+                .into_iter()
+                .enumerate()
+            {
+                let up = pattern(len, i as u8);
+                let down = pattern(len, 100 + i as u8);
+                let (mut got_up, mut got_down) = (vec![0; len], vec![0; len]);
+                let server = async {
+                    s.read_exact(&mut got_up).await.unwrap();
+                    s.write_all(&down).await.unwrap();
+                    s.flush().await.unwrap();
+                };
+                let client = async {
+                    c.write_all(&up).await.unwrap();
+                    c.flush().await.unwrap();
+                    c.read_exact(&mut got_down).await.unwrap();
+                };
+                tokio::join!(server, client);
+                assert!(got_up == up, "{len} bytes up");
+                assert!(got_down == down, "{len} bytes down");
+                // Waiting for the next message, it holds nothing.
+                let mut one = [0u8; 1];
+                let wait = tokio::time::timeout(Duration::from_millis(5), s.read(&mut one));
+                assert!(wait.await.is_err(), "nothing more was sent");
+                assert_eq!(s.buffered_capacity(), 0, "idle after {len} bytes: {s:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn close_notify_ends_reads_and_shutdown_sends_one() {
+        let (mut s, mut c) = pair(&[&rustls::version::TLS13], 4096).await;
+        c.write_all(b"last words").await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"last words");
+        // Writing after the peer's close_notify still works, then ours.
+        s.write_all(b"reply").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        // A clean close_notify: read_to_end sees no UnexpectedEof.
+        c.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"reply");
+        assert!(
+            s.write_all(b"more").await.is_err(),
+            "write after our close_notify"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_answered_in_order() {
+        let (mut s, mut c) = pair(&[&rustls::version::TLS13], 64 * 1024).await;
+        for round in 0..3u8 {
+            // The client asks for new keys both ways (update_requested).
+            c.get_mut().1.refresh_traffic_keys().unwrap();
+            c.write_all(&[round; 300]).await.unwrap();
+            c.flush().await.unwrap();
+            let mut got = [0u8; 300];
+            s.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, [round; 300]);
+            // Our answer goes out before our data, under the old keys; the
+            // data under the new ones: the client reads it.
+            s.write_all(&[round + 10; 500]).await.unwrap();
+            s.flush().await.unwrap();
+            let mut back = [0u8; 500];
+            c.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, [round + 10; 500]);
+        }
+    }
+
+    #[tokio::test]
+    async fn data_a_write_decrypts_waits_for_the_reader() {
+        // Two records in one delivery: the first read takes the first; a
+        // write then makes rustls decrypt the second, which must not be
+        // lost.
+        let (tls, ca) = server();
+        let (a, mut b) = duplex(64 * 1024);
+        let cfg = client_config(&ca, &[&rustls::version::TLS13]);
+        let mut conn =
+            ClientConnection::new(cfg, ServerName::try_from("plc-1.gw.example").unwrap()).unwrap();
+        let client = async {
+            let mut buf = vec![0u8; 32 * 1024];
+            while conn.is_handshaking() {
+                while conn.wants_write() {
+                    let mut out = Vec::new();
+                    conn.write_tls(&mut out).unwrap();
+                    b.write_all(&out).await.unwrap();
+                }
+                if conn.is_handshaking() {
+                    let n = b.read(&mut buf).await.unwrap();
+                    conn.read_tls(&mut &buf[..n]).unwrap();
+                    conn.process_new_packets().unwrap();
+                }
+            }
+            io::Write::write_all(&mut conn.writer(), b"first").unwrap();
+            io::Write::write_all(&mut conn.writer(), b"second").unwrap();
+            let mut out = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut out).unwrap();
+            }
+            b.write_all(&out).await.unwrap();
+        };
+        let (s, ()) = tokio::join!(tls.accept(a), client);
+        let mut s = s.unwrap();
+        let mut first = [0u8; 5];
+        s.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"first");
+        s.write_all(b"x").await.unwrap();
+        let mut second = [0u8; 6];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut second))
+            .await
+            .expect("the second record was lost")
+            .unwrap();
+        assert_eq!(&second, b"second");
+    }
+
+    #[tokio::test]
+    async fn a_forged_record_fails_the_stream_with_an_alert() {
+        let (mut s, mut c) = pair(&[&rustls::version::TLS13], 4096).await;
+        // An application-data record no key made.
+        let mut forged = vec![23, 3, 3, 0, 40];
+        forged.extend([0x5a; 40]);
+        c.get_mut().0.write_all(&forged).await.unwrap();
+        let mut buf = [0u8; 16];
+        let err = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        // It stays failed, for reads and writes alike.
+        assert!(s.read(&mut buf).await.is_err());
+        assert!(s.write_all(b"x").await.is_err());
+        // The client got the alert.
+        let err = c.read(&mut buf).await.unwrap_err();
+        assert!(err.to_string().contains("BadRecordMac"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn handshake_failures_are_errors() {
+        let (tls, _) = server();
+        // The peer leaves in the middle of its ClientHello.
+        let (a, mut b) = duplex(4096);
+        b.write_all(&[22, 3, 1, 2, 0, 1, 0, 1, 252]).await.unwrap();
+        drop(b);
+        let err = tls.accept(a).await.unwrap_err();
+        assert!(err.to_string().contains("closed"), "{err}");
+        // A record longer than TLS allows.
+        let (a, mut b) = duplex(4096);
+        b.write_all(&[22, 3, 1, 0xff, 0xff]).await.unwrap();
+        b.write_all(&[0; 1000]).await.unwrap();
+        let err = tls.accept(a).await.unwrap_err();
+        assert!(err.to_string().contains("failed"), "{err}");
+    }
+
+    #[test]
+    fn the_missing_part_of_the_last_record_is_known() {
+        assert_eq!(last_record_missing(&[]), None);
+        assert_eq!(last_record_missing(&[23, 3, 3]), None);
+        assert_eq!(last_record_missing(&[23, 3, 3, 0, 10, 1, 2]), Some(8));
+        let mut two = vec![23, 3, 3, 0, 2, 1, 2];
+        assert_eq!(last_record_missing(&two), None);
+        two.extend([23, 3, 3, 0x40, 0]);
+        assert_eq!(last_record_missing(&two), Some(0x4000));
+    }
+}
