@@ -181,6 +181,11 @@ impl<IO> TlsStream<IO> {
         self.conn.peer_certificates()
     }
 
+    /// The negotiated cipher suite.
+    pub fn negotiated_cipher_suite(&self) -> Option<rustls::SupportedCipherSuite> {
+        self.conn.negotiated_cipher_suite()
+    }
+
     /// The negotiated TLS version.
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
         self.conn.protocol_version()
@@ -472,7 +477,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                         return Poll::Ready(Err(e));
                     }
                 };
-                if pumped == Pumped::PeerDone {
+                // A close_notify right behind the client's Finished (a
+                // client that only wanted a session ticket) ends a finished
+                // handshake: the tickets still go out, and the first read
+                // sees the end.
+                if pumped == Pumped::PeerDone && self.conn.is_handshaking() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "peer closed during the TLS handshake",
@@ -720,6 +729,17 @@ mod tests {
             let (mut s, mut c) = pair(versions, 64 * 1024).await;
             assert_eq!(s.alpn_protocol(), Some(&b"http/1.1"[..]));
             assert_eq!(s.server_name(), Some("plc-1.gw.example"));
+            // The server's order: AES-128-GCM first, whatever the client
+            // (rustls: AES-256-GCM first) prefers.
+            let suite = s.negotiated_cipher_suite().unwrap().suite();
+            assert!(
+                matches!(
+                    suite,
+                    rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                        | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                ),
+                "{suite:?}"
+            );
             // Past the handshake nothing is buffered.
             assert_eq!(s.buffered_capacity(), 0, "{s:?}");
             for (i, len) in [1usize, 64, 16_384, 16_385, 100_000, 1 << 20]
@@ -837,6 +857,68 @@ mod tests {
             .expect("the second record was lost")
             .unwrap();
         assert_eq!(&second, b"second");
+    }
+
+    #[tokio::test]
+    async fn a_close_notify_behind_the_finished_still_gets_its_tickets() {
+        let (tls, ca) = server();
+        let mut cfg = (*client_config(&ca, &[&rustls::version::TLS13])).clone();
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        let cfg = Arc::new(cfg);
+        for round in 0..2 {
+            let (a, mut b) = duplex(64 * 1024);
+            let mut conn = ClientConnection::new(
+                cfg.clone(),
+                ServerName::try_from("plc-1.gw.example").unwrap(),
+            )
+            .unwrap();
+            let client = async {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    let mut out = Vec::new();
+                    while conn.wants_write() {
+                        conn.write_tls(&mut out).unwrap();
+                    }
+                    if !conn.is_handshaking() {
+                        // The Finished and the close_notify in one delivery.
+                        conn.send_close_notify();
+                        while conn.wants_write() {
+                            conn.write_tls(&mut out).unwrap();
+                        }
+                        b.write_all(&out).await.unwrap();
+                        break;
+                    }
+                    b.write_all(&out).await.unwrap();
+                    let n = b.read(&mut buf).await.unwrap();
+                    conn.read_tls(&mut &buf[..n]).unwrap();
+                    conn.process_new_packets().unwrap();
+                }
+                // Read what the server sends until it closes: the tickets.
+                loop {
+                    let n = b.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    conn.read_tls(&mut &buf[..n]).unwrap();
+                    conn.process_new_packets().unwrap();
+                }
+                conn.handshake_kind()
+            };
+            let server = async {
+                let mut s = tls.accept(a).await.expect("a finished handshake");
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).await.unwrap();
+                assert!(rest.is_empty());
+                s.shutdown().await.unwrap();
+            };
+            let (kind, ()) = tokio::join!(client, server);
+            let want = if round == 0 {
+                rustls::HandshakeKind::Full
+            } else {
+                rustls::HandshakeKind::Resumed
+            };
+            assert_eq!(kind, Some(want), "round {round}");
+        }
     }
 
     #[tokio::test]
