@@ -30,7 +30,7 @@
 //! # Limits
 //!
 //! Message `max_message` (default 1 MiB), frame `max_frame` (64 KiB), at
-//! most `write_buffer` + one message queued toward a browser, a 1 KiB
+//! most `write_buffer` + one message queued toward a browser, a 2 KiB
 //! read buffer (tungstenite allocates it up front, so it counts for every
 //! idle socket; the TLS stream under it holds no buffer while idle, see
 //! [`crate::edge::tls_stream`]); permessage-deflate is never negotiated (no
@@ -275,15 +275,14 @@ impl LastSeen {
     }
 }
 
-/// The browser side's WebSocket settings. The read buffer is what
-/// tungstenite keeps per connection, idle or not, and the most it reads per
-/// call: 1 KiB holds a typical control message whole, and larger frames take
-/// more calls into the TLS stream's already decrypted bytes, not more
-/// system calls.
+/// The browser side's WebSocket settings (link and raw tunnel alike). The
+/// read buffer is what tungstenite keeps per connection, idle or not, and
+/// the most it reads per call (1 KiB measured no smaller per idle
+/// connection than 2 KiB: BENCHMARKS.md, "TLS buffers freed while idle").
 pub(super) fn ws_config(bridge: &Bridge) -> WebSocketConfig {
     let w = &bridge.websocket;
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0)
         .max_write_buffer_size(w.write_buffer + w.max_message)
         .max_message_size(Some(w.max_message))
