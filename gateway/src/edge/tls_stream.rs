@@ -940,6 +940,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn random_bytes_after_the_handshake_fail_cleanly() {
+        // Whatever follows the handshake, a read ends in an error or the
+        // end of the stream: no panic, no hang.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for round in 0..64 {
+            let (mut s, mut c) = pair(&[&rustls::version::TLS13], 64 * 1024).await;
+            let len = (next() % 300) as usize + 1;
+            let mut junk: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Half the rounds look like records (a valid type and version).
+            if round % 2 == 0 && junk.len() >= 5 {
+                junk[0] = [20, 21, 22, 23][(next() % 4) as usize];
+                junk[1..3].copy_from_slice(&[3, 3]);
+            }
+            c.get_mut().0.write_all(&junk).await.unwrap();
+            c.get_mut().0.shutdown().await.unwrap();
+            let mut buf = [0u8; 64];
+            let r = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            assert!(r.is_ok(), "round {round}: the read hung on {junk:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn handshake_failures_are_errors() {
         let (tls, _) = server();
         // The peer leaves in the middle of its ClientHello.
