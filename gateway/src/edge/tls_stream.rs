@@ -231,9 +231,7 @@ impl<IO> TlsStream<IO> {
             let state = match status.state {
                 Ok(state) => state,
                 Err(e) => {
-                    rx.drain(..discard.min(rx.len()));
-                    self.queue_alert();
-                    return Err(self.fail(Failed::Tls(e)));
+                    return Err(self.tls_failed(discard, e));
                 }
             };
             let outcome = match state {
@@ -244,9 +242,7 @@ impl<IO> TlsStream<IO> {
                             Ok(r) => r,
                             Err(e) => {
                                 drop(records);
-                                rx.drain(..discard.min(rx.len()));
-                                self.queue_alert();
-                                return Err(self.fail(Failed::Tls(e)));
+                                return Err(self.tls_failed(discard, e));
                             }
                         };
                         discard += record.discard;
@@ -353,28 +349,36 @@ impl<IO> TlsStream<IO> {
                     *read_done = true;
                     match want {
                         Want::Write(_) | Want::Close => {
-                            rx.drain(..discard.min(rx.len()));
+                            discard_front(rx, discard);
                             return Err(io::ErrorKind::BrokenPipe.into());
                         }
                         Want::Read(_) | Want::Handshake => Some(Pumped::PeerDone),
                     }
                 }
                 ConnectionState::ReadEarlyData(_) => {
-                    rx.drain(..discard.min(rx.len()));
+                    discard_front(rx, discard);
                     let e = Failed::Io(io::ErrorKind::InvalidData, "TLS early data".into());
                     return Err(self.fail(e));
                 }
                 _ => {
-                    rx.drain(..discard.min(rx.len()));
+                    discard_front(rx, discard);
                     let e = Failed::Io(io::ErrorKind::Other, "TLS: unknown state".into());
                     return Err(self.fail(e));
                 }
             };
-            rx.drain(..discard.min(rx.len()));
+            discard_front(rx, discard);
             if let Some(outcome) = outcome {
                 return Ok(outcome);
             }
         }
+    }
+
+    /// rustls failed on the received bytes: drops what it consumed, queues
+    /// its alert and fails the stream.
+    fn tls_failed(&mut self, discard: usize, e: rustls::Error) -> io::Error {
+        discard_front(&mut self.rx, discard);
+        self.queue_alert();
+        self.fail(Failed::Tls(e))
     }
 
     /// After rustls failed: takes the alert it queued, if any, into `tx`
@@ -501,6 +505,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             }
         }
     }
+}
+
+/// Drops the `n` bytes rustls consumed from the front of `rx`.
+fn discard_front(rx: &mut Vec<u8>, n: usize) {
+    rx.drain(..n.min(rx.len()));
 }
 
 /// When `rx` ends inside a record: how many bytes that record still
