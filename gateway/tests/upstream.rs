@@ -20,7 +20,8 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 const PROTOCOLS: [&str; 2] = ["dumb-increment-protocol", "lws-mirror-protocol"];
 
@@ -236,7 +237,30 @@ async fn scenario(gw: &Gw, id: &str, seen: &Seen) {
         assert!(
             matches!(ws.next().await.unwrap().unwrap(), Message::Binary(b) if b.len() == 50_000)
         );
-        ws.close(None).await.unwrap();
+        // Pings are answered by the gateway (the relay owes the pong).
+        ws.send(Message::Ping(Bytes::from_static(b"there?")))
+            .await
+            .unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Pong(Bytes::from_static(b"there?"))
+        );
+        // The browser's close goes through with its code; the server's
+        // answer comes back with it.
+        ws.close(Some(CloseFrame {
+            code: CloseCode::from(4100),
+            reason: "done".into(),
+        }))
+        .await
+        .unwrap();
+        let answer = loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => break f,
+                Some(Ok(_)) => continue,
+                other => panic!("{id} h{v}: no close answer: {other:?}"),
+            }
+        };
+        assert_eq!(answer.map(|f| u16::from(f.code)), Some(4100), "{id} h{v}");
 
         // Only unknown subprotocols: explained at once, the server never asked.
         let before = seen.requests.lock().unwrap().len();

@@ -107,12 +107,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something accepts TCP connections on `addr`.
-pub fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) {
+/// Waits until something accepts TCP connections on `addr`; an error if
+/// `child` exits first.
+pub fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Result<(), String> {
     let started = Instant::now();
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before listening on {addr}: {status}");
+            return Err(format!(
+                "{what} exited before listening on {addr}: {status}"
+            ));
         }
         assert!(
             started.elapsed() < Duration::from_secs(15),
@@ -120,6 +123,7 @@ pub fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
 }
 
 /// The pids of every live descendant of `root` (from `/proc`).
@@ -167,27 +171,43 @@ pub struct ChromeDriver {
 impl ChromeDriver {
     /// Starts chromedriver on `127.0.0.1:<free port>` (local clients only),
     /// logging to `log`.
+    ///
+    /// The port is free when chosen but may be taken before chromedriver
+    /// binds it (tests run in parallel): chromedriver then exits at once,
+    /// and another port is tried, up to five.
     pub fn start(tools: &Tools, log: &Path) -> Self {
-        let port = free_port();
-        let mut child = Command::new(&tools.chromedriver)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .arg(format!("--log-path={}", log.display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", tools.chromedriver.display()));
-        wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            "chromedriver",
-            &mut child,
-        );
-        Self {
-            child,
-            port,
-            log: log.to_path_buf(),
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let mut child = Command::new(&tools.chromedriver)
+                .arg(format!("--port={port}"))
+                .arg("--allowed-ips=127.0.0.1")
+                .arg(format!("--log-path={}", log.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", tools.chromedriver.display()));
+            match wait_listening(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                "chromedriver",
+                &mut child,
+            ) {
+                Ok(()) => {
+                    return Self {
+                        child,
+                        port,
+                        log: log.to_path_buf(),
+                    };
+                }
+                Err(e) => {
+                    let why = std::fs::read_to_string(log).unwrap_or_default();
+                    eprintln!("{e}; trying another port. Its log:\n{why}");
+                    last = e;
+                }
+            }
         }
+        panic!("{last} (five ports tried)");
     }
 
     pub fn url(&self) -> String {

@@ -58,18 +58,26 @@ impl Lws {
             std::path::Path::new(LWS).exists(),
             "{LWS} is missing (apt-get install libwebsockets-test-server)"
         );
-        let port = e2e::browser::free_port();
-        // `-i lo`: bound to the loopback interface only.
-        let mut child = Command::new(LWS)
-            .args([&format!("--port={port}"), "-i", "lo"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        e2e::browser::wait_listening(addr, "libwebsockets-test-server", &mut child);
-        Self { child, addr }
+        // A free port may be taken before the server binds it (tests run
+        // in parallel): then it exits at once and another is tried.
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = e2e::browser::free_port();
+            // `-i lo`: bound to the loopback interface only.
+            let mut child = Command::new(LWS)
+                .args([&format!("--port={port}"), "-i", "lo"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match e2e::browser::wait_listening(addr, "libwebsockets-test-server", &mut child) {
+                Ok(()) => return Self { child, addr },
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last} (five ports tried)")
     }
 }
 

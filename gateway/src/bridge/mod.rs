@@ -35,6 +35,7 @@
 //! - `route`: host- and path-based routing.
 //! - `exchange`: the HTTP exchange over a device stream.
 //! - `ws`: the WebSocket bridge.
+//! - `wsconn`: the browser's WebSocket connection (frames), for `ws` and `tunnel`.
 //! - `page`: error pages and the landing page.
 //! - `stats`: the counters behind the metrics.
 
@@ -47,6 +48,7 @@ mod stats;
 mod tunnel;
 mod upstream;
 mod ws;
+mod wsconn;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

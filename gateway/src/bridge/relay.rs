@@ -1,41 +1,41 @@
-//! WebSocket to WebSocket: the browser's socket (terminated here, with the
-//! gateway's limits) and an HTTP/1.1 upstream's socket (raw services,
-//! direct upstreams), whole messages relayed each way by a task of its own,
-//! close frames passed on as sent.
+//! WebSocket to WebSocket: the browser's socket (terminated here, server
+//! role, with the gateway's limits) and an HTTP/1.1 upstream's socket
+//! (raw services, direct upstreams; client role, frames masked), whole
+//! messages relayed each way, close frames passed on as sent. Both are
+//! [`super::wsconn::WsConn`]s, so an idle pair holds no buffer.
 //!
 //! Both directions run in the one task of the socket pair (an idle pair
-//! costs one task, not three).
+//! costs one task, not three); each direction's pump is the only writer
+//! of its destination and also sends the pongs that side is owed.
 //!
 //! Endings: either side's close is forwarded and the relay waits up to
-//! [`CLOSE_GRACE`] for the other's; a message over the limit closes the
-//! browser with 1009 (and the upstream with 1001); an upstream connection
+//! [`CLOSE_GRACE`] for the other's (the closing side is answered with its
+//! own code if none comes); a frame that breaks the protocol or a limit
+//! closes its sender with 1002 / 1007 / 1009 and the other side with 1001
+//! (browser at fault) or 1011 (upstream at fault); an upstream connection
 //! lost closes the browser with 1011; access revoked by a reload, 1008.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt as _, StreamExt as _};
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::sync::{Mutex, Notify};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio::sync::Notify;
 use tracing::{Instrument as _, debug};
 
 use super::gate::LiveGuard;
 use super::page::full;
-use super::ws::Handshake;
+use super::ws::{Handshake, limits};
+use super::wsconn::{Incoming, OP_BINARY, OP_TEXT, Role, WsConn, close_payload};
 use super::{Body, Bridge};
 
 /// How long a closing handshake may take once one side has closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Conn = WsConn<TokioIo<Upgraded>>;
 
 /// The browser's 101 (HTTP/1.1) or 200 (HTTP/2 extended CONNECT).
 pub(super) fn browser_answer(handshake: &Handshake, subprotocol: Option<&str>) -> Response<Body> {
@@ -56,16 +56,6 @@ pub(super) fn browser_answer(handshake: &Handshake, subprotocol: Option<&str>) -
         resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
     resp
-}
-
-fn config(bridge: &Bridge) -> WebSocketConfig {
-    let w = &bridge.websocket;
-    WebSocketConfig::default()
-        .read_buffer_size(2 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(w.write_buffer + w.max_message)
-        .max_message_size(Some(w.max_message))
-        .max_frame_size(Some(w.max_frame))
 }
 
 /// Starts the relay once both upgrades complete.
@@ -91,11 +81,9 @@ pub(super) fn spawn(
                     return;
                 }
             };
-            let cfg = config(&bridge);
-            let browser =
-                WebSocketStream::from_raw_socket(TokioIo::new(b), Role::Server, Some(cfg)).await;
-            let upstream =
-                WebSocketStream::from_raw_socket(TokioIo::new(u), Role::Client, Some(cfg)).await;
+            let lim = limits(&bridge);
+            let browser = WsConn::new(TokioIo::new(b), Role::Server, lim);
+            let upstream = WsConn::new(TokioIo::new(u), Role::Client, lim);
             bridge
                 .stats
                 .ws_opened
@@ -104,7 +92,7 @@ pub(super) fn spawn(
                 .stats
                 .ws_open
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            relay(browser, upstream, &revoked).await;
+            relay(&browser, &upstream, &revoked).await;
             bridge
                 .stats
                 .ws_open
@@ -114,116 +102,134 @@ pub(super) fn spawn(
     );
 }
 
-fn close(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_string().into(),
-    }))
-}
-
 /// What ended one direction.
 enum End {
-    /// The source sent Close (already forwarded).
-    Closed,
-    /// The source's message was too big.
-    TooBig,
+    /// The source sent Close, with this payload (already forwarded).
+    Closed(Vec<u8>),
+    /// The source broke the protocol or a limit: its close code.
+    Failed(u16, &'static str),
     /// The source's connection failed or ended without Close.
     Lost,
+    /// The destination's connection failed.
+    SinkLost,
 }
 
-/// One direction: `from`'s messages into `to`.
-async fn pump(
-    mut from: futures_util::stream::SplitStream<Socket>,
-    to: &Mutex<futures_util::stream::SplitSink<Socket, Message>>,
-) -> End {
+/// One direction: `from`'s messages into `to`, and what `to` owes besides
+/// (pongs, queued frames: [`WsConn::drive`]).
+/// (The only writer of `to` while it runs.)
+async fn pump(from: &Conn, to: &Conn) -> End {
     loop {
-        match from.next().await {
-            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                if to.lock().await.send(m).await.is_err() {
-                    return End::Lost;
+        tokio::select! {
+            m = from.recv() => {
+                let sent = match m {
+                    Ok(Incoming::Text(m)) => to.send(OP_TEXT, &m).await,
+                    Ok(Incoming::Binary(m)) => to.send(OP_BINARY, &m).await,
+                    Ok(Incoming::Ping | Incoming::Pong) => Ok(()),
+                    Ok(Incoming::Close(p)) => {
+                        let _ = to.send_close(&p).await;
+                        return End::Closed(p);
+                    }
+                    Err(e) => {
+                        debug!("WebSocket relay: {e}");
+                        return match e.close() {
+                            Some((code, reason)) => End::Failed(code, reason),
+                            None => End::Lost,
+                        };
+                    }
+                };
+                if sent.is_err() {
+                    return End::SinkLost;
                 }
             }
-            Some(Ok(Message::Close(f))) => {
-                let _ = to.lock().await.send(Message::Close(f)).await;
-                return End::Closed;
+            r = to.drive() => {
+                if r.is_err() {
+                    return End::SinkLost;
+                }
             }
-            Some(Ok(_)) => {}
-            Some(Err(WsError::Capacity(_))) => return End::TooBig,
-            Some(Err(_)) | None => return End::Lost,
         }
     }
 }
 
 /// Both directions in this one task (two tasks of their own cost a task
-/// allocation each, and shared sinks behind an `Arc`, for every idle
-/// socket).
-async fn relay(browser: Socket, upstream: Socket, revoked: &Notify) {
-    let (b_sink, b_src) = browser.split();
-    let (u_sink, u_src) = upstream.split();
-    let b_sink = Mutex::new(b_sink);
-    let u_sink = Mutex::new(u_sink);
+/// allocation each for every idle socket), then the closing handshakes.
+async fn relay(browser: &Conn, upstream: &Conn, revoked: &Notify) {
     let first = {
-        let up = pump(b_src, &u_sink);
-        let down = pump(u_src, &b_sink);
+        let up = pump(browser, upstream);
+        let down = pump(upstream, browser);
         tokio::pin!(up, down);
         let first = tokio::select! {
             r = &mut up => Some((true, r)),
             r = &mut down => Some((false, r)),
             () = revoked.notified() => None,
         };
-        if let Some((from_browser, End::Closed)) = first {
+        if let Some((from_browser, End::Closed(_))) = &first {
             // Wait for the other side's close to come through.
-            if from_browser {
+            if *from_browser {
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut down).await;
             } else {
                 let _ = tokio::time::timeout(CLOSE_GRACE, &mut up).await;
             }
         }
         first
-        // The pumps end here, with any sink lock one held mid-send (a frame
-        // it had started stays queued in the sink and goes out first).
+        // The pumps end here; a frame one had begun to write stays with its
+        // connection and goes out before the next.
     };
-    match first {
-        None => {
-            let _ = b_sink
-                .lock()
-                .await
-                .send(close(1008, "access revoked"))
-                .await;
-            let _ = u_sink.lock().await.send(close(1001, "going away")).await;
+    let (to_browser, to_upstream) = match first {
+        None => (
+            Some(close_payload(1008, "access revoked")),
+            Some(close_payload(1001, "going away")),
+        ),
+        Some((from_browser, end)) => {
+            let failed_other = if from_browser {
+                close_payload(1001, "browser gone")
+            } else {
+                close_payload(1011, "upstream connection lost")
+            };
+            let (to_source, to_other) = match end {
+                // The source gets an answer with its code if the other side
+                // gave none in time.
+                End::Closed(p) => (Some(p[..p.len().min(2)].to_vec()), None),
+                End::Failed(code, reason) => {
+                    let other = if from_browser {
+                        close_payload(1001, "going away")
+                    } else {
+                        close_payload(1011, "upstream broke the protocol")
+                    };
+                    (Some(close_payload(code, reason)), Some(other))
+                }
+                End::Lost => (None, Some(failed_other)),
+                End::SinkLost => {
+                    let source = if from_browser {
+                        close_payload(1011, "upstream connection lost")
+                    } else {
+                        close_payload(1001, "browser gone")
+                    };
+                    (Some(source), None)
+                }
+            };
+            if from_browser {
+                (to_source, to_other)
+            } else {
+                (to_other, to_source)
+            }
         }
-        Some((from_browser, end)) => match end {
-            End::Closed => {}
-            End::TooBig if from_browser => {
-                let _ = b_sink
-                    .lock()
-                    .await
-                    .send(close(1009, "message too big"))
-                    .await;
-                let _ = u_sink.lock().await.send(close(1001, "going away")).await;
-            }
-            End::TooBig => {
-                let _ = b_sink
-                    .lock()
-                    .await
-                    .send(close(1011, "upstream message too big"))
-                    .await;
-                let _ = u_sink
-                    .lock()
-                    .await
-                    .send(close(1009, "message too big"))
-                    .await;
-            }
-            End::Lost if from_browser => {
-                let _ = u_sink.lock().await.send(close(1001, "browser gone")).await;
-            }
-            End::Lost => {
-                let _ = b_sink
-                    .lock()
-                    .await
-                    .send(close(1011, "upstream connection lost"))
-                    .await;
-            }
-        },
+    };
+    let grace = tokio::time::sleep(CLOSE_GRACE);
+    tokio::pin!(grace);
+    for (conn, close) in [(browser, to_browser), (upstream, to_upstream)] {
+        tokio::select! {
+            () = finish(conn, close) => {}
+            () = &mut grace => {}
+        }
     }
+}
+
+/// Sends `close` unless a close already went out, then ends the sending side.
+async fn finish(conn: &Conn, close: Option<Vec<u8>>) {
+    if let Some(p) = close
+        && !conn.close_sent()
+    {
+        let _ = conn.send_close(&p).await;
+    }
+    let _ = conn.shutdown().await;
 }

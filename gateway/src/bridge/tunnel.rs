@@ -8,33 +8,23 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use futures_util::{SinkExt as _, StreamExt as _};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
 use tokio::sync::Notify;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tracing::Instrument as _;
 
 use super::Bridge;
 use super::gate::LiveGuard;
-use crate::link::{DeviceStream, StreamEvent};
-
-fn close(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_string().into(),
-    }))
-}
+use super::ws::{CLOSE_GRACE, limits};
+use super::wsconn::{Incoming, OP_BINARY, Role, WsConn, close_payload};
+use crate::link::{DeviceStream, StreamEvent, StreamSender};
 
 /// Runs the tunnel once the browser's upgrade completes.
 pub(super) fn spawn(
     bridge: Arc<Bridge>,
     browser: OnUpgrade,
-    mut stream: DeviceStream,
+    stream: DeviceStream,
     live: (LiveGuard, Arc<Notify>),
     device: &str,
 ) {
@@ -43,59 +33,121 @@ pub(super) fn spawn(
         async move {
             let (_guard, revoked) = live;
             let Ok(io) = browser.await else { return };
-            let cfg = super::ws::ws_config(&bridge);
-            let ws =
-                WebSocketStream::from_raw_socket(TokioIo::new(io), Role::Server, Some(cfg)).await;
-            let (mut sink, mut src) = ws.split();
+            let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge));
             bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
             bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
-            let sender = stream.sender();
-            let up = tokio::spawn(async move {
-                while let Some(Ok(m)) = src.next().await {
-                    let data = match m {
-                        Message::Binary(b) => b.to_vec(),
-                        Message::Text(t) => t.as_bytes().to_vec(),
-                        Message::Close(_) => break,
-                        _ => continue,
-                    };
-                    if sender
-                        .send(MsgKind::Bytes, data, false, false)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                let _ = sender.send(MsgKind::Bytes, Vec::new(), false, true).await;
-            });
-            let end = loop {
-                tokio::select! {
-                    ev = stream.recv() => match ev {
-                        Some(StreamEvent::Data { msg: MsgKind::Bytes, data, fin, .. }) => {
-                            if !data.is_empty() && sink.send(Message::binary(data)).await.is_err() {
-                                break None;
-                            }
-                            if fin {
-                                break Some(close(1000, "device closed the service"));
-                            }
-                        }
-                        Some(StreamEvent::Data { .. }) => {
-                            stream.reset(Code::PROTOCOL);
-                            break Some(close(1011, "device broke the stream"));
-                        }
-                        Some(StreamEvent::Reset(_)) | Some(StreamEvent::Closed) | None => {
-                            break Some(close(1011, "device link lost"));
-                        }
-                    },
-                    () = revoked.notified() => break Some(close(1008, "access revoked")),
-                }
-            };
-            if let Some(c) = end {
-                let _ = sink.send(c).await;
-            }
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), up).await;
+            run(&conn, stream, &revoked).await;
             bridge.stats.ws_open.fetch_sub(1, Ordering::Relaxed);
         }
         .instrument(span),
     );
+}
+
+/// How the browser's side ended.
+enum UpEnd {
+    /// Its close frame, with this payload.
+    Closed(Vec<u8>),
+    /// It broke the protocol or a limit: close with this code.
+    Failed(u16, &'static str),
+    /// Its connection is gone.
+    Gone,
+}
+
+/// Both directions, in one task, then the closing handshake.
+async fn run<S>(conn: &WsConn<S>, mut stream: DeviceStream, revoked: &Notify)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let up = up(conn, stream.sender());
+    tokio::pin!(up);
+    let mut up_done = false;
+    let revoked = revoked.notified();
+    tokio::pin!(revoked);
+    let close = loop {
+        tokio::select! {
+            ev = stream.recv() => match ev {
+                Some(StreamEvent::Data { msg: MsgKind::Bytes, data, fin, .. }) => {
+                    if !data.is_empty() && conn.send(OP_BINARY, &data).await.is_err() {
+                        break None;
+                    }
+                    if fin {
+                        break Some(close_payload(1000, "device closed the service"));
+                    }
+                }
+                Some(StreamEvent::Data { .. }) => {
+                    stream.reset(Code::PROTOCOL);
+                    break Some(close_payload(1011, "device broke the stream"));
+                }
+                Some(StreamEvent::Reset(_) | StreamEvent::Closed) | None => {
+                    break Some(close_payload(1011, "device link lost"));
+                }
+            },
+            end = &mut up, if !up_done => {
+                up_done = true;
+                match end {
+                    // Answered with its code (RFC 6455 §5.5.1).
+                    UpEnd::Closed(p) => break Some(p[..p.len().min(2)].to_vec()),
+                    UpEnd::Failed(code, reason) => break Some(close_payload(code, reason)),
+                    UpEnd::Gone => break None,
+                }
+            }
+            r = conn.drive() => {
+                if r.is_err() {
+                    break None;
+                }
+            }
+            () = &mut revoked => {
+                stream.reset(Code::CANCEL);
+                break Some(close_payload(1008, "access revoked"));
+            }
+        }
+    };
+    let grace = tokio::time::sleep(CLOSE_GRACE);
+    tokio::pin!(grace);
+    if let Some(p) = close {
+        let _ = conn.send_close(&p).await;
+        // The browser's answer ends the up half.
+        if !up_done {
+            tokio::select! {
+                _ = &mut up => {}
+                () = &mut grace => {}
+            }
+        }
+    }
+    drop(stream);
+    tokio::select! {
+        _ = conn.shutdown() => {}
+        () = &mut grace => {}
+    }
+}
+
+/// Browser → device: each message's bytes in order, then FIN.
+async fn up<S>(conn: &WsConn<S>, to: StreamSender) -> UpEnd
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut device_gone = false;
+    let end = loop {
+        match conn.recv().await {
+            Ok(Incoming::Binary(data) | Incoming::Text(data)) => {
+                // Once the device side is gone, what the browser still
+                // sends is read and dropped until its close.
+                if !device_gone && to.send(MsgKind::Bytes, data, false, false).await.is_err() {
+                    device_gone = true;
+                }
+            }
+            Ok(Incoming::Ping | Incoming::Pong) => {}
+            Ok(Incoming::Close(p)) => break UpEnd::Closed(p),
+            Err(e) => {
+                break match e.close() {
+                    Some((code, reason)) => UpEnd::Failed(code, reason),
+                    None => UpEnd::Gone,
+                };
+            }
+        }
+    };
+    if !device_gone {
+        let _ = to.send(MsgKind::Bytes, Vec::new(), false, true).await;
+    }
+    end
 }

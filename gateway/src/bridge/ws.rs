@@ -3,9 +3,9 @@
 //! messages over a device stream of kind WebSocket.
 //!
 //! ```text
-//!  browser ──frames──▶ tungstenite ──messages──▶ up half ──Text/Binary/WsClose──▶ device
-//!  browser ◀─frames── tungstenite ◀─messages── down loop ◀─Text/Binary/WsClose── device
-//!                                   ▲ pings every ping_interval; control from the up half
+//!  browser ──frames──▶ WsConn ──messages──▶ up half ──Text/Binary/WsClose──▶ device
+//!  browser ◀─frames── WsConn ◀─messages── down loop ◀─Text/Binary/WsClose── device
+//!                              ▲ pings every ping_interval, owed pongs, control from the up half
 //! ```
 //!
 //! Both halves run in one task per socket, and nothing is allocated per
@@ -24,17 +24,20 @@
 //! 1009 to the browser and to the device; a device message over it →
 //! 1011; the link to the device lost → 1011, or 1001 when the gateway is
 //! shutting down; no answer to two pings in a row → 1001; access revoked
-//! by a reload (user, token or device permission removed) → 1008. Pings from the
-//! browser are answered here (tungstenite's automatic pong).
+//! by a reload (user, token or device permission removed) → 1008; a frame
+//! that breaks RFC 6455 → 1002; text that is not UTF-8 → 1007. Pings
+//! from the browser are answered here ([`super::wsconn`]).
 //!
 //! # Limits
 //!
-//! Message `max_message` (default 1 MiB), frame `max_frame` (64 KiB), at
-//! most `write_buffer` + one message queued toward a browser, a 2 KiB
-//! read buffer (tungstenite allocates it up front, so it counts for every
-//! idle socket; the TLS stream under it holds no buffer while idle, see
-//! [`crate::edge::tls_stream`]); permessage-deflate is never negotiated (no
-//! `Sec-WebSocket-Extensions` in the answer).
+//! Message `max_message` (default 1 MiB) and frame `max_frame` (64 KiB),
+//! refused at the frame's header; toward a browser, the next message is
+//! taken from the device stream once at most `write_buffer` (128 KiB) of
+//! the last is still unwritten, so beyond that the device's window is what
+//! queues. No buffer is held by an idle socket:
+//! [`super::wsconn`] reads on the stack and the TLS stream under it frees
+//! its buffers ([`crate::edge::tls_stream`]). permessage-deflate is never
+//! negotiated (no `Sec-WebSocket-Extensions` in the answer).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -42,7 +45,6 @@ use std::time::Duration;
 
 use super::RequestBody;
 use bytes::Bytes;
-use futures_util::{SinkExt as _, StreamExt as _};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
@@ -50,15 +52,14 @@ use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::{Instrument as _, debug};
 
 use super::exchange::{download, link_lost, read_head};
 use super::gate::LiveGuard;
 use super::page::{ErrorPage, full};
+use super::wsconn::{
+    Incoming, Limits, OP_BINARY, OP_PING, OP_TEXT, Role, WsConn, close_payload, wire_close_code,
+};
 use super::{Body, Bridge, response_from_head};
 use crate::link::{DeviceStream, StreamEvent, StreamSender};
 
@@ -241,9 +242,8 @@ pub(super) async fn bridge(
 enum Ctl {
     /// Close the browser's WebSocket with this code and reason.
     Close(u16, &'static str),
-    /// The browser sent its close (already answered by tungstenite), and
-    /// it went on to the device.
-    BrowserClosed,
+    /// The browser sent its close (this payload); answer it with its code.
+    BrowserClosed(Vec<u8>),
     /// The browser's connection is gone.
     Gone,
 }
@@ -275,38 +275,32 @@ impl LastSeen {
     }
 }
 
-/// The browser side's WebSocket settings (link and raw tunnel alike). The
-/// read buffer is what tungstenite keeps per connection, idle or not, and
-/// the most it reads per call (1 KiB measured no smaller per idle
-/// connection than 2 KiB: BENCHMARKS.md, "TLS buffers freed while idle").
-pub(super) fn ws_config(bridge: &Bridge) -> WebSocketConfig {
-    let w = &bridge.websocket;
-    WebSocketConfig::default()
-        .read_buffer_size(2 * 1024)
-        .write_buffer_size(0)
-        .max_write_buffer_size(w.write_buffer + w.max_message)
-        .max_message_size(Some(w.max_message))
-        .max_frame_size(Some(w.max_frame))
+/// The WebSocket limits (link, raw tunnel and relay alike).
+pub(super) fn limits(bridge: &Bridge) -> Limits {
+    Limits {
+        max_frame: bridge.websocket.max_frame,
+        max_message: bridge.websocket.max_message,
+        write_buffer: bridge.websocket.write_buffer,
+    }
 }
 
 async fn session<S>(bridge: Arc<Bridge>, stream: DeviceStream, io: S, revoked: Arc<Notify>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(&bridge))).await;
-    let (sink, src) = ws.split();
+    let conn = WsConn::new(io, Role::Server, limits(&bridge));
     let (ctl_tx, ctl_rx) = oneshot::channel();
     let seen = LastSeen::new();
     bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
     bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
     // Both halves run in this task (a task of its own for the up half cost
     // its allocation for every idle socket).
-    let up = up(&bridge, src, stream.sender(), ctl_tx, &seen);
+    let up = up(&bridge, &conn, stream.sender(), ctl_tx, &seen);
     tokio::pin!(up);
     let mut up_done = false;
     let mut stream = stream;
     {
-        let down = down(&bridge, &mut stream, sink, ctl_rx, &revoked, &seen);
+        let down = down(&bridge, &mut stream, &conn, ctl_rx, &revoked, &seen);
         tokio::pin!(down);
         loop {
             tokio::select! {
@@ -317,29 +311,27 @@ where
     }
     // The stream stays open until the browser's side is done, so the
     // closing handshake can finish toward the device.
+    let grace = tokio::time::sleep(CLOSE_GRACE);
+    tokio::pin!(grace);
     if !up_done {
-        let _ = tokio::time::timeout(CLOSE_GRACE, &mut up).await;
+        tokio::select! {
+            () = &mut up => {}
+            () = &mut grace => {}
+        }
     }
     drop(stream);
+    // TLS close_notify and FIN (the server closes first, RFC 6455 §7.1.1).
+    tokio::select! {
+        _ = conn.shutdown() => {}
+        () = &mut grace => {}
+    }
     bridge.stats.ws_open.fetch_sub(1, Ordering::Relaxed);
 }
-
-fn close_payload(frame: Option<&CloseFrame>) -> Vec<u8> {
-    let mut out = Vec::new();
-    if let Some(f) = frame {
-        out.extend_from_slice(&u16::from(f.code).to_be_bytes());
-        out.extend_from_slice(f.reason.as_bytes());
-    }
-    out
-}
-
-type Source<S> = futures_util::stream::SplitStream<WebSocketStream<S>>;
-type Sink<S> = futures_util::stream::SplitSink<WebSocketStream<S>, Message>;
 
 /// Browser → device.
 async fn up<S>(
     bridge: &Bridge,
-    mut src: Source<S>,
+    conn: &WsConn<S>,
     to: StreamSender,
     ctl: oneshot::Sender<Ctl>,
     seen: &LastSeen,
@@ -353,59 +345,41 @@ async fn up<S>(
     };
     let mut device_gone = false;
     loop {
-        let (msg, data) = match src.next().await {
-            // Without a copy where tungstenite's buffer is not shared.
-            Some(Ok(Message::Text(t))) => (MsgKind::Text, Vec::from(Bytes::from(t))),
-            Some(Ok(Message::Binary(b))) => (MsgKind::Binary, Vec::from(b)),
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+        let (msg, data) = match conn.recv().await {
+            Ok(Incoming::Text(t)) => (MsgKind::Text, t),
+            Ok(Incoming::Binary(b)) => (MsgKind::Binary, b),
+            Ok(Incoming::Ping | Incoming::Pong) => {
                 seen.touch();
                 continue;
             }
-            Some(Ok(Message::Close(frame))) => {
-                // tungstenite has answered the browser; the close goes on to
-                // the device (for at most CLOSE_GRACE), then the down loop
-                // ends the session.
-                let close = to.send(MsgKind::WsClose, close_payload(frame.as_ref()), true, true);
+            Ok(Incoming::Close(payload)) => {
+                // The down loop answers the browser (unless the gateway
+                // closed first and this is the answer); the close goes on
+                // to the device (for at most CLOSE_GRACE).
+                let _ = ctl.send(Ctl::BrowserClosed(payload.clone()));
+                let close = to.send(MsgKind::WsClose, payload, true, true);
                 let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
-                let _ = ctl.send(Ctl::BrowserClosed);
                 return;
             }
-            Some(Err(e)) => {
-                let (code, reason) = match &e {
-                    WsError::Capacity(_) => (1009, "message too big"),
-                    WsError::Utf8(_) => (1007, "invalid UTF-8"),
-                    WsError::Protocol(_) => (1002, "protocol error"),
-                    _ => {
-                        debug!("browser WebSocket failed: {e}");
-                        let _ = to
-                            .send(
-                                MsgKind::WsClose,
-                                close_device(1001, "browser gone"),
-                                true,
-                                true,
-                            )
-                            .await;
-                        let _ = ctl.send(Ctl::Gone);
-                        return;
-                    }
+            Err(e) => {
+                let Some((code, reason)) = e.close() else {
+                    debug!("browser WebSocket ended: {e}");
+                    let _ = ctl.send(Ctl::Gone);
+                    let _ = to
+                        .send(
+                            MsgKind::WsClose,
+                            close_device(1001, "browser gone"),
+                            true,
+                            true,
+                        )
+                        .await;
+                    return;
                 };
                 debug!(code, "closing the browser's WebSocket: {e}");
                 let _ = ctl.send(Ctl::Close(code, reason));
                 let _ = to
                     .send(MsgKind::WsClose, close_device(code, reason), true, true)
                     .await;
-                return;
-            }
-            None => {
-                let _ = to
-                    .send(
-                        MsgKind::WsClose,
-                        close_device(1001, "browser gone"),
-                        true,
-                        true,
-                    )
-                    .await;
-                let _ = ctl.send(Ctl::Gone);
                 return;
             }
         };
@@ -425,16 +399,19 @@ async fn up<S>(
     }
 }
 
-/// A close code the gateway may send to a browser (RFC 6455 §7.4).
-fn sendable(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+/// What the down loop sends the browser for a device event.
+enum Out {
+    /// A message: its opcode and payload.
+    Message(u8, Vec<u8>),
+    /// A close frame's payload.
+    Close(Vec<u8>),
 }
 
-/// Device → browser, pings, and the closing handshake.
+/// Device → browser, pings, owed pongs, and the closing handshake.
 async fn down<S>(
     bridge: &Bridge,
     stream: &mut DeviceStream,
-    mut sink: Sink<S>,
+    conn: &WsConn<S>,
     mut ctl: oneshot::Receiver<Ctl>,
     revoked: &Notify,
     seen: &LastSeen,
@@ -445,12 +422,7 @@ async fn down<S>(
     let interval = bridge.websocket.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
     let mut message: Vec<u8> = Vec::new();
-    let close = |code: u16, reason: String| {
-        Message::Close(Some(CloseFrame {
-            code: CloseCode::from(code),
-            reason: reason.into(),
-        }))
-    };
+    let close = |code: u16, reason: &str| Out::Close(close_payload(code, reason));
     // Made once: a wait made anew on every turn cost a lock to register
     // with the `Notify` and one to leave it, per message.
     let revoked = revoked.notified();
@@ -462,7 +434,7 @@ async fn down<S>(
                     Some(StreamEvent::Data { msg: msg @ (MsgKind::Text | MsgKind::Binary | MsgKind::WsClose), data, end_msg, fin }) => {
                         if message.len() + data.len() > max {
                             stream.reset(Code::PROTOCOL);
-                            Some((close(1011, "device message too big".into()), true))
+                            Some((close(1011, "device message too big"), true))
                         } else {
                             // A whole message in one chunk goes on as it is.
                             if message.is_empty() && end_msg {
@@ -473,87 +445,105 @@ async fn down<S>(
                             if end_msg {
                                 let body = std::mem::take(&mut message);
                                 match msg {
-                                    MsgKind::Text => match String::from_utf8(body) {
-                                        Ok(t) => Some((Message::text(t), fin)),
-                                        Err(_) => {
-                                            stream.reset(Code::PROTOCOL);
-                                            Some((close(1011, "device sent invalid UTF-8".into()), true))
-                                        }
-                                    },
-                                    MsgKind::Binary => Some((Message::binary(body), fin)),
-                                    _ => Some((device_close(&body), true)),
+                                    MsgKind::Text if std::str::from_utf8(&body).is_ok() => {
+                                        Some((Out::Message(OP_TEXT, body), fin))
+                                    }
+                                    MsgKind::Text => {
+                                        stream.reset(Code::PROTOCOL);
+                                        Some((close(1011, "device sent invalid UTF-8"), true))
+                                    }
+                                    MsgKind::Binary => Some((Out::Message(OP_BINARY, body), fin)),
+                                    _ => Some((Out::Close(device_close(&body)), true)),
                                 }
                             } else if fin {
-                                Some((close(1011, "device ended the stream mid-message".into()), true))
+                                Some((close(1011, "device ended the stream mid-message"), true))
                             } else {
                                 None
                             }
                         }
                     }
                     Some(StreamEvent::Data { fin: true, .. }) => {
-                        Some((close(1011, "device ended the stream".into()), true))
+                        Some((close(1011, "device ended the stream"), true))
                     }
                     Some(StreamEvent::Data { .. }) => {
                         stream.reset(Code::PROTOCOL);
-                        Some((close(1011, "device broke the message sequence".into()), true))
+                        Some((close(1011, "device broke the message sequence"), true))
                     }
                     Some(StreamEvent::Reset(code)) => {
-                        Some((close(1011, format!("device reset the stream ({code})")), true))
+                        Some((close(1011, &format!("device reset the stream ({code})")), true))
                     }
                     Some(StreamEvent::Closed) | None => {
                         let code = close_code_for_link_end(bridge.hub().is_shutting_down());
-                        Some((close(code, "device link lost".into()), true))
+                        Some((close(code, "device link lost"), true))
                     }
                 };
                 let Some((m, last)) = out else { continue };
-                let is_close = matches!(m, Message::Close(_));
-                let sent = sink.send(m).await.is_ok();
-                if sent && !is_close {
-                    bridge.stats.ws_messages_down.fetch_add(1, Ordering::Relaxed);
-                }
-                if !sent || last || is_close {
-                    break;
+                match m {
+                    Out::Message(op, body) => {
+                        if conn.send(op, &body).await.is_err() {
+                            break;
+                        }
+                        bridge.stats.ws_messages_down.fetch_add(1, Ordering::Relaxed);
+                        if last {
+                            // The device ended its stream with this message.
+                            let _ = conn.send_close(&[]).await;
+                            break;
+                        }
+                    }
+                    Out::Close(p) => {
+                        let _ = conn.send_close(&p).await;
+                        break;
+                    }
                 }
             }
             // Every word from the up half ends the loop (so the oneshot is
             // never polled again).
             c = &mut ctl => {
-                if let Ok(Ctl::Close(code, reason)) = c {
-                    let _ = sink.send(close(code, reason.into())).await;
+                match c {
+                    Ok(Ctl::Close(code, reason)) => {
+                        let _ = conn.send_close(&close_payload(code, reason)).await;
+                    }
+                    Ok(Ctl::BrowserClosed(p)) => {
+                        // Answered with the browser's code (RFC 6455 §5.5.1).
+                        let _ = conn.send_close(&p[..p.len().min(2)]).await;
+                    }
+                    Ok(Ctl::Gone) | Err(_) => {}
                 }
                 break;
+            }
+            r = conn.drive() => {
+                if r.is_err() {
+                    break;
+                }
             }
             _ = ping.tick() => {
                 if seen.elapsed() > interval * 2 {
                     debug!("browser did not answer pings; closing");
-                    let _ = sink.send(close(1001, "ping timeout".into())).await;
+                    let _ = conn.send_close(&close_payload(1001, "ping timeout")).await;
                     break;
                 }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                if conn.send(OP_PING, &[]).await.is_err() {
                     break;
                 }
             }
             () = &mut revoked => {
                 debug!("access revoked; closing");
-                let _ = sink.send(close(1008, "access revoked".into())).await;
+                let _ = conn.send_close(&close_payload(1008, "access revoked")).await;
                 stream.reset(Code::CANCEL);
                 break;
             }
         }
     }
-    let _ = sink.close().await;
 }
 
-/// The browser's close frame for a device's close payload.
-fn device_close(payload: &[u8]) -> Message {
+/// The browser's close payload for a device's close payload: its code if
+/// a peer may send it (1011 otherwise) and its reason, made UTF-8 and cut
+/// to fit a control frame.
+fn device_close(payload: &[u8]) -> Vec<u8> {
     if payload.len() < 2 {
-        return Message::Close(None);
+        return Vec::new();
     }
     let code = u16::from_be_bytes([payload[0], payload[1]]);
-    let reason = String::from_utf8_lossy(&payload[2..]).into_owned();
-    let code = if sendable(code) { code } else { 1011 };
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    }))
+    let code = if wire_close_code(code) { code } else { 1011 };
+    close_payload(code, &String::from_utf8_lossy(&payload[2..]))
 }

@@ -350,7 +350,7 @@ pub struct Http3Section {
     pub max_mtu: Option<Spanned<i64>>,
 }
 
-/// `[websocket]`. The limits sit below tungstenite's defaults.
+/// `[websocket]`: limits for the WebSockets the gateway terminates.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebSocketSection {

@@ -1,0 +1,1003 @@
+//! The browser's WebSocket connection (RFC 6455, server role) for the
+//! link and raw-tunnel bridges: frames in and out over the upgraded
+//! connection, with nothing on the heap while the socket is idle.
+//!
+//! tungstenite, which the direct-mode relay still uses, allocates its read
+//! buffer when the connection starts and keeps it for the connection's
+//! life, and splitting it for the two directions puts the whole connection
+//! behind an `Arc`'d lock. Here a poll reads into a buffer on its own stack
+//! and keeps on the heap only what a message in flight needs:
+//!
+//! ```text
+//!  recv: io ─read─▶ stack buffer (READ) ─feed─▶ header, 14 bytes inline
+//!                                          ├──▶ payload, unmasked, into the message (or control payload)
+//!                                          └──▶ bytes past a finished message ─▶ `rest`, until consumed
+//!  send: [owed pong] + header + payload, one buffer ─write─▶ io ─flush
+//! ```
+//!
+//! Both directions run in one task (the bridge's `up` and `down` halves
+//! under one `select!`): each takes the connection's lock only inside a
+//! poll, never across an await, so the lock is never contended. A ping
+//! from the browser leaves its pong with the writer, which sends it before
+//! its next frame, or at once when it has nothing to send (its task is
+//! woken for that).
+//!
+//! # What the reader enforces (RFC 6455 §5, §7.4)
+//!
+//! A failure ends reading for good and names the close code the bridge
+//! sends ([`RecvError::close`]):
+//! - 1002: a reserved bit set (no extension is ever agreed), a reserved
+//!   opcode, an unmasked frame, a 64-bit length with its top bit set, a
+//!   fragmented or over-125-byte control frame, a continuation with no
+//!   message begun or a new message inside a fragmented one, a close
+//!   payload of one byte or with a code a peer may not send.
+//! - 1009: a frame over `max_frame` or a message over `max_message`,
+//!   refused at its header, before its payload is read.
+//! - 1007: a text message or close reason that is not UTF-8 (checked when
+//!   the message is whole).
+//!
+//! The writer sends whole messages as single frames, unmasked, and nothing
+//! after its close frame.
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How much one poll reads: one TLS record's plaintext.
+const READ: usize = 16 * 1024;
+
+/// Continuation frame.
+const OP_CONT: u8 = 0x0;
+/// Text frame.
+pub(super) const OP_TEXT: u8 = 0x1;
+/// Binary frame.
+pub(super) const OP_BINARY: u8 = 0x2;
+/// Close frame.
+const OP_CLOSE: u8 = 0x8;
+/// Ping frame.
+pub(super) const OP_PING: u8 = 0x9;
+/// Pong frame.
+const OP_PONG: u8 = 0xA;
+
+/// The largest control frame payload (RFC 6455 §5.5).
+const MAX_CONTROL: usize = 125;
+
+/// Which end of the WebSocket the gateway is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Toward a browser: frames in are masked, frames out are not.
+    Server,
+    /// Toward an upstream WebSocket server (direct upstreams): frames out
+    /// are masked with a fresh random key each, frames in must not be.
+    Client,
+}
+
+/// Size limits: what the peer may send, what may wait toward it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    /// The largest frame payload.
+    pub(super) max_frame: usize,
+    /// The largest message, all its frames together.
+    pub(super) max_message: usize,
+    /// How much of what is sent may wait unwritten while the sender goes
+    /// on (`[websocket] write_buffer`).
+    pub(super) write_buffer: usize,
+}
+
+/// What the browser sent.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Incoming {
+    /// A whole text message (valid UTF-8).
+    Text(Vec<u8>),
+    /// A whole binary message.
+    Binary(Vec<u8>),
+    /// A ping; its pong is owed and goes out with the next write.
+    Ping,
+    /// A pong.
+    Pong,
+    /// A close frame's payload as received: empty, or a code a peer may
+    /// send and a UTF-8 reason. Nothing more is read after it.
+    Close(Vec<u8>),
+}
+
+/// Why reading from the browser ended.
+#[derive(Debug)]
+pub(super) enum RecvError {
+    /// The connection failed.
+    Io(io::Error),
+    /// The connection ended (also mid-frame), or reading had already ended.
+    Eof,
+    /// A frame broke the protocol.
+    Protocol(&'static str),
+    /// A frame or message over the limits.
+    TooBig,
+    /// A text message or close reason that is not UTF-8.
+    Utf8,
+}
+
+impl RecvError {
+    /// The close code and reason to send the browser for this failure;
+    /// `None` when the connection itself is gone.
+    pub(super) fn close(&self) -> Option<(u16, &'static str)> {
+        match self {
+            Self::Io(_) | Self::Eof => None,
+            Self::Protocol(_) => Some((1002, "protocol error")),
+            Self::TooBig => Some((1009, "message too big")),
+            Self::Utf8 => Some((1007, "invalid UTF-8")),
+        }
+    }
+}
+
+impl std::fmt::Display for RecvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Io(e) => write!(f, "connection failed: {e}"),
+            Self::Eof => f.write_str("connection ended"),
+            Self::Protocol(what) => write!(f, "protocol error: {what}"),
+            Self::TooBig => f.write_str("frame or message over the limit"),
+            Self::Utf8 => f.write_str("text that is not UTF-8"),
+        }
+    }
+}
+
+/// A close code that may appear in a close frame on the wire: the
+/// defined ones (RFC 6455 §7.4.1 and the IANA registry) and the ranges
+/// for libraries and applications.
+pub(super) fn wire_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// The frame being read.
+#[derive(Debug)]
+struct Frame {
+    op: u8,
+    fin: bool,
+    mask: [u8; 4],
+    /// Payload bytes read so far, modulo 4 (where the mask stands).
+    phase: usize,
+    /// Payload bytes still to come.
+    left: u64,
+}
+
+/// The reader's state between polls. Idle, it holds no allocation.
+#[derive(Debug, Default)]
+struct Reader {
+    /// A client (frames in unmasked).
+    client: bool,
+    hdr: [u8; 14],
+    hdr_len: usize,
+    frame: Option<Frame>,
+    /// The data message being assembled: its opcode (text or binary).
+    msg_op: Option<u8>,
+    msg: Vec<u8>,
+    /// The control frame's payload being read.
+    ctl: Vec<u8>,
+    /// Bytes read past a finished message, and how many of them are used.
+    rest: Vec<u8>,
+    rest_at: usize,
+    /// A close or a failure was read: nothing more is.
+    done: bool,
+}
+
+impl Reader {
+    /// Consumes `data` up to the end of one message, a control frame, or
+    /// `data`; returns how much was used and what was completed.
+    fn feed(&mut self, data: &[u8], lim: &Limits) -> Result<(usize, Option<Incoming>), RecvError> {
+        let mut at = 0;
+        loop {
+            if self.frame.is_none() {
+                // The header: two bytes say how long it is.
+                let want = if self.hdr_len < 2 {
+                    2
+                } else {
+                    header_len(self.hdr[1])
+                };
+                let take = (want - self.hdr_len).min(data.len() - at);
+                self.hdr[self.hdr_len..self.hdr_len + take].copy_from_slice(&data[at..at + take]);
+                self.hdr_len += take;
+                at += take;
+                if self.hdr_len < want {
+                    return Ok((at, None));
+                }
+                if want == 2 && header_len(self.hdr[1]) > 2 {
+                    continue;
+                }
+                self.start_frame(lim)?;
+            }
+            let Some(f) = self.frame.as_mut() else {
+                continue;
+            };
+            let take = usize::try_from(f.left)
+                .unwrap_or(usize::MAX)
+                .min(data.len() - at);
+            let to = if f.op >= OP_CLOSE {
+                &mut self.ctl
+            } else {
+                &mut self.msg
+            };
+            let start = to.len();
+            to.extend_from_slice(&data[at..at + take]);
+            if f.mask != [0; 4] {
+                unmask(&mut to[start..], f.mask, f.phase);
+            }
+            f.phase = (f.phase + take) % 4;
+            f.left -= take as u64;
+            at += take;
+            if f.left > 0 {
+                return Ok((at, None));
+            }
+            let (op, fin) = (f.op, f.fin);
+            self.frame = None;
+            if let Some(done) = self.finish_frame(op, fin)? {
+                return Ok((at, Some(done)));
+            }
+        }
+    }
+
+    /// Checks a whole header and starts its frame.
+    fn start_frame(&mut self, lim: &Limits) -> Result<(), RecvError> {
+        let h = &self.hdr;
+        self.hdr_len = 0;
+        let fin = h[0] & 0x80 != 0;
+        let op = h[0] & 0x0F;
+        if h[0] & 0x70 != 0 {
+            return Err(RecvError::Protocol("reserved bit set"));
+        }
+        let masked = h[1] & 0x80 != 0;
+        if masked == self.client {
+            return Err(RecvError::Protocol(if masked {
+                "masked frame from a server"
+            } else {
+                "unmasked frame from a client"
+            }));
+        }
+        let (len, ext) = match h[1] & 0x7F {
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 2),
+            127 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&h[2..10]);
+                let len = u64::from_be_bytes(b);
+                if len >> 63 != 0 {
+                    return Err(RecvError::Protocol("frame length with its top bit set"));
+                }
+                (len, 8)
+            }
+            n => (u64::from(n), 0),
+        };
+        let mask = if masked {
+            [h[2 + ext], h[3 + ext], h[4 + ext], h[5 + ext]]
+        } else {
+            [0; 4]
+        };
+        match op {
+            OP_CLOSE | OP_PING | OP_PONG => {
+                if !fin {
+                    return Err(RecvError::Protocol("fragmented control frame"));
+                }
+                if len > MAX_CONTROL as u64 {
+                    return Err(RecvError::Protocol("control frame over 125 bytes"));
+                }
+                self.ctl = Vec::with_capacity(len as usize);
+            }
+            OP_CONT | OP_TEXT | OP_BINARY => {
+                match (op, self.msg_op) {
+                    (OP_CONT, None) => {
+                        return Err(RecvError::Protocol("continuation without a message"));
+                    }
+                    (OP_TEXT | OP_BINARY, Some(_)) => {
+                        return Err(RecvError::Protocol("new message inside a fragmented one"));
+                    }
+                    _ => {}
+                }
+                let len = usize::try_from(len).map_err(|_| RecvError::TooBig)?;
+                if len > lim.max_frame || self.msg.len() + len > lim.max_message {
+                    return Err(RecvError::TooBig);
+                }
+                if op != OP_CONT {
+                    self.msg_op = Some(op);
+                }
+                self.msg.reserve(len);
+            }
+            _ => return Err(RecvError::Protocol("reserved opcode")),
+        }
+        self.frame = Some(Frame {
+            op,
+            fin,
+            mask,
+            phase: 0,
+            left: len,
+        });
+        Ok(())
+    }
+
+    /// What a frame completes: a message, a control frame, or nothing yet.
+    fn finish_frame(&mut self, op: u8, fin: bool) -> Result<Option<Incoming>, RecvError> {
+        match op {
+            OP_PING => Ok(Some(Incoming::Ping)),
+            OP_PONG => {
+                self.ctl = Vec::new();
+                Ok(Some(Incoming::Pong))
+            }
+            OP_CLOSE => {
+                let p = std::mem::take(&mut self.ctl);
+                if p.len() == 1 {
+                    return Err(RecvError::Protocol("one-byte close payload"));
+                }
+                if p.len() >= 2 {
+                    if !wire_close_code(u16::from_be_bytes([p[0], p[1]])) {
+                        return Err(RecvError::Protocol("close code a peer may not send"));
+                    }
+                    if std::str::from_utf8(&p[2..]).is_err() {
+                        return Err(RecvError::Utf8);
+                    }
+                }
+                self.done = true;
+                Ok(Some(Incoming::Close(p)))
+            }
+            _ if !fin => Ok(None),
+            _ => {
+                let body = std::mem::take(&mut self.msg);
+                if self.msg_op.take() == Some(OP_TEXT) {
+                    if std::str::from_utf8(&body).is_err() {
+                        return Err(RecvError::Utf8);
+                    }
+                    Ok(Some(Incoming::Text(body)))
+                } else {
+                    Ok(Some(Incoming::Binary(body)))
+                }
+            }
+        }
+    }
+}
+
+/// A header's length, from its second byte: two bytes, the extended
+/// length, the mask if the mask bit is set (whether it may be is checked
+/// once the header is whole).
+fn header_len(b1: u8) -> usize {
+    let ext = match b1 & 0x7F {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// XORs `buf` with the mask, starting at mask byte `phase`.
+fn unmask(buf: &mut [u8], mask: [u8; 4], phase: usize) {
+    let m = [
+        mask[phase % 4],
+        mask[(phase + 1) % 4],
+        mask[(phase + 2) % 4],
+        mask[(phase + 3) % 4],
+    ];
+    let wide = u64::from_ne_bytes([m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        c.copy_from_slice(&(u64::from_ne_bytes(w) ^ wide).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= m[i % 4];
+    }
+}
+
+/// Appends one frame (FIN set) to `out`, masked with `mask` if given.
+fn encode(out: &mut Vec<u8>, op: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    let bit = if mask.is_some() { 0x80 } else { 0 };
+    out.push(0x80 | op);
+    match payload.len() {
+        n @ 0..=125 => out.push(bit | n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(bit | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(bit | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            let start = out.len();
+            out.extend_from_slice(payload);
+            unmask(&mut out[start..], m, 0);
+        }
+        None => out.extend_from_slice(payload),
+    }
+}
+
+/// A close frame's payload: the code and as much of the reason as fits
+/// (cut at a character boundary).
+pub(super) fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_CONTROL - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut p = Vec::with_capacity(2 + end);
+    p.extend_from_slice(&code.to_be_bytes());
+    p.extend_from_slice(&reason.as_bytes()[..end]);
+    p
+}
+
+struct Inner<S> {
+    io: S,
+    rd: Reader,
+    /// The pong owed for the peer's last ping: its payload.
+    pong: Option<Vec<u8>>,
+    /// Frames not yet written, and how much of them is. Kept here, not in
+    /// a write's future, so a write dropped midway leaves the rest to go
+    /// out first with the next one; freed once written.
+    out: Vec<u8>,
+    out_at: usize,
+    /// Nothing written since the last flush.
+    flushed: bool,
+    /// A close frame went out: nothing more does.
+    close_sent: bool,
+}
+
+impl<S: AsyncWrite + Unpin> Inner<S> {
+    /// Writes `out`; ready once at most `queue` bytes of it are left, or,
+    /// with `queue` 0, once all of it is written and flushed.
+    fn poll_out(&mut self, cx: &mut Context<'_>, queue: usize) -> Poll<io::Result<()>> {
+        while self.out_at < self.out.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.out_at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if self.out.len() - self.out_at <= queue => {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.out = Vec::new();
+        self.out_at = 0;
+        match Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.flushed = true;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if queue > 0 => Poll::Ready(Ok(())),
+            other => other,
+        }
+    }
+}
+
+/// One WebSocket, both directions. Share it by reference between the
+/// reading and the writing half of one task; one writer at a time.
+pub(super) struct WsConn<S> {
+    inner: Mutex<Inner<S>>,
+    role: Role,
+    limits: Limits,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
+    /// A connection over an upgraded stream.
+    pub(super) fn new(io: S, role: Role, limits: Limits) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                io,
+                rd: Reader {
+                    client: role == Role::Client,
+                    ..Reader::default()
+                },
+                pong: None,
+                out: Vec::new(),
+                out_at: 0,
+                flushed: true,
+                close_sent: false,
+            }),
+            role,
+            limits,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
+        // Nothing panics while holding it; a poisoned lock's data is whole.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The next message or control frame from the browser.
+    pub(super) async fn recv(&self) -> Result<Incoming, RecvError> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Result<Incoming, RecvError>> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        if inner.rd.done {
+            return Poll::Ready(Err(RecvError::Eof));
+        }
+        let got = loop {
+            if inner.rd.rest_at < inner.rd.rest.len() {
+                // Bytes left over from an earlier read come first.
+                let rest = std::mem::take(&mut inner.rd.rest);
+                let from = inner.rd.rest_at;
+                let fed = inner.rd.feed(&rest[from..], &self.limits);
+                if let Ok((used, _)) = &fed
+                    && from + used < rest.len()
+                {
+                    inner.rd.rest = rest;
+                    inner.rd.rest_at = from + used;
+                } else {
+                    inner.rd.rest_at = 0;
+                }
+                match fed {
+                    Ok((_, Some(m))) => break Ok(m),
+                    Ok((_, None)) => continue,
+                    Err(e) => break Err(e),
+                }
+            }
+            let mut buf = [MaybeUninit::<u8>::uninit(); READ];
+            let mut rb = ReadBuf::uninit(&mut buf);
+            match Pin::new(&mut inner.io).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => break Err(RecvError::Io(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let data = rb.filled();
+            if data.is_empty() {
+                break Err(RecvError::Eof);
+            }
+            match inner.rd.feed(data, &self.limits) {
+                Ok((used, m)) => {
+                    if used < data.len() {
+                        inner.rd.rest = data[used..].to_vec();
+                        inner.rd.rest_at = 0;
+                    }
+                    if let Some(m) = m {
+                        break Ok(m);
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match got {
+            Ok(Incoming::Ping) => {
+                // The writer owes a pong; wake the task so a writer with
+                // nothing else to send sends it now.
+                inner.pong = Some(std::mem::take(&mut inner.rd.ctl));
+                cx.waker().wake_by_ref();
+                Poll::Ready(Ok(Incoming::Ping))
+            }
+            Ok(m) => Poll::Ready(Ok(m)),
+            Err(e) => {
+                // Reading is over: drop what it held.
+                inner.rd = Reader {
+                    done: true,
+                    ..Reader::default()
+                };
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+
+    /// Writes what is owed without a new message: an owed pong, frames
+    /// left queued by [`Self::send`], the flush after them. Ready when it
+    /// has written and flushed all of it (or failed); pending while there
+    /// is nothing to do. Poll it beside the writer's other work: the reader
+    /// wakes the task when it leaves a pong.
+    pub(super) async fn drive(&self) -> io::Result<()> {
+        poll_fn(|cx| {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            if let Some(p) = inner.pong.take()
+                && !inner.close_sent
+            {
+                encode(&mut inner.out, OP_PONG, &p, self.mask());
+                inner.flushed = false;
+            }
+            if inner.flushed {
+                return Poll::Pending;
+            }
+            inner.poll_out(cx, 0)
+        })
+        .await
+    }
+
+    /// Sends a whole message (a text payload must be UTF-8) or a ping,
+    /// after any owed pong. Returns once the frame is written, or queued
+    /// with at most `write_buffer` bytes still unwritten ([`Self::drive`]
+    /// writes the rest).
+    pub(super) async fn send(&self, op: u8, payload: &[u8]) -> io::Result<()> {
+        self.write(op, payload, self.limits.write_buffer).await
+    }
+
+    /// Sends a close frame (its payload from [`close_payload`], or empty)
+    /// after what is queued, and returns once all of it is written and
+    /// flushed; nothing is sent after it. A second close is not sent.
+    pub(super) async fn send_close(&self, payload: &[u8]) -> io::Result<()> {
+        self.write(OP_CLOSE, payload, 0).await
+    }
+
+    /// Whether a close frame went out.
+    pub(super) fn close_sent(&self) -> bool {
+        self.lock().close_sent
+    }
+
+    fn mask(&self) -> Option<[u8; 4]> {
+        (self.role == Role::Client).then(rand::random)
+    }
+
+    async fn write(&self, op: u8, payload: &[u8], queue: usize) -> io::Result<()> {
+        {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            if inner.close_sent {
+                return Err(io::ErrorKind::NotConnected.into());
+            }
+            let more = inner.pong.as_ref().map_or(0, |p| 6 + p.len()) + 14 + payload.len();
+            if inner.out.is_empty() {
+                inner.out = Vec::with_capacity(more);
+            } else {
+                inner.out.reserve(more);
+            }
+            if let Some(p) = inner.pong.take() {
+                encode(&mut inner.out, OP_PONG, &p, self.mask());
+            }
+            encode(&mut inner.out, op, payload, self.mask());
+            inner.flushed = false;
+            if op == OP_CLOSE {
+                inner.close_sent = true;
+            }
+        }
+        poll_fn(|cx| self.lock().poll_out(cx, queue)).await
+    }
+
+    /// Ends the connection's sending side (TLS close_notify, then FIN).
+    pub(super) async fn shutdown(&self) -> io::Result<()> {
+        poll_fn(|cx| Pin::new(&mut self.lock().io).poll_shutdown(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIM: Limits = Limits {
+        max_frame: 1000,
+        max_message: 3000,
+        write_buffer: 0,
+    };
+
+    /// A masked client frame.
+    fn frame(b0: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+        let mut out = vec![b0];
+        match payload.len() {
+            n @ 0..=125 => out.push(0x80 | n as u8),
+            n @ 126..=0xFFFF => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    const M: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+    /// Feeds `wire` in pieces of `step` bytes; returns every event, or the
+    /// first error.
+    fn run(wire: &[u8], step: usize) -> Result<Vec<Incoming>, RecvError> {
+        let mut r = Reader::default();
+        let mut out = Vec::new();
+        for piece in wire.chunks(step) {
+            let mut at = 0;
+            while at < piece.len() {
+                let (used, m) = r.feed(&piece[at..], &LIM)?;
+                at += used;
+                out.extend(m);
+            }
+        }
+        // A zero-length last frame completes with no more bytes.
+        let (_, m) = r.feed(&[], &LIM)?;
+        out.extend(m);
+        Ok(out)
+    }
+
+    fn code(wire: &[u8]) -> u16 {
+        run(wire, wire.len()).unwrap_err().close().unwrap().0
+    }
+
+    #[test]
+    fn messages_in_every_split_of_the_bytes() {
+        let big: Vec<u8> = (0..900u32).map(|i| (i * 7) as u8).collect();
+        let mut wire = frame(0x81, "héllo".as_bytes(), M);
+        wire.extend(frame(0x82, &big, M));
+        wire.extend(frame(0x89, b"pi", M));
+        // A text message in three fragments, a ping between them.
+        wire.extend(frame(0x01, b"ab", [1, 2, 3, 4]));
+        wire.extend(frame(0x89, b"", M));
+        wire.extend(frame(0x00, b"", M));
+        wire.extend(frame(0x80, b"c", [9, 9, 9, 9]));
+        wire.extend(frame(0x82, b"", M));
+        wire.extend(frame(0x8A, b"po", M));
+        wire.extend(frame(0x88, &[0x03, 0xE8, b'o', b'k'], M));
+        let want = vec![
+            Incoming::Text("héllo".into()),
+            Incoming::Binary(big.clone()),
+            Incoming::Ping,
+            Incoming::Ping,
+            Incoming::Text(b"abc".to_vec()),
+            Incoming::Binary(Vec::new()),
+            Incoming::Pong,
+            Incoming::Close(vec![0x03, 0xE8, b'o', b'k']),
+        ];
+        for step in [1, 2, 3, 5, 7, 13, 64, 1000, wire.len()] {
+            assert_eq!(run(&wire, step).unwrap(), want, "step {step}");
+        }
+    }
+
+    #[test]
+    fn extended_lengths_and_mask_phases() {
+        let lim = Limits {
+            max_frame: 1 << 20,
+            max_message: 1 << 20,
+            write_buffer: 0,
+        };
+        for len in [125usize, 126, 127, 65_535, 65_536, 70_001] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let wire = frame(0x82, &payload, M);
+            let mut r = Reader::default();
+            let mut got = None;
+            for piece in wire.chunks(4093) {
+                let (used, m) = r.feed(piece, &lim).unwrap();
+                assert_eq!(used, piece.len());
+                got = got.or(m);
+            }
+            assert_eq!(got, Some(Incoming::Binary(payload)), "len {len}");
+        }
+    }
+
+    #[test]
+    fn protocol_violations_close_1002() {
+        assert_eq!(code(&frame(0xC1, b"x", M)), 1002, "RSV1");
+        assert_eq!(code(&frame(0xA1, b"x", M)), 1002, "RSV2");
+        assert_eq!(code(&frame(0x83, b"x", M)), 1002, "reserved data opcode");
+        assert_eq!(code(&frame(0x8B, b"", M)), 1002, "reserved control opcode");
+        assert_eq!(code(&[0x81, 0x01, b'x']), 1002, "unmasked");
+        assert_eq!(code(&frame(0x09, b"", M)), 1002, "fragmented ping");
+        assert_eq!(code(&frame(0x89, &[0; 126], M)), 1002, "long ping");
+        assert_eq!(code(&frame(0x80, b"x", M)), 1002, "lone continuation");
+        let mut w = frame(0x01, b"a", M);
+        w.extend(frame(0x81, b"b", M));
+        assert_eq!(code(&w), 1002, "new message mid-message");
+        assert_eq!(code(&frame(0x88, &[3], M)), 1002, "one-byte close");
+        for bad in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            let p = bad.to_be_bytes();
+            assert_eq!(code(&frame(0x88, &p, M)), 1002, "close code {bad}");
+        }
+        let mut top = vec![0x82, 0x80 | 127, 0x80, 0, 0, 0, 0, 0, 0, 1];
+        top.extend_from_slice(&M);
+        assert_eq!(code(&top), 1002, "64-bit length, top bit set");
+    }
+
+    #[test]
+    fn limits_close_1009_at_the_header() {
+        // Only the header: refused before any payload.
+        let mut w = frame(0x82, &[0; 1001], M);
+        w.truncate(8);
+        assert_eq!(code(&w), 1009, "frame over max_frame");
+        let mut w = frame(0x02, &[0; 1000], M);
+        w.extend(frame(0x00, &[0; 1000], M));
+        w.extend(frame(0x00, &[0; 1000], M));
+        w.extend(frame(0x80, &[0; 1], M));
+        assert_eq!(code(&w), 1009, "message over max_message");
+        let mut huge = vec![
+            0x82,
+            0x80 | 127,
+            0x7F,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+            0xFF,
+        ];
+        huge.extend_from_slice(&M);
+        assert_eq!(code(&huge), 1009, "2^63 - 1 bytes");
+    }
+
+    #[test]
+    fn bad_utf8_closes_1007() {
+        assert_eq!(code(&frame(0x81, &[0xC3], M)), 1007, "cut sequence");
+        assert_eq!(code(&frame(0x81, &[0xFF, b'a'], M)), 1007, "invalid byte");
+        // Valid only when the fragments are joined: accepted.
+        let mut w = frame(0x01, &[0xC3], M);
+        w.extend(frame(0x80, &[0xA9], M));
+        assert_eq!(run(&w, 1).unwrap(), vec![Incoming::Text("é".into())]);
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.push(0xFF);
+        assert_eq!(code(&frame(0x88, &close, M)), 1007, "close reason");
+    }
+
+    #[test]
+    fn a_close_or_failure_ends_reading() {
+        let mut w = frame(0x88, b"", M);
+        w.extend(frame(0x81, b"after", M));
+        let mut r = Reader::default();
+        let (used, m) = r.feed(&w, &LIM).unwrap();
+        assert_eq!(m, Some(Incoming::Close(Vec::new())));
+        assert_eq!(used, 6, "nothing past the close is consumed");
+        assert!(r.done);
+    }
+
+    #[test]
+    fn unmask_matches_bytewise_at_every_phase() {
+        let data: Vec<u8> = (0..77u8).collect();
+        for phase in 0..4 {
+            let mut fast = data.clone();
+            unmask(&mut fast, M, phase);
+            let slow: Vec<u8> = data
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ M[(i + phase) % 4])
+                .collect();
+            assert_eq!(fast, slow, "phase {phase}");
+        }
+    }
+
+    #[test]
+    fn frames_out_and_close_payloads() {
+        let mut out = Vec::new();
+        encode(&mut out, OP_TEXT, b"hi", None);
+        assert_eq!(out, [0x81, 2, b'h', b'i']);
+        for (len, head) in [(125usize, 2usize), (126, 4), (65_535, 4), (65_536, 10)] {
+            let mut out = Vec::new();
+            encode(&mut out, OP_BINARY, &vec![7; len], None);
+            assert_eq!(out.len(), head + len, "len {len}");
+            assert_eq!(out[0], 0x82);
+        }
+        let long = "é".repeat(100);
+        let p = close_payload(1011, &long);
+        assert!(p.len() <= 125);
+        assert!(std::str::from_utf8(&p[2..]).is_ok());
+        assert_eq!(&p[..2], &1011u16.to_be_bytes());
+    }
+
+    #[test]
+    fn the_client_role_reads_unmasked_and_sends_masked() {
+        let client = || Reader {
+            client: true,
+            ..Reader::default()
+        };
+        // A server's frame is unmasked; a masked one is refused.
+        let mut r = client();
+        let (_, m) = r.feed(&[0x82, 2, 7, 8], &LIM).unwrap();
+        assert_eq!(m, Some(Incoming::Binary(vec![7, 8])));
+        let mut r = client();
+        assert!(matches!(
+            r.feed(&frame(0x82, b"x", M), &LIM),
+            Err(RecvError::Protocol(_))
+        ));
+        // What the client role sends, a server reads back.
+        let mut out = Vec::new();
+        encode(&mut out, OP_TEXT, b"hello, device", Some(M));
+        assert_eq!(out, frame(0x81, b"hello, device", M));
+        let mut r = Reader::default();
+        let (_, m) = r.feed(&out, &LIM).unwrap();
+        assert_eq!(m, Some(Incoming::Text(b"hello, device".to_vec())));
+    }
+
+    /// A write dropped midway (its task's `select!` took another branch)
+    /// leaves the rest of its frame to go out before the next frame.
+    #[tokio::test]
+    async fn a_dropped_write_finishes_before_the_next() {
+        use tokio::io::AsyncReadExt as _;
+        let (a, mut b) = tokio::io::duplex(100);
+        let conn = WsConn::new(a, Role::Server, LIM);
+        let big = vec![1u8; 1000];
+        let first = conn.send(OP_BINARY, &big);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), first)
+                .await
+                .is_err(),
+            "the peer reads nothing, so the write stalls"
+        );
+        let reader = async move {
+            let mut got = vec![0u8; 4 + 1000 + 2 + 2];
+            b.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let (got, sent) = tokio::join!(reader, conn.send(OP_TEXT, b"ok"));
+        sent.unwrap();
+        assert_eq!(&got[..4], &[0x82, 126, 0x03, 0xE8]);
+        assert!(got[4..1004].iter().all(|&x| x == 1));
+        assert_eq!(&got[1004..], &[0x81, 2, b'o', b'k']);
+        assert!(conn.lock().out.capacity() == 0, "freed once written");
+    }
+
+    /// With a write buffer, a send to a peer that does not read returns
+    /// with the frame queued; `drive` writes it once the peer reads. Over
+    /// the buffer, the send waits.
+    #[tokio::test]
+    async fn sends_queue_up_to_the_write_buffer_and_drive_writes_them() {
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt as _;
+        let lim = Limits {
+            write_buffer: 2000,
+            ..LIM
+        };
+        let (a, mut b) = tokio::io::duplex(100);
+        let conn = WsConn::new(a, Role::Server, lim);
+        let quick = tokio::time::timeout(Duration::from_secs(5), conn.send(OP_BINARY, &[1; 1500]));
+        quick.await.expect("queued, not waited for").unwrap();
+        assert!(conn.lock().out.len() > 1000, "the rest waits in the queue");
+        let over = conn.send(OP_BINARY, &[2; 1500]);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), over)
+                .await
+                .is_err(),
+            "over the buffer: the send waits"
+        );
+        let reader = async move {
+            let mut got = vec![0u8; 2 * (4 + 1500)];
+            b.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let (got, driven) = tokio::join!(reader, conn.drive());
+        driven.unwrap();
+        assert_eq!(&got[..4], &[0x82, 126, 0x05, 0xDC]);
+        assert!(got[4..1504].iter().all(|&x| x == 1));
+        assert_eq!(&got[1504..1508], &[0x82, 126, 0x05, 0xDC]);
+        assert!(got[1508..].iter().all(|&x| x == 2));
+        let inner = conn.lock();
+        assert!(inner.flushed && inner.out.capacity() == 0);
+    }
+
+    /// The whole connection over a socket pair: echo, owed pongs, close.
+    #[tokio::test]
+    async fn over_a_stream() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (a, mut b) = tokio::io::duplex(64);
+        let conn = WsConn::new(a, Role::Server, LIM);
+        // Two messages and a ping in one write; the reader keeps the rest.
+        let mut w = frame(0x81, b"one", M);
+        w.extend(frame(0x89, b"p", M));
+        w.extend(frame(0x82, &[5; 300], M));
+        let client = async move {
+            b.write_all(&w).await.unwrap();
+            let mut got = vec![0u8; 3 + 5 + 304];
+            b.read_exact(&mut got).await.unwrap();
+            b.write_all(&frame(0x88, &1000u16.to_be_bytes(), M))
+                .await
+                .unwrap();
+            let mut close = [0u8; 4];
+            b.read_exact(&mut close).await.unwrap();
+            (got, close)
+        };
+        let server = async {
+            assert_eq!(conn.recv().await.unwrap(), Incoming::Text(b"one".to_vec()));
+            assert_eq!(conn.recv().await.unwrap(), Incoming::Ping);
+            conn.send(OP_TEXT, b"one").await.unwrap(); // the pong goes first
+            assert_eq!(conn.recv().await.unwrap(), Incoming::Binary(vec![5; 300]));
+            conn.send(OP_BINARY, &[6; 300]).await.unwrap();
+            let Incoming::Close(p) = conn.recv().await.unwrap() else {
+                panic!("no close")
+            };
+            conn.send_close(&p).await.unwrap();
+            assert!(conn.send(OP_TEXT, b"late").await.is_err());
+            assert!(matches!(conn.recv().await, Err(RecvError::Eof)));
+        };
+        let ((got, close), ()) = tokio::join!(client, server);
+        assert_eq!(&got[..3], &[0x8A, 1, b'p']);
+        assert_eq!(&got[3..8], &[0x81, 3, b'o', b'n', b'e']);
+        assert_eq!(&got[8..12], &[0x82, 126, 1, 44]);
+        assert_eq!(close, [0x88, 2, 0x03, 0xE8]);
+        let inner = conn.lock();
+        assert!(inner.rd.rest.is_empty() && inner.rd.msg.capacity() == 0);
+    }
+}
