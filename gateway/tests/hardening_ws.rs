@@ -1,6 +1,7 @@
 //! WebSocket limits against hostile browsers, spoken frame by frame over a
 //! real TLS connection: an unmasked client frame and a compressed (RSV1)
-//! frame close 1002, permessage-deflate is never agreed, an oversized
+//! frame close 1002 (text that is not UTF-8: 1007; each counted in
+//! `gateway_websocket_refused_total`), permessage-deflate is never agreed, an oversized
 //! message closes 1009, and a client that stops reading is cut off by the
 //! send timer after a bounded amount of data (the gateway holds no more
 //! than its write buffer and the link window for it). The device and
@@ -144,6 +145,23 @@ async fn protocol_violations_close_1002_and_deflate_is_never_agreed() {
     ws.flush().await.unwrap();
     assert_eq!(close_code(&mut ws).await, 1002);
 
+    // Text that is not UTF-8 closes 1007.
+    let (mut ws, _) = upgrade(&gw, "").await;
+    ws.write_all(&frame(0x81, &[0xC3, 0x28], Some([5, 6, 7, 8])))
+        .await
+        .unwrap();
+    ws.flush().await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1007);
+
+    // Each refusal is counted, by reason.
+    assert_eq!(
+        metric(&gw, "gateway_websocket_refused_total{reason=\"protocol\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric(&gw, "gateway_websocket_refused_total{reason=\"utf8\"}"),
+        1.0
+    );
     device_serves(&gw).await;
     gw.stop().await;
 }
@@ -173,6 +191,10 @@ async fn an_oversized_message_closes_1009() {
     }
     let _ = ws.flush().await;
     assert_eq!(close_code(&mut ws).await, 1009);
+    assert_eq!(
+        metric(&gw, "gateway_websocket_refused_total{reason=\"too_big\"}"),
+        1.0
+    );
     device_serves(&gw).await;
     gw.stop().await;
 }

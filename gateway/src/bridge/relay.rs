@@ -28,6 +28,7 @@ use tracing::{Instrument as _, debug};
 
 use super::gate::LiveGuard;
 use super::page::full;
+use super::stats::BridgeStats;
 use super::ws::{Handshake, limits};
 use super::wsconn::{Incoming, OP_BINARY, OP_TEXT, Role, WsConn, close_payload};
 use super::{Body, Bridge};
@@ -92,7 +93,7 @@ pub(super) fn spawn(
                 .stats
                 .ws_open
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            relay(&browser, &upstream, &revoked).await;
+            relay(&browser, &upstream, &revoked, &bridge.stats).await;
             bridge
                 .stats
                 .ws_open
@@ -152,7 +153,7 @@ async fn pump(from: &Conn, to: &Conn) -> End {
 
 /// Both directions in this one task (two tasks of their own cost a task
 /// allocation each for every idle socket), then the closing handshakes.
-async fn relay(browser: &Conn, upstream: &Conn, revoked: &Notify) {
+async fn relay(browser: &Conn, upstream: &Conn, revoked: &Notify, stats: &BridgeStats) {
     let first = {
         let up = pump(browser, upstream);
         let down = pump(upstream, browser);
@@ -190,6 +191,9 @@ async fn relay(browser: &Conn, upstream: &Conn, revoked: &Notify) {
                 // gave none in time.
                 End::Closed(p) => (Some(p[..p.len().min(2)].to_vec()), None),
                 End::Failed(code, reason) => {
+                    if from_browser {
+                        stats.count_ws_refusal(code);
+                    }
                     let other = if from_browser {
                         close_payload(1001, "going away")
                     } else {

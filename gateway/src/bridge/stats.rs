@@ -35,6 +35,9 @@ pub struct BridgeStats {
     pub ws_messages_up: AtomicU64,
     /// WebSocket messages device → browser.
     pub ws_messages_down: AtomicU64,
+    /// Browser WebSockets closed for what they sent, by
+    /// [`BridgeStats::WS_REFUSALS`].
+    pub ws_refused: [AtomicU64; 3],
     /// Origin rejected.
     pub origin_rejected: AtomicU64,
     /// Subprotocol lists changed toward the device.
@@ -73,6 +76,7 @@ impl Default for BridgeStats {
             ws_open: AtomicU64::new(0),
             ws_messages_up: AtomicU64::new(0),
             ws_messages_down: AtomicU64::new(0),
+            ws_refused: Default::default(),
             origin_rejected: AtomicU64::new(0),
             subprotocol_rewritten: AtomicU64::new(0),
             host_rewritten: AtomicU64::new(0),
@@ -86,6 +90,22 @@ impl BridgeStats {
     /// Status classes, as the `code` label of the request metrics, in the
     /// order of [`BridgeStats::responses`].
     pub const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+    /// Why a browser's WebSocket was closed for what it sent, as the
+    /// `reason` label, in the order of [`BridgeStats::ws_refused`]: a frame
+    /// that breaks RFC 6455 (1002), over a size limit (1009), text that is
+    /// not UTF-8 (1007).
+    pub const WS_REFUSALS: [&str; 3] = ["protocol", "too_big", "utf8"];
+
+    /// Counts a browser WebSocket closed with `code` for what it sent.
+    pub fn count_ws_refusal(&self, code: u16) {
+        let i = match code {
+            1009 => 1,
+            1007 => 2,
+            _ => 0,
+        };
+        self.ws_refused[i].fetch_add(1, Ordering::Relaxed);
+    }
 
     /// Counts a response the bridge gave (status and time to the head).
     pub fn observe_response(&self, status: u16, elapsed: Duration) {

@@ -16,6 +16,7 @@ use tracing::Instrument as _;
 
 use super::Bridge;
 use super::gate::LiveGuard;
+use super::stats::BridgeStats;
 use super::ws::{CLOSE_GRACE, limits};
 use super::wsconn::{Incoming, OP_BINARY, Role, WsConn, close_payload};
 use crate::link::{DeviceStream, StreamEvent, StreamSender};
@@ -36,7 +37,7 @@ pub(super) fn spawn(
             let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge));
             bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
             bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
-            run(&conn, stream, &revoked).await;
+            run(&conn, stream, &revoked, &bridge.stats).await;
             bridge.stats.ws_open.fetch_sub(1, Ordering::Relaxed);
         }
         .instrument(span),
@@ -54,7 +55,7 @@ enum UpEnd {
 }
 
 /// Both directions, in one task, then the closing handshake.
-async fn run<S>(conn: &WsConn<S>, mut stream: DeviceStream, revoked: &Notify)
+async fn run<S>(conn: &WsConn<S>, mut stream: DeviceStream, revoked: &Notify, stats: &BridgeStats)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -87,7 +88,10 @@ where
                 match end {
                     // Answered with its code (RFC 6455 §5.5.1).
                     UpEnd::Closed(p) => break Some(p[..p.len().min(2)].to_vec()),
-                    UpEnd::Failed(code, reason) => break Some(close_payload(code, reason)),
+                    UpEnd::Failed(code, reason) => {
+                        stats.count_ws_refusal(code);
+                        break Some(close_payload(code, reason));
+                    }
                     UpEnd::Gone => break None,
                 }
             }

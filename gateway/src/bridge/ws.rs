@@ -376,6 +376,7 @@ async fn up<S>(
                     return;
                 };
                 debug!(code, "closing the browser's WebSocket: {e}");
+                bridge.stats.count_ws_refusal(code);
                 let _ = ctl.send(Ctl::Close(code, reason));
                 let _ = to
                     .send(MsgKind::WsClose, close_device(code, reason), true, true)

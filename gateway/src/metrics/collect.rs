@@ -145,6 +145,11 @@ const WS_MESSAGES: Family = counter(
     &["direction"],
     "WebSocket messages bridged, by direction: to_device or to_browser.",
 );
+const WS_REFUSED: Family = counter(
+    "gateway_websocket_refused_total",
+    &["reason"],
+    "Browser WebSockets the gateway closed for what they sent: protocol (1002), too_big (1009), utf8 (1007).",
+);
 const NORMALIZE: Family = counter(
     "gateway_normalize_actions_total",
     &["action"],
@@ -486,6 +491,12 @@ impl Gateway {
                 ("to_browser", &b.ws_messages_down),
             ],
         );
+        let refusals: Vec<(&str, &AtomicU64)> = BridgeStats::WS_REFUSALS
+            .iter()
+            .copied()
+            .zip(b.ws_refused.iter())
+            .collect();
+        by_label(out, &WS_REFUSED, &refusals);
         by_label(
             out,
             &NORMALIZE,
