@@ -68,13 +68,6 @@ async fn status(io: &mut TlsStream<TcpStream>, h: &str) -> String {
 }
 
 /// The value of one sample in the gateway's exposition.
-fn metric(gw: &Gw, sample: &str) -> f64 {
-    let text = gw.server().metrics.render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{sample} not in the exposition"))
-}
-
 #[tokio::test]
 async fn connection_caps_refuse_before_tls_and_spare_open_connections() {
     let gw = Gw::start(
@@ -91,10 +84,7 @@ async fn connection_caps_refuse_before_tls_and_spare_open_connections() {
     // A fourth from the same address: closed before any TLS.
     assert!(tls_from(&gw, "127.0.0.1", &h).await.is_err());
     assert_eq!(
-        metric(
-            &gw,
-            "gateway_browser_connections_refused_total{reason=\"per_address_cap\"}"
-        ),
+        gw.metric("gateway_browser_connections_refused_total{reason=\"per_address_cap\"}"),
         1.0
     );
     // Another address may still come, up to the global cap.
@@ -103,10 +93,7 @@ async fn connection_caps_refuse_before_tls_and_spare_open_connections() {
     }
     assert!(tls_from(&gw, "127.0.0.3", &h).await.is_err());
     assert_eq!(
-        metric(
-            &gw,
-            "gateway_browser_connections_refused_total{reason=\"global_cap\"}"
-        ),
+        gw.metric("gateway_browser_connections_refused_total{reason=\"global_cap\"}"),
         1.0
     );
     // The connections held are served as before.
@@ -272,17 +259,11 @@ async fn host_must_be_covered_by_the_sni_and_connect_is_only_for_websockets() {
     assert_eq!(echoed, Message::text("hi"));
 
     assert_eq!(
-        metric(
-            &gw,
-            "gateway_browser_requests_refused_total{reason=\"misdirected\"}"
-        ),
+        gw.metric("gateway_browser_requests_refused_total{reason=\"misdirected\"}"),
         5.0
     );
     assert_eq!(
-        metric(
-            &gw,
-            "gateway_browser_requests_refused_total{reason=\"connect\"}"
-        ),
+        gw.metric("gateway_browser_requests_refused_total{reason=\"connect\"}"),
         2.0
     );
     gw.stop().await;
@@ -426,7 +407,7 @@ async fn request_smuggling_corpus_gets_400_or_a_close_and_never_reaches_the_devi
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("abc"), "{answer}");
 
-    let counted = metric(&gw, "gateway_browser_malformed_requests_total");
+    let counted = gw.metric("gateway_browser_malformed_requests_total");
     assert!(
         counted >= f64::from(malformed) - 1.0,
         "{counted} malformed requests counted, {malformed} sent"

@@ -95,13 +95,6 @@ async fn gateway() -> (Gw, Vec<common::harness::EchoDevice>) {
     (gw, vec![plc, probe])
 }
 
-fn metric(gw: &Gw, sample: &str) -> f64 {
-    let text = gw.server().metrics.render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{sample} not in the exposition"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_10000_stream_resets_ends_the_connection() {
     let (gw, _devs) = gateway().await;
@@ -334,7 +327,7 @@ async fn a_ping_and_settings_flood_from_a_client_that_never_reads_is_cut_off() {
         p99(lat.clone()),
         rss_before >> 20,
         rss_after >> 20,
-        metric(&gw, "gateway_browser_timeouts_total{timer=\"send\"}")
+        gw.metric("gateway_browser_timeouts_total{timer=\"send\"}")
     );
     assert!(p99(lat) < Duration::from_secs(1));
     assert!(rss_after < rss_before + (64 << 20));

@@ -21,13 +21,6 @@ use proto::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-fn metric(gw: &Gw, sample: &str) -> f64 {
-    let text = gw.server().metrics.render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{sample} not in the exposition"))
-}
-
 /// A TCP connection to `to` from the loopback address `from`.
 async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
     let sock = TcpSocket::new_v4()?;
@@ -81,22 +74,16 @@ async fn half_done_handshakes_are_capped_per_source_and_in_all_then_timed_out() 
         attack.push(tcp);
     }
     eventually("the per-source cap refused the rest at once", || {
-        metric(
-            &gw,
-            "gateway_link_handshakes_refused_total{reason=\"per_address_cap\"}",
-        ) >= 1850.0
+        gw.metric("gateway_link_handshakes_refused_total{reason=\"per_address_cap\"}") >= 1850.0
     })
     .await;
-    assert!(metric(&gw, "gateway_link_handshakes_in_progress") <= 100.0);
-    assert!(metric(&gw, "gateway_link_handshakes_waiting") <= 50.0);
+    assert!(gw.metric("gateway_link_handshakes_in_progress") <= 100.0);
+    assert!(gw.metric("gateway_link_handshakes_waiting") <= 50.0);
     eventually("and those in line after their wait", || {
-        metric(
-            &gw,
-            "gateway_link_handshakes_refused_total{reason=\"per_address_cap\"}",
-        ) >= 1900.0
+        gw.metric("gateway_link_handshakes_refused_total{reason=\"per_address_cap\"}") >= 1900.0
     })
     .await;
-    assert_eq!(metric(&gw, "gateway_link_handshakes_waited_total"), 0.0);
+    assert_eq!(gw.metric("gateway_link_handshakes_waited_total"), 0.0);
 
     // Another source still gets in: an honest device comes online.
     let _plc = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
@@ -112,13 +99,10 @@ async fn half_done_handshakes_are_capped_per_source_and_in_all_then_timed_out() 
     // (100 over the cap: up to 50 wait, the rest are refused at once, and
     // those waiting when the first 100 time out take their places.)
     eventually("the global cap refused the overflow", || {
-        metric(
-            &gw,
-            "gateway_link_handshakes_refused_total{reason=\"global_cap\"}",
-        ) >= 45.0
+        gw.metric("gateway_link_handshakes_refused_total{reason=\"global_cap\"}") >= 45.0
     })
     .await;
-    assert!(metric(&gw, "gateway_link_handshakes_in_progress") <= 300.0);
+    assert!(gw.metric("gateway_link_handshakes_in_progress") <= 300.0);
     // The online device never counted and is unaffected.
     honest_device_serves(&gw).await;
 
@@ -131,15 +115,10 @@ async fn half_done_handshakes_are_capped_per_source_and_in_all_then_timed_out() 
     }
     assert_eq!(still_open, 0, "half-done handshakes outlived the timeout");
     eventually("no handshake in progress", || {
-        metric(&gw, "gateway_link_handshakes_in_progress") == 0.0
+        gw.metric("gateway_link_handshakes_in_progress") == 0.0
     })
     .await;
-    assert!(
-        metric(
-            &gw,
-            "gateway_link_rejections_total{reason=\"handshake_failed\"}"
-        ) >= 300.0
-    );
+    assert!(gw.metric("gateway_link_rejections_total{reason=\"handshake_failed\"}") >= 300.0);
     // And the link takes new devices again.
     let _late = gw.echo("late", &[], link_config(4096, 16384, 1024)).await;
     honest_device_serves(&gw).await;
@@ -159,14 +138,14 @@ async fn a_device_arriving_at_a_full_cap_waits_for_a_place() {
     let mut blocker = connect_from([127, 0, 0, 3], gw.link).await.unwrap();
     blocker.write_all(&[0x00, 0x60, 0x01]).await.unwrap();
     eventually("the blocker holds the place", || {
-        metric(&gw, "gateway_link_handshakes_in_progress") == 1.0
+        gw.metric("gateway_link_handshakes_in_progress") == 1.0
     })
     .await;
     let mut device = RawDevice::connect(&gw, "plc", Config::DEVICE.params).await;
     let mut seen = Seen::default();
     device.pump(Duration::from_millis(300), &mut seen).await;
     assert!(!seen.closed, "the gateway reset the device at the full cap");
-    assert_eq!(metric(&gw, "gateway_link_handshakes_waiting"), 1.0);
+    assert_eq!(gw.metric("gateway_link_handshakes_waiting"), 1.0);
     // The place frees: the device gets it at once and comes online.
     drop(blocker);
     let freed = std::time::Instant::now();
@@ -176,14 +155,13 @@ async fn a_device_arriving_at_a_full_cap_waits_for_a_place() {
         "served only after {:?}",
         freed.elapsed()
     );
-    assert_eq!(metric(&gw, "gateway_link_handshakes_waited_total"), 1.0);
-    assert_eq!(metric(&gw, "gateway_link_handshakes_waiting"), 0.0);
+    assert_eq!(gw.metric("gateway_link_handshakes_waited_total"), 1.0);
+    assert_eq!(gw.metric("gateway_link_handshakes_waiting"), 0.0);
     for reason in ["global_cap", "per_address_cap"] {
         assert_eq!(
-            metric(
-                &gw,
-                &format!("gateway_link_handshakes_refused_total{{reason=\"{reason}\"}}")
-            ),
+            gw.metric(&format!(
+                "gateway_link_handshakes_refused_total{{reason=\"{reason}\"}}"
+            )),
             0.0,
             "refused ({reason})"
         );
@@ -218,13 +196,10 @@ async fn garbage_before_the_handshake_is_refused_at_once() {
         );
     }
     eventually("every garbage connection counted", || {
-        metric(
-            &gw,
-            "gateway_link_rejections_total{reason=\"handshake_failed\"}",
-        ) >= 50.0
+        gw.metric("gateway_link_rejections_total{reason=\"handshake_failed\"}") >= 50.0
     })
     .await;
-    assert_eq!(metric(&gw, "gateway_link_handshakes_in_progress"), 0.0);
+    assert_eq!(gw.metric("gateway_link_handshakes_in_progress"), 0.0);
     honest_device_serves(&gw).await;
     gw.stop().await;
 }
@@ -405,7 +380,7 @@ async fn a_device_flooding_stream_opens_is_refused_and_counted() {
     }
     assert_eq!(opened, OPENS, "opens stalled");
     eventually("every open refused and counted", || {
-        metric(&gw, "gateway_link_device_streams_refused_total") >= OPENS as f64
+        gw.metric("gateway_link_device_streams_refused_total") >= OPENS as f64
     })
     .await;
     assert!(

@@ -16,13 +16,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-fn metric(gw: &Gw, sample: &str) -> f64 {
-    let text = gw.server().metrics.render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{sample} not in the exposition"))
-}
-
 /// Whether a fresh TCP connection is closed by the gateway at once.
 async fn refused(gw: &Gw) -> bool {
     let Ok(mut tcp) = TcpStream::connect(gw.addr).await else {
@@ -58,13 +51,8 @@ async fn overload_refuses_new_browsers_keeps_what_is_open_and_recovers() {
     }
     eventually("overload", || stats.overload.is_active()).await;
     assert!(refused(&gw).await, "a new connection was accepted");
-    assert!(
-        metric(
-            &gw,
-            "gateway_browser_connections_refused_total{reason=\"overload\"}"
-        ) >= 1.0
-    );
-    assert_eq!(metric(&gw, "gateway_overload_active"), 1.0);
+    assert!(gw.metric("gateway_browser_connections_refused_total{reason=\"overload\"}") >= 1.0);
+    assert_eq!(gw.metric("gateway_overload_active"), 1.0);
 
     // What was open carries on: the WebSocket, the browser, the device.
     ws.send(Message::text("still here")).await.unwrap();
@@ -88,7 +76,7 @@ async fn overload_refuses_new_browsers_keeps_what_is_open_and_recovers() {
         .fetch(get(1, &h, "/head").body(empty()).unwrap())
         .await;
     assert_eq!(p.status, 200);
-    assert_eq!(metric(&gw, "gateway_overload_transitions_total"), 2.0);
-    assert_eq!(metric(&gw, "gateway_overload_active"), 0.0);
+    assert_eq!(gw.metric("gateway_overload_transitions_total"), 2.0);
+    assert_eq!(gw.metric("gateway_overload_active"), 0.0);
     gw.stop().await;
 }

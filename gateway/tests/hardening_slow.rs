@@ -267,13 +267,6 @@ async fn attack(gw: &Gw, bin: &std::path::Path, args: &[&str]) -> Outcome {
     }
 }
 
-fn metric(gw: &Gw, sample: &str) -> f64 {
-    let text = gw.server().metrics.render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{sample} not in the exposition"))
-}
-
 /// Checks `o` for an attack of `connections`, at least `min_peak` of
 /// which were held at once; with `settle`, that all were closed within
 /// the timer once they stopped coming.
@@ -346,7 +339,7 @@ async fn slowhttptest_slow_headers_body_and_read_are_cut_off_by_their_timers() {
         )
         .await;
         check("-H", &o, 3000, 500, true);
-        header = metric(&gw, "gateway_browser_timeouts_total{timer=\"header\"}");
+        header = gw.metric("gateway_browser_timeouts_total{timer=\"header\"}");
         assert!(header >= 1500.0, "{header} header timeouts");
     }
     let mut body = 0.0;
@@ -365,7 +358,7 @@ async fn slowhttptest_slow_headers_body_and_read_are_cut_off_by_their_timers() {
         // Bodies need a device stream: the device's 256 hold, the rest get
         // 503 device_busy at once.
         check("-B", &o, 2000, 200, true);
-        body = metric(&gw, "gateway_browser_timeouts_total{timer=\"body_rate\"}");
+        body = gw.metric("gateway_browser_timeouts_total{timer=\"body_rate\"}");
         assert!(body >= 100.0, "{body} body-rate timeouts");
     }
     let mut send = 0.0;
@@ -390,8 +383,8 @@ async fn slowhttptest_slow_headers_body_and_read_are_cut_off_by_their_timers() {
         // its end, so there is no quiet moment to judge: the counters show
         // the send timers cut the readers that held device streams.
         check("-X", &o, 600, 200, false);
-        send = metric(&gw, "gateway_browser_timeouts_total{timer=\"send\"}")
-            + metric(&gw, "gateway_browser_timeouts_total{timer=\"send_rate\"}");
+        send = gw.metric("gateway_browser_timeouts_total{timer=\"send\"}")
+            + gw.metric("gateway_browser_timeouts_total{timer=\"send_rate\"}");
         assert!(send >= 100.0, "{send} send and send-rate timeouts");
     }
     eprintln!(

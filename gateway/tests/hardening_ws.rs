@@ -18,13 +18,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::tungstenite::Message;
 
-fn metric(gw: &Gw, sample: &str) -> f64 {
-    let text = gw.server().metrics.render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{sample} not in the exposition"))
-}
-
 fn host() -> String {
     format!("plc.{DOMAIN}")
 }
@@ -155,11 +148,11 @@ async fn protocol_violations_close_1002_and_deflate_is_never_agreed() {
 
     // Each refusal is counted, by reason.
     assert_eq!(
-        metric(&gw, "gateway_websocket_refused_total{reason=\"protocol\"}"),
+        gw.metric("gateway_websocket_refused_total{reason=\"protocol\"}"),
         2.0
     );
     assert_eq!(
-        metric(&gw, "gateway_websocket_refused_total{reason=\"utf8\"}"),
+        gw.metric("gateway_websocket_refused_total{reason=\"utf8\"}"),
         1.0
     );
     device_serves(&gw).await;
@@ -192,7 +185,7 @@ async fn an_oversized_message_closes_1009() {
     let _ = ws.flush().await;
     assert_eq!(close_code(&mut ws).await, 1009);
     assert_eq!(
-        metric(&gw, "gateway_websocket_refused_total{reason=\"too_big\"}"),
+        gw.metric("gateway_websocket_refused_total{reason=\"too_big\"}"),
         1.0
     );
     device_serves(&gw).await;
@@ -244,7 +237,7 @@ async fn a_client_that_stops_reading_is_bounded_then_cut_off() {
     );
     // The send timer closes it.
     common::harness::eventually("the send timer fired", || {
-        metric(&gw, "gateway_browser_timeouts_total{timer=\"send\"}") >= 1.0
+        gw.metric("gateway_browser_timeouts_total{timer=\"send\"}") >= 1.0
     })
     .await;
     device_serves(&gw).await;

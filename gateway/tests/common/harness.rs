@@ -115,6 +115,15 @@ impl Gw {
         self.server.as_ref().unwrap()
     }
 
+    /// The value of one sample (`name{labels}` as exposed) in the gateway's
+    /// metrics; a panic naming it when it is not there.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self.server().metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{sample} not in the exposition"))
+    }
+
     fn identity(&self, id: &str) -> Identity {
         Identity {
             key: device_key(id),
