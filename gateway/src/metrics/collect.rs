@@ -412,6 +412,16 @@ fn by_label(out: &mut Out, f: &Family, values: &[(&str, &AtomicU64)]) {
     out.family(f, metrics);
 }
 
+/// [`by_label`] for counters kept in an array beside their label names.
+fn by_names(out: &mut Out, f: &Family, names: &[&str], values: &[AtomicU64]) {
+    let metrics = names
+        .iter()
+        .zip(values)
+        .map(|(label, v)| sample(f, &[label], load(v)))
+        .collect();
+    out.family(f, metrics);
+}
+
 impl Gateway {
     fn edge(&self, out: &mut Out) {
         let e = &*self.edge;
@@ -469,12 +479,12 @@ impl Gateway {
 
     fn bridge(&self, out: &mut Out) {
         let b = &self.bridge.stats;
-        let classes: Vec<(&str, &AtomicU64)> = BridgeStats::CODE_CLASSES
-            .iter()
-            .copied()
-            .zip(b.responses.iter())
-            .collect();
-        by_label(out, &HTTP_REQUESTS, &classes);
+        by_names(
+            out,
+            &HTTP_REQUESTS,
+            &BridgeStats::CODE_CLASSES,
+            &b.responses,
+        );
         out.one(&HTTP_REFUSED, load(&b.refused));
         by_label(
             out,
@@ -491,12 +501,7 @@ impl Gateway {
                 ("to_browser", &b.ws_messages_down),
             ],
         );
-        let refusals: Vec<(&str, &AtomicU64)> = BridgeStats::WS_REFUSALS
-            .iter()
-            .copied()
-            .zip(b.ws_refused.iter())
-            .collect();
-        by_label(out, &WS_REFUSED, &refusals);
+        by_names(out, &WS_REFUSED, &BridgeStats::WS_REFUSALS, &b.ws_refused);
         by_label(
             out,
             &NORMALIZE,
