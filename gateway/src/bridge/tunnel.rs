@@ -2,8 +2,11 @@
 //! each browser message's bytes go down the Raw stream in order, and the
 //! device's bytes come back as binary messages as they arrive (one per
 //! received chunk, at most one stream window). A browser close ends the
-//! stream with FIN; the device's FIN closes the browser's socket with 1000;
-//! a lost link with 1011; access revoked, 1008.
+//! stream with FIN and is answered with its code; the device's FIN closes
+//! the browser's socket with 1000; a lost link with 1011; access revoked,
+//! 1008; a browser frame that breaks the protocol or a limit, 1002 / 1007
+//! / 1009 (counted in `gateway_websocket_refused_total`). Both directions
+//! run in the socket's one task over [`super::wsconn::WsConn`].
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
