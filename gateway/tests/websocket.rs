@@ -90,6 +90,12 @@ async fn messages_pings_and_close_codes_over_h1_and_h2() {
         let big: Vec<u8> = (0..65_000u32).map(|i| (i % 256) as u8).collect();
         ws.send(Message::binary(big.clone())).await.unwrap();
         assert_eq!(next(&mut ws).await, Message::binary(big));
+        // Text over many device records comes back whole: the gateway
+        // passes it on in frames as the records arrive, its characters
+        // split between them.
+        let text = "é€😀 ".repeat(2_000);
+        ws.send(Message::text(text.clone())).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text(text));
         // Pings are answered by the gateway.
         ws.send(Message::Ping(Bytes::from_static(b"are you there")))
             .await

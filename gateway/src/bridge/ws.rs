@@ -58,7 +58,8 @@ use super::exchange::{download, link_lost, read_head};
 use super::gate::LiveGuard;
 use super::page::{ErrorPage, full};
 use super::wsconn::{
-    Incoming, Limits, OP_BINARY, OP_PING, OP_TEXT, Role, WsConn, close_payload, wire_close_code,
+    Incoming, Limits, OP_BINARY, OP_CONT, OP_PING, OP_TEXT, Role, WsConn, close_payload,
+    wire_close_code,
 };
 use super::{Body, Bridge, response_from_head};
 use crate::link::{DeviceStream, StreamEvent, StreamSender};
@@ -402,10 +403,137 @@ async fn up<S>(
 
 /// What the down loop sends the browser for a device event.
 enum Out {
-    /// A message: its opcode and payload.
-    Message(u8, Vec<u8>),
+    /// A frame of a data message: its opcode ([`OP_CONT`] after the
+    /// first), payload, and whether it ends the message.
+    Frame(u8, Vec<u8>, bool),
     /// A close frame's payload.
     Close(Vec<u8>),
+}
+
+/// A device message on its way to the browser. Each chunk the link
+/// delivers goes on as a frame of its own as soon as it is checked: the
+/// gateway holds no whole message (a 1 MiB message is never copied into
+/// one buffer), and the browser sees its first bytes while the rest is
+/// still on the device link. Only a device's close payload, which becomes
+/// one control frame, is gathered.
+#[derive(Default)]
+struct DownMessage {
+    /// The kind of the message whose first frame went out, until its last.
+    open: Option<MsgKind>,
+    /// Its bytes so far, against `max_message`.
+    len: usize,
+    /// Where a text message's UTF-8 check stands.
+    utf8: Utf8Check,
+    /// A device close payload gathered so far.
+    close: Vec<u8>,
+}
+
+/// A device event's answer for the browser: a frame or a close, and
+/// whether the device's stream ended with it.
+type Answer = Option<(Out, bool)>;
+
+/// Device data the browser cannot be given: the reason for the 1011
+/// close, and whether the stream is reset (it is not when the device
+/// already ended it).
+#[derive(Debug, PartialEq)]
+struct Broken(&'static str, bool);
+
+impl DownMessage {
+    /// What the browser gets for one chunk of device data (`kind` is a
+    /// WebSocket kind); `Ok(None)` while a close payload is gathered.
+    fn chunk(
+        &mut self,
+        max: usize,
+        kind: MsgKind,
+        data: Vec<u8>,
+        end_msg: bool,
+        fin: bool,
+    ) -> Result<Answer, Broken> {
+        if self.open.is_some_and(|k| k != kind) {
+            return Err(Broken("device broke the message sequence", true));
+        }
+        if self.len + data.len() > max {
+            return Err(Broken("device message too big", true));
+        }
+        if !end_msg && fin {
+            return Err(Broken("device ended the stream mid-message", false));
+        }
+        if kind == MsgKind::WsClose {
+            self.close.extend_from_slice(&data);
+            self.len += data.len();
+            self.open = (!end_msg).then_some(kind);
+            return Ok(end_msg.then(|| (Out::Close(device_close(&self.close)), true)));
+        }
+        if kind == MsgKind::Text && !self.utf8.feed(&data, end_msg) {
+            return Err(Broken("device sent invalid UTF-8", true));
+        }
+        if data.is_empty() && !end_msg {
+            // Nothing to frame yet.
+            return Ok(None);
+        }
+        let op = match (self.open, kind) {
+            (Some(_), _) => OP_CONT,
+            (None, MsgKind::Text) => OP_TEXT,
+            (None, _) => OP_BINARY,
+        };
+        if end_msg {
+            *self = Self::default();
+        } else {
+            self.open = Some(kind);
+            self.len += data.len();
+        }
+        Ok(Some((Out::Frame(op, data, end_msg), fin)))
+    }
+}
+
+/// UTF-8 checked across the chunks of one text message: a character may
+/// be split between two chunks.
+#[derive(Default)]
+struct Utf8Check {
+    /// The start of a character the last chunk ended in.
+    carry: [u8; 3],
+    carry_len: usize,
+}
+
+impl Utf8Check {
+    /// Whether `data` continues valid UTF-8; with `last`, whether the text
+    /// also ends on a whole character. Call it again only after `true`.
+    fn feed(&mut self, mut data: &[u8], last: bool) -> bool {
+        if self.carry_len > 0 {
+            // Finish the split character first, from its lead byte's width.
+            let width = match self.carry[0] {
+                0xC0..=0xDF => 2,
+                0xE0..=0xEF => 3,
+                _ => 4,
+            };
+            let have = self.carry_len;
+            let take = (width - have).min(data.len());
+            let mut ch = [0u8; 4];
+            ch[..have].copy_from_slice(&self.carry[..have]);
+            ch[have..have + take].copy_from_slice(&data[..take]);
+            data = &data[take..];
+            match std::str::from_utf8(&ch[..have + take]) {
+                Ok(_) => self.carry_len = 0,
+                Err(e) if e.error_len().is_none() => {
+                    // Still short of its width, and `data` is used up.
+                    self.carry[..have + take].copy_from_slice(&ch[..have + take]);
+                    self.carry_len = have + take;
+                    return !last;
+                }
+                Err(_) => return false,
+            }
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_none() => {
+                let rest = &data[e.valid_up_to()..];
+                self.carry[..rest.len()].copy_from_slice(rest);
+                self.carry_len = rest.len();
+                !last
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Device → browser, pings, owed pongs, and the closing handshake.
@@ -422,7 +550,7 @@ async fn down<S>(
     let max = bridge.websocket.max_message;
     let interval = bridge.websocket.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + interval, interval);
-    let mut message: Vec<u8> = Vec::new();
+    let mut message = DownMessage::default();
     let close = |code: u16, reason: &str| Out::Close(close_payload(code, reason));
     // Made once: a wait made anew on every turn cost a lock to register
     // with the `Notify` and one to leave it, per message.
@@ -433,35 +561,12 @@ async fn down<S>(
             ev = stream.recv() => {
                 let out = match ev {
                     Some(StreamEvent::Data { msg: msg @ (MsgKind::Text | MsgKind::Binary | MsgKind::WsClose), data, end_msg, fin }) => {
-                        if message.len() + data.len() > max {
-                            stream.reset(Code::PROTOCOL);
-                            Some((close(1011, "device message too big"), true))
-                        } else {
-                            // A whole message in one chunk goes on as it is.
-                            if message.is_empty() && end_msg {
-                                message = data;
-                            } else {
-                                message.extend_from_slice(&data);
+                        message.chunk(max, msg, data, end_msg, fin).unwrap_or_else(|Broken(reason, reset)| {
+                            if reset {
+                                stream.reset(Code::PROTOCOL);
                             }
-                            if end_msg {
-                                let body = std::mem::take(&mut message);
-                                match msg {
-                                    MsgKind::Text if std::str::from_utf8(&body).is_ok() => {
-                                        Some((Out::Message(OP_TEXT, body), fin))
-                                    }
-                                    MsgKind::Text => {
-                                        stream.reset(Code::PROTOCOL);
-                                        Some((close(1011, "device sent invalid UTF-8"), true))
-                                    }
-                                    MsgKind::Binary => Some((Out::Message(OP_BINARY, body), fin)),
-                                    _ => Some((Out::Close(device_close(&body)), true)),
-                                }
-                            } else if fin {
-                                Some((close(1011, "device ended the stream mid-message"), true))
-                            } else {
-                                None
-                            }
-                        }
+                            Some((close(1011, reason), true))
+                        })
                     }
                     Some(StreamEvent::Data { fin: true, .. }) => {
                         Some((close(1011, "device ended the stream"), true))
@@ -480,11 +585,13 @@ async fn down<S>(
                 };
                 let Some((m, last)) = out else { continue };
                 match m {
-                    Out::Message(op, body) => {
-                        if conn.send(op, &body).await.is_err() {
+                    Out::Frame(op, body, end_msg) => {
+                        if conn.send_fragment(op, &body, end_msg).await.is_err() {
                             break;
                         }
-                        bridge.stats.ws_messages_down.fetch_add(1, Ordering::Relaxed);
+                        if end_msg {
+                            bridge.stats.ws_messages_down.fetch_add(1, Ordering::Relaxed);
+                        }
                         if last {
                             // The device ended its stream with this message.
                             let _ = conn.send_close(&[]).await;
@@ -547,4 +654,132 @@ fn device_close(payload: &[u8]) -> Vec<u8> {
     let code = u16::from_be_bytes([payload[0], payload[1]]);
     let code = if wire_close_code(code) { code } else { 1011 };
     close_payload(code, &String::from_utf8_lossy(&payload[2..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every way of cutting `text` in two and in three agrees with
+    /// checking it whole.
+    #[test]
+    fn utf8_is_checked_across_chunks() {
+        let cases: &[&[u8]] = &[
+            "plain".as_bytes(),
+            "é → 😀 ok".as_bytes(),
+            "€€€".as_bytes(),
+            b"\xF0\x9F\x98",     // a cut-off character at the end
+            b"ab\xC3(",          // a bad continuation byte
+            b"\xED\xA0\x80",     // a surrogate
+            b"\xF4\x90\x80\x80", // above U+10FFFF
+            b"\xC0\xAF",         // overlong
+            b"x\xE2\x82",        // cut-off three-byte character
+            b"\xFF",
+            b"",
+        ];
+        for &text in cases {
+            let whole = std::str::from_utf8(text).is_ok();
+            for i in 0..=text.len() {
+                for j in i..=text.len() {
+                    let mut c = Utf8Check::default();
+                    let got = c.feed(&text[..i], false)
+                        && c.feed(&text[i..j], false)
+                        && c.feed(&text[j..], true);
+                    assert_eq!(got, whole, "{text:?} cut at {i} and {j}");
+                }
+            }
+        }
+    }
+
+    fn frames(m: &mut DownMessage, kind: MsgKind, chunks: &[&[u8]]) -> Vec<(u8, Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let last = i + 1 == chunks.len();
+            match m.chunk(100, kind, c.to_vec(), last, false) {
+                Ok(Some((Out::Frame(op, d, end), false))) => out.push((op, d, end)),
+                Ok(None) => {}
+                Ok(Some(_)) => panic!("not a data frame"),
+                Err(e) => panic!("refused: {e:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_device_message_goes_on_chunk_by_chunk() {
+        let mut m = DownMessage::default();
+        // A character split between chunks, and an empty chunk skipped.
+        let text = "h€llo".as_bytes();
+        let got = frames(&mut m, MsgKind::Text, &[&text[..2], &[], &text[2..], b"!"]);
+        assert_eq!(
+            got,
+            vec![
+                (OP_TEXT, text[..2].to_vec(), false),
+                (OP_CONT, text[2..].to_vec(), false),
+                (OP_CONT, b"!".to_vec(), true),
+            ]
+        );
+        // The next message starts afresh, with its own opcode.
+        let got = frames(&mut m, MsgKind::Binary, &[b"\xFF"]);
+        assert_eq!(got, vec![(OP_BINARY, vec![0xFF], true)]);
+    }
+
+    #[test]
+    fn broken_device_messages_are_refused() {
+        let mut m = DownMessage::default();
+        let r = m.chunk(100, MsgKind::Text, b"\xE2\x82".to_vec(), false, false);
+        assert!(matches!(
+            r,
+            Ok(Some((Out::Frame(OP_TEXT, _, false), false)))
+        ));
+        assert_eq!(
+            m.chunk(100, MsgKind::Text, b"x".to_vec(), true, false)
+                .err(),
+            Some(Broken("device sent invalid UTF-8", true))
+        );
+
+        let mut m = DownMessage::default();
+        assert!(
+            m.chunk(100, MsgKind::Binary, vec![0; 60], false, false)
+                .is_ok()
+        );
+        assert_eq!(
+            m.chunk(100, MsgKind::Binary, vec![0; 41], true, false)
+                .err(),
+            Some(Broken("device message too big", true))
+        );
+
+        let mut m = DownMessage::default();
+        assert!(m.chunk(100, MsgKind::Binary, vec![1], false, false).is_ok());
+        assert_eq!(
+            m.chunk(100, MsgKind::Text, b"a".to_vec(), true, false)
+                .err(),
+            Some(Broken("device broke the message sequence", true))
+        );
+
+        let mut m = DownMessage::default();
+        assert_eq!(
+            m.chunk(100, MsgKind::Binary, vec![1], false, true).err(),
+            Some(Broken("device ended the stream mid-message", false))
+        );
+    }
+
+    #[test]
+    fn a_device_close_is_gathered_into_one_close_frame() {
+        let mut m = DownMessage::default();
+        assert!(matches!(
+            m.chunk(100, MsgKind::WsClose, vec![0x0F], false, false),
+            Ok(None)
+        ));
+        match m.chunk(
+            100,
+            MsgKind::WsClose,
+            vec![0xA0, b'b', b'y', b'e'],
+            true,
+            false,
+        ) {
+            Ok(Some((Out::Close(p), true))) => assert_eq!(p, [0x0F, 0xA0, b'b', b'y', b'e']),
+            _ => panic!("no close"),
+        }
+    }
 }

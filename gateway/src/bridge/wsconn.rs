@@ -52,7 +52,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const READ: usize = 16 * 1024;
 
 /// Continuation frame.
-const OP_CONT: u8 = 0x0;
+pub(super) const OP_CONT: u8 = 0x0;
 /// Text frame.
 pub(super) const OP_TEXT: u8 = 0x1;
 /// Binary frame.
@@ -389,8 +389,13 @@ fn unmask(buf: &mut [u8], mask: [u8; 4], phase: usize) {
 
 /// Appends one frame (FIN set) to `out`, masked with `mask` if given.
 fn encode(out: &mut Vec<u8>, op: u8, payload: &[u8], mask: Option<[u8; 4]>) {
+    encode_frame(out, op, true, payload, mask);
+}
+
+/// Appends one frame to `out`, the last of its message if `fin`.
+fn encode_frame(out: &mut Vec<u8>, op: u8, fin: bool, payload: &[u8], mask: Option<[u8; 4]>) {
     let bit = if mask.is_some() { 0x80 } else { 0 };
-    out.push(0x80 | op);
+    out.push(if fin { 0x80 | op } else { op });
     match payload.len() {
         n @ 0..=125 => out.push(bit | n as u8),
         n @ 126..=0xFFFF => {
@@ -607,14 +612,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     /// with at most `write_buffer` bytes still unwritten ([`Self::drive`]
     /// writes the rest).
     pub(super) async fn send(&self, op: u8, payload: &[u8]) -> io::Result<()> {
-        self.write(op, payload, self.limits.write_buffer).await
+        self.write(op, true, payload, self.limits.write_buffer)
+            .await
+    }
+
+    /// Sends one frame of a data message: `op` is the message's opcode for
+    /// its first frame and [`OP_CONT`] after it; `fin` marks the last.
+    /// Control frames ([`Self::send`]) may go between the frames of a
+    /// message; other data frames must not. Returns as [`Self::send`] does.
+    pub(super) async fn send_fragment(&self, op: u8, payload: &[u8], fin: bool) -> io::Result<()> {
+        self.write(op, fin, payload, self.limits.write_buffer).await
     }
 
     /// Sends a close frame (its payload from [`close_payload`], or empty)
     /// after what is queued, and returns once all of it is written and
     /// flushed; nothing is sent after it. A second close is not sent.
     pub(super) async fn send_close(&self, payload: &[u8]) -> io::Result<()> {
-        self.write(OP_CLOSE, payload, 0).await
+        self.write(OP_CLOSE, true, payload, 0).await
     }
 
     /// Whether a close frame went out.
@@ -626,7 +640,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         (self.role == Role::Client).then(rand::random)
     }
 
-    async fn write(&self, op: u8, payload: &[u8], queue: usize) -> io::Result<()> {
+    async fn write(&self, op: u8, fin: bool, payload: &[u8], queue: usize) -> io::Result<()> {
         {
             let mut g = self.lock();
             let inner = &mut *g;
@@ -642,7 +656,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             if let Some(p) = inner.pong.take() {
                 encode(&mut inner.out, OP_PONG, &p, self.mask());
             }
-            encode(&mut inner.out, op, payload, self.mask());
+            encode_frame(&mut inner.out, op, fin, payload, self.mask());
             inner.flushed = false;
             if op == OP_CLOSE {
                 inner.close_sent = true;
@@ -855,6 +869,17 @@ mod tests {
         let mut out = Vec::new();
         encode(&mut out, OP_TEXT, b"hi", None);
         assert_eq!(out, [0x81, 2, b'h', b'i']);
+        // A message in two frames: FIN only on the last, which continues.
+        let mut out = Vec::new();
+        encode_frame(&mut out, OP_TEXT, false, b"h", None);
+        encode_frame(&mut out, OP_CONT, true, b"i", None);
+        assert_eq!(out, [0x01, 1, b'h', 0x80, 1, b'i']);
+        let mut r = Reader {
+            client: true,
+            ..Reader::default()
+        };
+        let got = r.feed(&out, &LIM).unwrap();
+        assert_eq!(got, (6, Some(Incoming::Text(b"hi".to_vec()))));
         for (len, head) in [(125usize, 2usize), (126, 4), (65_535, 4), (65_536, 10)] {
             let mut out = Vec::new();
             encode(&mut out, OP_BINARY, &vec![7; len], None);

@@ -20,7 +20,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 struct State<T> {
     queue: VecDeque<T>,
@@ -128,12 +128,19 @@ impl<T> Inbox<T> {
         .await
     }
 
+    /// [`Self::poll_recv_all`] as a future.
+    #[cfg(test)]
+    pub(crate) async fn recv_all(&mut self) -> Option<VecDeque<T>> {
+        poll_fn(|cx| self.poll_recv_all(cx)).await
+    }
+
     /// Everything queued, at once (one lock for a burst of events); `None`
     /// once the sender is gone and all is read. The inbox keeps no queue
-    /// afterwards.
-    pub(crate) async fn recv_all(&mut self) -> Option<VecDeque<T>> {
-        self.wait_for(|queue| (!queue.is_empty()).then(|| std::mem::take(queue)))
-            .await
+    /// afterwards. Registers the task's waker when nothing is queued.
+    pub(crate) fn poll_recv_all(&mut self, cx: &mut Context<'_>) -> Poll<Option<VecDeque<T>>> {
+        self.poll_take(cx, |queue| {
+            (!queue.is_empty()).then(|| std::mem::take(queue))
+        })
     }
 
     /// Waits until `take` gets something from the queue, or the senders
@@ -142,21 +149,27 @@ impl<T> Inbox<T> {
         &mut self,
         mut take: impl FnMut(&mut VecDeque<T>) -> Option<R>,
     ) -> Option<R> {
-        poll_fn(|cx| {
-            let mut s = lock(&self.0);
-            if let Some(r) = take(&mut s.queue) {
-                return Poll::Ready(Some(r));
-            }
-            if s.senders == 0 {
-                return Poll::Ready(None);
-            }
-            match &mut s.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_take(cx, &mut take)).await
+    }
+
+    /// One poll of [`Self::wait_for`].
+    fn poll_take<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut VecDeque<T>) -> Option<R>,
+    ) -> Poll<Option<R>> {
+        let mut s = lock(&self.0);
+        if let Some(r) = take(&mut s.queue) {
+            return Poll::Ready(Some(r));
+        }
+        if s.senders == 0 {
+            return Poll::Ready(None);
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 

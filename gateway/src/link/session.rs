@@ -1,10 +1,11 @@
 //! One task per device session.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::future::{Future as _, poll_fn};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::Duration;
 
 use proto::wire::Status;
@@ -142,6 +143,10 @@ struct Streams {
     /// the bridge as one chunk (one allocation and one wake-up, not one per
     /// frame). Passed on before any other event and before the task waits.
     held: Option<(StreamId, StreamEvent)>,
+    /// Bytes of the current read the session has not taken yet: the most
+    /// a held chunk can still grow by, reserved at once when it grows (a
+    /// large message's frames are then joined without a copy per doubling).
+    read_left: usize,
 }
 
 impl Streams {
@@ -185,14 +190,19 @@ impl Streams {
             && !*e
             && !*f
         {
+            d.reserve(data.len() + self.read_left);
             d.extend_from_slice(data);
             (*e, *f) = (end_msg, fin);
             return None;
         }
         let refund = self.pass_on();
+        // A chunk that ends its message or stream is not joined with more.
+        let room = if end_msg || fin { 0 } else { self.read_left };
+        let mut copy = Vec::with_capacity(data.len() + room);
+        copy.extend_from_slice(data);
         let ev = StreamEvent::Data {
             msg,
-            data: data.to_vec(),
+            data: copy,
             end_msg,
             fin,
         };
@@ -452,27 +462,47 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
         // stream state if there is none.
         park(&mut s);
         streams.trim();
-        // The socket's readiness through its one reader and writer slot
-        // (`ready()` would queue and unqueue a waiter on every turn, and
-        // hold it in the task's state).
-        let wake = tokio::select! {
-            r = poll_fn(|cx| sock.poll_read_ready(cx)) => Wake::Readable(r.is_ok()),
-            r = poll_fn(|cx| sock.poll_write_ready(cx)), if !unsent.is_empty() => Wake::Writable(r.is_ok()),
-            // More records may be ready: come round again at once.
-            () = std::future::ready(()), if more => Wake::Again,
-            c = cmd_rx.recv_all() => Wake::Commands(c),
-            () = &mut timer, if wake_at.is_some() => Wake::Timer,
-        };
-        unpark(&mut s, record, slots);
-        match wake {
-            Wake::Readable(ok) => {
-                let eof = !ok || receive(&mut s, &sock, &hub, &cmd_tx, streams.get(), &mut state);
-                if eof {
-                    s.handle_eof();
-                    handle_events(&mut s, &hub, &cmd_tx, streams.get(), &mut state);
-                }
+        // Everything that can wake the session is polled on every turn, and
+        // all of it that is ready is handled in the turn, in a fixed order:
+        // nothing waits behind a busy socket, and no turn is spent per
+        // source (a device's answer and the browser's next message often
+        // arrive together). The socket's readiness goes through its one
+        // reader and writer slot (`ready()` would queue and unqueue a
+        // waiter on every turn, and hold it in the task's state).
+        let woke = poll_fn(|cx| {
+            let mut w = Woke::default();
+            if let Poll::Ready(r) = sock.poll_read_ready(cx) {
+                w.readable = Some(r.is_ok());
             }
-            Wake::Writable(ok) => match ok.then(|| sock.try_write(&unsent)) {
+            if !unsent.is_empty()
+                && let Poll::Ready(r) = sock.poll_write_ready(cx)
+            {
+                w.writable = Some(r.is_ok());
+            }
+            if let Poll::Ready(c) = cmd_rx.poll_recv_all(cx) {
+                w.commands = Some(c);
+            }
+            if wake_at.is_some() && timer.as_mut().poll(cx).is_ready() {
+                w.timer = true;
+            }
+            // With `more`, records may be ready: come round again at once.
+            if more || w.any() {
+                Poll::Ready(w)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        unpark(&mut s, record, slots);
+        if let Some(ok) = woke.readable {
+            let eof = !ok || receive(&mut s, &sock, &hub, &cmd_tx, streams.get(), &mut state);
+            if eof {
+                s.handle_eof();
+                handle_events(&mut s, &hub, &cmd_tx, streams.get(), &mut state);
+            }
+        }
+        if let Some(ok) = woke.writable {
+            match ok.then(|| sock.try_write(&unsent)) {
                 Some(Ok(n)) if n > 0 => {
                     unsent.drain(..n);
                     if unsent.is_empty() {
@@ -484,23 +514,22 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
                     s.handle_eof();
                     unsent = Vec::new();
                 }
-            },
-            Wake::Again => {}
-            Wake::Commands(c) => {
-                // All that queued since the last turn: a stream's send and
-                // its credit, or many streams' sends, cost one turn.
-                for c in c.into_iter().flatten() {
-                    apply(&mut s, c, &cmd_tx, streams.get(), cfg.params);
-                    flush_outgoing(&mut s, streams.get());
-                }
             }
-            Wake::Timer => {
-                if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                    s.close(Code::SHUTDOWN);
-                    drain_deadline = None;
-                }
-                s.handle_timeout(clock());
+        }
+        if let Some(c) = woke.commands {
+            // All that queued since the last turn: a stream's send and its
+            // credit, or many streams' sends, cost one turn.
+            for c in c.into_iter().flatten() {
+                apply(&mut s, c, &cmd_tx, streams.get(), cfg.params);
+                flush_outgoing(&mut s, streams.get());
             }
+        }
+        if woke.timer {
+            if drain_deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                s.close(Code::SHUTDOWN);
+                drain_deadline = None;
+            }
+            s.handle_timeout(clock());
         }
         handle_events(&mut s, &hub, &cmd_tx, streams.get(), &mut state);
         streams.get().flush_held(&mut s);
@@ -658,14 +687,23 @@ fn handle_events(
 /// Writes a session makes before it looks at its socket and commands again.
 const TRANSMIT_BURST: usize = 4;
 
-/// Why a session task woke up.
-enum Wake {
-    Readable(bool),
-    Writable(bool),
-    Again,
-    Commands(Option<VecDeque<Cmd>>),
+/// What was ready when the session woke.
+#[derive(Default)]
+struct Woke {
+    /// The socket is readable (false: it failed).
+    readable: Option<bool>,
+    /// The socket takes more of `unsent` (false: it failed).
+    writable: Option<bool>,
+    /// Commands from the session's streams and the hub.
+    commands: Option<Option<VecDeque<Cmd>>>,
     /// The session's timer or the drain deadline.
-    Timer,
+    timer: bool,
+}
+
+impl Woke {
+    fn any(&self) -> bool {
+        self.readable.is_some() || self.writable.is_some() || self.commands.is_some() || self.timer
+    }
 }
 
 // The buffers of sessions that are not using theirs.
@@ -838,12 +876,14 @@ fn receive(
         loop {
             let k = s.handle_input(clock(), &buf[off..n]);
             off += k;
+            streams.read_left = n - off;
             let any = handle_events(s, hub, cmd_tx, streams, state);
             if (off >= n || k == 0) && !any {
                 break;
             }
         }
         // Everything this read brought is out of the session: pass it on.
+        streams.read_left = 0;
         streams.flush_held(s);
         false
     })
@@ -920,17 +960,28 @@ fn apply(s: &mut GwSession, cmd: Cmd, cmd_tx: &CmdSender, streams: &mut Streams,
             end_msg,
             fin,
         } => {
-            streams
-                .outgoing
-                .entry(stream)
-                .or_default()
-                .push_back(Outgoing {
-                    msg,
-                    data,
-                    sent: 0,
-                    end_msg,
-                    fin,
-                });
+            let mut o = Outgoing {
+                msg,
+                data,
+                sent: 0,
+                end_msg,
+                fin,
+            };
+            if !streams.outgoing.contains_key(&stream) {
+                // Nothing queued ahead of it: straight to the session, and
+                // queued only for what its credit does not cover yet.
+                match hand_over(s, stream, streams.gates.get(&stream), &mut o) {
+                    HandOver::All => return,
+                    HandOver::Part => {}
+                    HandOver::Failed => {
+                        if let Some(g) = streams.gates.remove(&stream) {
+                            g.close();
+                        }
+                        return;
+                    }
+                }
+            }
+            streams.outgoing.entry(stream).or_default().push_back(o);
         }
         Cmd::Consume(stream, n) => s.consume(stream, n),
         Cmd::Reset(stream, code) => {
@@ -978,22 +1029,17 @@ fn flush_outgoing(s: &mut GwSession, streams: &mut Streams) {
     let Streams {
         outgoing, gates, ..
     } = streams;
+    if outgoing.is_empty() {
+        return;
+    }
     outgoing.retain(|stream, queue| {
-        let gate = gates.get(stream);
         while let Some(o) = queue.front_mut() {
-            match s.send(*stream, o.msg, &o.data[o.sent..], o.end_msg, o.fin) {
-                Ok(n) => {
-                    o.sent += n;
-                    if let Some(g) = gate {
-                        g.taken(n);
-                    }
-                    if o.sent < o.data.len() {
-                        return true;
-                    }
+            match hand_over(s, *stream, gates.get(stream), o) {
+                HandOver::All => {
                     queue.pop_front();
                 }
-                Err(StreamError::Blocked) => return true,
-                Err(_) => {
+                HandOver::Part => return true,
+                HandOver::Failed => {
                     if let Some(g) = gates.remove(stream) {
                         g.close();
                     }
@@ -1003,6 +1049,40 @@ fn flush_outgoing(s: &mut GwSession, streams: &mut Streams) {
         }
         false
     });
+}
+
+/// How much of a send the session took.
+enum HandOver {
+    /// All of it (with its end of message and FIN).
+    All,
+    /// Some or none: the stream is out of credit or the staging buffer full.
+    Part,
+    /// The stream takes nothing more.
+    Failed,
+}
+
+/// Hands what is left of `o` to the session, telling the stream's gate.
+fn hand_over(
+    s: &mut GwSession,
+    stream: StreamId,
+    gate: Option<&Arc<SendGate>>,
+    o: &mut Outgoing,
+) -> HandOver {
+    match s.send(stream, o.msg, &o.data[o.sent..], o.end_msg, o.fin) {
+        Ok(n) => {
+            o.sent += n;
+            if let Some(g) = gate {
+                g.taken(n);
+            }
+            if o.sent < o.data.len() {
+                HandOver::Part
+            } else {
+                HandOver::All
+            }
+        }
+        Err(StreamError::Blocked) => HandOver::Part,
+        Err(_) => HandOver::Failed,
+    }
 }
 
 #[cfg(test)]
