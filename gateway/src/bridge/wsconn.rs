@@ -46,6 +46,7 @@ use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
+use bytes::BufMut as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How much one poll reads: one TLS record's plaintext.
@@ -222,21 +223,48 @@ impl Reader {
             };
             let start = to.len();
             to.extend_from_slice(&data[at..at + take]);
-            if f.mask != [0; 4] {
-                unmask(&mut to[start..], f.mask, f.phase);
-            }
-            f.phase = (f.phase + take) % 4;
-            f.left -= take as u64;
             at += take;
-            if f.left > 0 {
-                return Ok((at, None));
-            }
-            let (op, fin) = (f.op, f.fin);
-            self.frame = None;
-            if let Some(done) = self.finish_frame(op, fin)? {
-                return Ok((at, Some(done)));
+            match self.took(start, take)? {
+                None => return Ok((at, None)),
+                Some(Some(done)) => return Ok((at, Some(done))),
+                Some(None) => {}
             }
         }
+    }
+
+    /// The current frame's next `n` payload bytes are at `start` of its
+    /// buffer: unmasks them and counts them. `None` while the frame has
+    /// more to come; otherwise what the frame completed.
+    fn took(&mut self, start: usize, n: usize) -> Result<Option<Option<Incoming>>, RecvError> {
+        let Some(f) = self.frame.as_mut() else {
+            return Ok(None);
+        };
+        let to = if f.op >= OP_CLOSE {
+            &mut self.ctl
+        } else {
+            &mut self.msg
+        };
+        if f.mask != [0; 4] {
+            unmask(&mut to[start..start + n], f.mask, f.phase);
+        }
+        f.phase = (f.phase + n) % 4;
+        f.left -= n as u64;
+        if f.left > 0 {
+            return Ok(None);
+        }
+        let (op, fin) = (f.op, f.fin);
+        self.frame = None;
+        self.finish_frame(op, fin).map(Some)
+    }
+
+    /// How much of a data frame's payload is still to come, when it is
+    /// worth reading straight into the message (see [`DIRECT_READ`]).
+    fn direct_read(&self) -> Option<usize> {
+        let f = self.frame.as_ref()?;
+        if f.op >= OP_CLOSE || self.rest_at < self.rest.len() || f.left < DIRECT_READ as u64 {
+            return None;
+        }
+        usize::try_from(f.left).ok()
     }
 
     /// Checks a whole header and starts its frame.
@@ -394,9 +422,24 @@ fn encode(out: &mut Vec<u8>, op: u8, payload: &[u8], mask: Option<[u8; 4]>) {
 
 /// Appends one frame to `out`, the last of its message if `fin`.
 fn encode_frame(out: &mut Vec<u8>, op: u8, fin: bool, payload: &[u8], mask: Option<[u8; 4]>) {
-    let bit = if mask.is_some() { 0x80 } else { 0 };
+    encode_head(out, op, fin, payload.len(), mask.is_some());
+    match mask {
+        Some(m) => {
+            out.extend_from_slice(&m);
+            let start = out.len();
+            out.extend_from_slice(payload);
+            unmask(&mut out[start..], m, 0);
+        }
+        None => out.extend_from_slice(payload),
+    }
+}
+
+/// Appends a frame's first two bytes and its extended length (the mask
+/// key, if `masked`, follows).
+fn encode_head(out: &mut Vec<u8>, op: u8, fin: bool, len: usize, masked: bool) {
+    let bit = if masked { 0x80 } else { 0 };
     out.push(if fin { 0x80 | op } else { op });
-    match payload.len() {
+    match len {
         n @ 0..=125 => out.push(bit | n as u8),
         n @ 126..=0xFFFF => {
             out.push(bit | 126);
@@ -406,15 +449,6 @@ fn encode_frame(out: &mut Vec<u8>, op: u8, fin: bool, payload: &[u8], mask: Opti
             out.push(bit | 127);
             out.extend_from_slice(&(n as u64).to_be_bytes());
         }
-    }
-    match mask {
-        Some(m) => {
-            out.extend_from_slice(&m);
-            let start = out.len();
-            out.extend_from_slice(payload);
-            unmask(&mut out[start..], m, 0);
-        }
-        None => out.extend_from_slice(payload),
     }
 }
 
@@ -471,6 +505,72 @@ impl<S: AsyncWrite + Unpin> Inner<S> {
             }
             Poll::Pending if queue > 0 => Poll::Ready(Ok(())),
             other => other,
+        }
+    }
+}
+
+/// A data frame with at least this much payload still to come is read
+/// straight into its message; smaller ones go through the reader's buffer
+/// on the stack, which can take several frames in one read.
+const DIRECT_READ: usize = 4 << 10;
+
+/// Payloads from this long on are written from the sender's buffer
+/// rather than copied into the write queue ([`WsConn::send`]).
+const DIRECT_MIN: usize = 32 << 10;
+/// How much of such a payload is copied all the same: with the frame's
+/// head (at most 10 bytes here), a full TLS record of 16 KiB.
+const DIRECT_FIRST: usize = (16 << 10) - 10;
+
+/// The part of a large payload a write has not written yet. It goes
+/// straight from the sender's buffer to the stream once `out` (the frame's
+/// head and what was queued before it) is written. A write dropped midway
+/// copies what is left into `out`, so the frame is whole when the next
+/// write finishes it.
+struct Unwritten<'a, S: AsyncRead + AsyncWrite + Unpin> {
+    conn: &'a WsConn<S>,
+    rest: &'a [u8],
+    at: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Unwritten<'_, S> {
+    /// As [`Inner::poll_out`], for `out` and then the rest.
+    fn poll_write(&mut self, cx: &mut Context<'_>, queue: usize) -> Poll<io::Result<()>> {
+        let mut g = self.conn.lock();
+        let inner = &mut *g;
+        while inner.out_at < inner.out.len() {
+            match Pin::new(&mut inner.io).poll_write(cx, &inner.out[inner.out_at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => inner.out_at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        inner.out = Vec::new();
+        inner.out_at = 0;
+        while self.at < self.rest.len() {
+            match Pin::new(&mut inner.io).poll_write(cx, &self.rest[self.at..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => self.at += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if self.rest.len() - self.at <= queue => {
+                    // Within the write buffer: queued, written by `drive`.
+                    inner.out.extend_from_slice(&self.rest[self.at..]);
+                    self.at = self.rest.len();
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        inner.poll_out(cx, queue)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Drop for Unwritten<'_, S> {
+    fn drop(&mut self) {
+        if self.at < self.rest.len() {
+            let mut g = self.conn.lock();
+            g.out.extend_from_slice(&self.rest[self.at..]);
+            g.flushed = false;
         }
     }
 }
@@ -538,6 +638,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                     Ok((_, Some(m))) => break Ok(m),
                     Ok((_, None)) => continue,
                     Err(e) => break Err(e),
+                }
+            }
+            if let Some(left) = inner.rd.direct_read() {
+                // The rest of a large frame: read into the message itself
+                // (reserved for the whole frame at its header), not through
+                // the buffer below and a copy.
+                let start = inner.rd.msg.len();
+                let mut into = (&mut inner.rd.msg).limit(left);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut inner.io), cx, &mut into) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => break Err(RecvError::Io(e)),
+                    Poll::Ready(Ok(0)) => break Err(RecvError::Eof),
+                    Poll::Ready(Ok(n)) => match inner.rd.took(start, n) {
+                        Ok(Some(Some(m))) => break Ok(m),
+                        Ok(_) => continue,
+                        Err(e) => break Err(e),
+                    },
                 }
             }
             let mut buf = [MaybeUninit::<u8>::uninit(); READ];
@@ -641,13 +758,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     }
 
     async fn write(&self, op: u8, fin: bool, payload: &[u8], queue: usize) -> io::Result<()> {
+        // A large unmasked payload is written from the caller's buffer;
+        // only the frame's head and its first bytes (one full TLS record
+        // with the head) go through `out`.
+        let direct = self.role == Role::Server && payload.len() >= DIRECT_MIN;
+        let (copied, rest) = if direct {
+            payload.split_at(DIRECT_FIRST)
+        } else {
+            (payload, &[][..])
+        };
         {
             let mut g = self.lock();
             let inner = &mut *g;
             if inner.close_sent {
                 return Err(io::ErrorKind::NotConnected.into());
             }
-            let more = inner.pong.as_ref().map_or(0, |p| 6 + p.len()) + 14 + payload.len();
+            let more = inner.pong.as_ref().map_or(0, |p| 6 + p.len()) + 14 + copied.len();
             if inner.out.is_empty() {
                 inner.out = Vec::with_capacity(more);
             } else {
@@ -656,13 +782,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             if let Some(p) = inner.pong.take() {
                 encode(&mut inner.out, OP_PONG, &p, self.mask());
             }
-            encode_frame(&mut inner.out, op, fin, payload, self.mask());
+            if direct {
+                encode_head(&mut inner.out, op, fin, payload.len(), false);
+                inner.out.extend_from_slice(copied);
+            } else {
+                encode_frame(&mut inner.out, op, fin, payload, self.mask());
+            }
             inner.flushed = false;
             if op == OP_CLOSE {
                 inner.close_sent = true;
             }
         }
-        poll_fn(|cx| self.lock().poll_out(cx, queue)).await
+        if rest.is_empty() {
+            return poll_fn(|cx| self.lock().poll_out(cx, queue)).await;
+        }
+        let mut rest = Unwritten {
+            conn: self,
+            rest,
+            at: 0,
+        };
+        poll_fn(|cx| rest.poll_write(cx, queue)).await
     }
 
     /// Ends the connection's sending side (TLS close_notify, then FIN).
@@ -945,6 +1084,61 @@ mod tests {
         assert!(conn.lock().out.capacity() == 0, "freed once written");
     }
 
+    /// A large payload goes out from the sender's buffer; dropped midway,
+    /// what is left is kept and goes out whole before the next frame.
+    #[tokio::test]
+    async fn a_large_payload_dropped_midway_is_finished_by_the_next_write() {
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt as _;
+        let (a, mut b) = tokio::io::duplex(4096);
+        let conn = WsConn::new(a, Role::Server, LIM);
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let mut first = Box::pin(conn.send_fragment(OP_BINARY, &big, false));
+        // The peer takes 40 KB, past the copied first part, then stops.
+        let reader = async {
+            let mut got = vec![0u8; 40_000];
+            b.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let (head, stalled) = tokio::join!(reader, async {
+            tokio::time::timeout(Duration::from_millis(200), &mut first).await
+        });
+        assert!(
+            stalled.is_err(),
+            "the peer stopped reading: the write stalls"
+        );
+        assert_eq!(
+            conn.lock().out.capacity(),
+            0,
+            "past the first part, the payload is written from the sender's buffer"
+        );
+        drop(first);
+        let kept = conn.lock().out.len();
+        assert!(
+            kept > 0 && kept < 100_000 - 40_000,
+            "dropped, what was not written is kept ({kept} bytes)"
+        );
+        let reader = async move {
+            let mut rest = vec![0u8; 10 + 100_000 + 2 + 2 - 40_000];
+            b.read_exact(&mut rest).await.unwrap();
+            [head, rest].concat()
+        };
+        let (got, sent) = tokio::join!(reader, conn.send_fragment(OP_CONT, b"ok", true));
+        sent.unwrap();
+        assert_eq!(
+            &got[..2],
+            &[0x02, 127],
+            "binary, not the last frame, 64-bit length"
+        );
+        assert_eq!(&got[2..10], &100_000u64.to_be_bytes());
+        assert!(
+            got[10..100_010] == big[..],
+            "the payload, whole and in order"
+        );
+        assert_eq!(&got[100_010..], &[0x80, 2, b'o', b'k']);
+        assert!(conn.lock().out.capacity() == 0, "freed once written");
+    }
+
     /// With a write buffer, a send to a peer that does not read returns
     /// with the frame queued; `drive` writes it once the peer reads. Over
     /// the buffer, the send waits.
@@ -1024,5 +1218,43 @@ mod tests {
         assert_eq!(close, [0x88, 2, 0x03, 0xE8]);
         let inner = conn.lock();
         assert!(inner.rd.rest.is_empty() && inner.rd.msg.capacity() == 0);
+    }
+
+    /// Large frames are read straight into their message, in pieces of
+    /// any size, at every mask phase, with a ping and a small frame between.
+    #[tokio::test]
+    async fn large_frames_are_read_into_the_message() {
+        use tokio::io::AsyncWriteExt as _;
+        let lim = Limits {
+            max_frame: 1 << 20,
+            max_message: 1 << 20,
+            write_buffer: 0,
+        };
+        let (a, mut b) = tokio::io::duplex(1000);
+        let conn = WsConn::new(a, Role::Server, lim);
+        let body: Vec<u8> = (0..100_003u32).map(|i| (i * 7 % 256) as u8).collect();
+        let (x, rest) = body.split_at(50_001);
+        let (y, z) = rest.split_at(7);
+        let mut w = frame(0x02, x, M);
+        w.extend(frame(0x89, b"p", M));
+        w.extend(frame(0x00, y, [9, 8, 7, 6]));
+        w.extend(frame(0x80, z, [1, 2, 3, 4]));
+        w.extend(frame(0x81, b"after", M));
+        let client = async move {
+            // Odd-sized writes: reads end at every phase of the mask.
+            for piece in w.chunks(997) {
+                b.write_all(piece).await.unwrap();
+            }
+            b
+        };
+        let server = async {
+            assert_eq!(conn.recv().await.unwrap(), Incoming::Ping);
+            assert_eq!(conn.recv().await.unwrap(), Incoming::Binary(body.clone()));
+            assert_eq!(
+                conn.recv().await.unwrap(),
+                Incoming::Text(b"after".to_vec())
+            );
+        };
+        let (_b, ()) = tokio::join!(client, server);
     }
 }
