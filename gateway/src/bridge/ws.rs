@@ -1,12 +1,20 @@
 //! WebSockets: the gateway terminates the browser's WebSocket (HTTP/1.1
-//! Upgrade or HTTP/2 extended CONNECT, RFC 8441) and carries whole
-//! messages over a device stream of kind WebSocket.
+//! Upgrade or HTTP/2 extended CONNECT, RFC 8441) and carries messages
+//! over a device stream of kind WebSocket.
 //!
 //! ```text
 //!  browser ──frames──▶ WsConn ──messages──▶ up half ──Text/Binary/WsClose──▶ device
-//!  browser ◀─frames── WsConn ◀─messages── down loop ◀─Text/Binary/WsClose── device
+//!  browser ◀─frames── WsConn ◀─frame per chunk── down loop ◀─Text/Binary/WsClose── device
 //!                              ▲ pings every ping_interval, owed pongs, control from the up half
 //! ```
+//!
+//! Toward the browser, each chunk of a device message that the link
+//! delivers goes on as a frame of its own ([`DownMessage`]): the first
+//! with the message's opcode, the rest as continuations, the last with
+//! FIN. Nothing gathers a whole message (a 1 MiB message is not copied
+//! into one buffer and held), and text is checked as UTF-8 across the
+//! chunks, a character split between two included, before any of it is
+//! sent. Only a device's close payload is gathered, into one close frame.
 //!
 //! Both halves run in one task per socket, and nothing is allocated per
 //! socket that an idle one does not use (BENCHMARKS.md, "Idle WebSocket
@@ -21,8 +29,10 @@
 //! closed, or [`CLOSE_GRACE`] elapsed.
 //!
 //! Endings the gateway decides: a browser message over `max_message` →
-//! 1009 to the browser and to the device; a device message over it →
-//! 1011; the link to the device lost → 1011, or 1001 when the gateway is
+//! 1009 to the browser and to the device; a device message over it, text
+//! from the device that is not UTF-8, or a device message of one kind
+//! continued as another → 1011 (the frames sent before it are a message
+//! the close cuts short); the link to the device lost → 1011, or 1001 when the gateway is
 //! shutting down; no answer to two pings in a row → 1001; access revoked
 //! by a reload (user, token or device permission removed) → 1008; a frame
 //! that breaks RFC 6455 → 1002; text that is not UTF-8 → 1007. Pings

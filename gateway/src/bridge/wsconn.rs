@@ -1,18 +1,24 @@
-//! The browser's WebSocket connection (RFC 6455, server role) for the
-//! link and raw-tunnel bridges: frames in and out over the upgraded
-//! connection, with nothing on the heap while the socket is idle.
+//! The gateway's WebSocket connections (RFC 6455): the browser's, in the
+//! server role, for the link, raw-tunnel and direct bridges, and the
+//! direct relay's to the upstream, in the client role. Frames in and out
+//! over the upgraded connection, with nothing on the heap while the socket
+//! is idle.
 //!
-//! tungstenite, which the direct-mode relay still uses, allocates its read
-//! buffer when the connection starts and keeps it for the connection's
-//! life, and splitting it for the two directions puts the whole connection
-//! behind an `Arc`'d lock. Here a poll reads into a buffer on its own stack
-//! and keeps on the heap only what a message in flight needs:
+//! tungstenite, used before, allocated its read buffer when the
+//! connection started and kept it for the connection's life, and splitting
+//! it for the two directions put the whole connection behind an `Arc`'d
+//! lock. Here a poll reads into a buffer on its own stack and keeps on the
+//! heap only what a message in flight needs, and a large payload is not
+//! copied on its way through:
 //!
 //! ```text
 //!  recv: io ─read─▶ stack buffer (READ) ─feed─▶ header, 14 bytes inline
 //!                                          ├──▶ payload, unmasked, into the message (or control payload)
 //!                                          └──▶ bytes past a finished message ─▶ `rest`, until consumed
+//!        io ─read─▶ the message itself, for the rest of a data frame of DIRECT_READ (4 KiB) or more
 //!  send: [owed pong] + header + payload, one buffer ─write─▶ io ─flush
+//!        a payload of DIRECT_MIN (32 KiB) or more, server role: header + its first
+//!        16 KiB through that buffer, the rest written from the sender's buffer
 //! ```
 //!
 //! Both directions run in one task (the bridge's `up` and `down` halves
@@ -36,8 +42,11 @@
 //! - 1007: a text message or close reason that is not UTF-8 (checked when
 //!   the message is whole).
 //!
-//! The writer sends whole messages as single frames, unmasked, and nothing
-//! after its close frame.
+//! The writer sends a message as one frame ([`WsConn::send`]) or as the
+//! frames its sender cuts it into ([`WsConn::send_fragment`]), masked only
+//! in the client role, and nothing after its close frame. A write dropped
+//! midway keeps what it had not written, so the frame goes out whole
+//! before the next one.
 
 use std::future::poll_fn;
 use std::io;

@@ -9,7 +9,8 @@
 //!                           │ proto::Session (gateway role)
 //!                           │   Authenticate → registry lookup + replay floor → accept / reject / refuse
 //!                           │   HELLO (key confirmation) → Hub::register (replaces an older session)
-//!                           │ select { socket ready (read, pending write), commands, timer }
+//!                           │ each turn: poll { socket ready (read, pending write), commands, timer },
+//!                           │            handle all of them that are ready, transmit
 //!  bridge ──Hub::device(id)──▶ DeviceHandle ──open()──▶ DeviceStream { send().await, recv().await }
 //! ```
 //!

@@ -1093,7 +1093,7 @@ mod tests {
 
     /// What an idle device session costs is mostly its task: the future
     /// (the session state machine inline, 656 bytes with its handshake
-    /// state boxed, the timer and the select of its wake-ups; 1,408 bytes
+    /// state boxed, the timer and the poll of its wake-ups; 1,408 bytes
     /// in all) plus the command inbox. Record buffers are pooled, the
     /// stream table and the stream state exist only while needed; this
     /// keeps a large buffer (or the handshake) from moving into the future
