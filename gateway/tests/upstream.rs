@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::harness::{DOMAIN, Dev, Gw, body, empty, get, link_config, request};
+use common::harness::{DOMAIN, Dev, Gw, body, empty, eventually, get, link_config, request};
 use device_fw::host::Forward;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{Request, Response};
@@ -81,6 +81,18 @@ async fn handle(seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Out, hype
                 tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
             while let Some(Ok(m)) = ws.next().await {
                 match m {
+                    // Frames that break RFC 6455, written raw: text that is
+                    // not UTF-8, a reserved bit.
+                    Message::Text(t) if t.as_str() == "raw:bad-utf8" || t.as_str() == "raw:rsv" => {
+                        use tokio::io::AsyncWriteExt as _;
+                        let frame: &[u8] = if t.as_str() == "raw:rsv" {
+                            &[0xC2, 0]
+                        } else {
+                            &[0x81, 2, 0xC3, 0x28]
+                        };
+                        let _ = ws.get_mut().write_all(frame).await;
+                        let _ = ws.get_mut().flush().await;
+                    }
                     Message::Text(t) => ws.send(Message::text(format!("echo:{t}"))).await.unwrap(),
                     Message::Binary(b) => ws.send(Message::Binary(b)).await.unwrap(),
                     Message::Close(_) => break,
@@ -350,6 +362,34 @@ async fn a_direct_upstream_carries_http_and_websockets_and_reuses_connections() 
     )
     .await;
     scenario(&gw, "meter", &seen).await;
+    // An upstream that breaks the protocol: the browser gets 1011 and the
+    // gateway counts it by what was wrong.
+    let o = format!("https://{}:{}", host("meter"), gw.addr.port());
+    for (cmd, reason) in [("raw:bad-utf8", "utf8"), ("raw:rsv", "protocol")] {
+        let (mut ws, _) = gw
+            .ws(
+                1,
+                &host("meter"),
+                "/",
+                &[
+                    ("origin", &o),
+                    ("sec-websocket-protocol", "dumb-increment-protocol"),
+                ],
+            )
+            .await
+            .unwrap();
+        ws.send(Message::text(cmd)).await.unwrap();
+        let f = loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => break f,
+                Some(Ok(_)) => continue,
+                other => panic!("{cmd}: no close: {other:?}"),
+            }
+        };
+        assert_eq!(f.map(|f| u16::from(f.code)), Some(1011), "{cmd}");
+        let series = format!("gateway_websocket_device_errors_total{{reason=\"{reason}\"}}");
+        eventually(&series, || gw.metric(&series) == 1.0).await;
+    }
     // Plain requests reuse the upstream connection.
     let mut c = gw.client(2, &host("meter")).await;
     let before = seen.connections.load(Ordering::Relaxed);

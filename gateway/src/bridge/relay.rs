@@ -12,7 +12,9 @@
 //! [`CLOSE_GRACE`] for the other's (the closing side is answered with its
 //! own code if none comes); a frame that breaks the protocol or a limit
 //! closes its sender with 1002 / 1007 / 1009 and the other side with 1001
-//! (browser at fault) or 1011 (upstream at fault); an upstream connection
+//! (browser at fault, counted in `gateway_websocket_refused_total`) or
+//! 1011 (upstream at fault, counted in
+//! `gateway_websocket_device_errors_total`); an upstream connection
 //! lost closes the browser with 1011; access revoked by a reload, 1008.
 
 use std::sync::Arc;
@@ -193,6 +195,8 @@ async fn relay(browser: &Conn, upstream: &Conn, revoked: &Notify, stats: &Bridge
                 End::Failed(code, reason) => {
                     if from_browser {
                         stats.count_ws_refusal(code);
+                    } else {
+                        stats.count_ws_device_error(code);
                     }
                     let other = if from_browser {
                         close_payload(1001, "going away")

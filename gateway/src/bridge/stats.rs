@@ -38,6 +38,10 @@ pub struct BridgeStats {
     /// Browser WebSockets closed for what they sent, by
     /// [`BridgeStats::WS_REFUSALS`].
     pub ws_refused: [AtomicU64; 3],
+    /// Browser WebSockets closed with 1011 for what the device (over the
+    /// link) or the upstream server (direct mode) sent, by
+    /// [`BridgeStats::WS_REFUSALS`].
+    pub ws_device_errors: [AtomicU64; 3],
     /// Origin rejected.
     pub origin_rejected: AtomicU64,
     /// Subprotocol lists changed toward the device.
@@ -77,12 +81,23 @@ impl Default for BridgeStats {
             ws_messages_up: AtomicU64::new(0),
             ws_messages_down: AtomicU64::new(0),
             ws_refused: Default::default(),
+            ws_device_errors: Default::default(),
             origin_rejected: AtomicU64::new(0),
             subprotocol_rewritten: AtomicU64::new(0),
             host_rewritten: AtomicU64::new(0),
             upstream_rejected: AtomicU64::new(0),
             trimmed: AtomicU64::new(0),
         }
+    }
+}
+
+/// The [`BridgeStats::WS_REFUSALS`] entry for a close code: 1009 too big,
+/// 1007 not UTF-8, anything else a protocol error.
+fn refusal_index(code: u16) -> usize {
+    match code {
+        1009 => 1,
+        1007 => 2,
+        _ => 0,
     }
 }
 
@@ -99,12 +114,13 @@ impl BridgeStats {
 
     /// Counts a browser WebSocket closed with `code` for what it sent.
     pub fn count_ws_refusal(&self, code: u16) {
-        let i = match code {
-            1009 => 1,
-            1007 => 2,
-            _ => 0,
-        };
-        self.ws_refused[i].fetch_add(1, Ordering::Relaxed);
+        self.ws_refused[refusal_index(code)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a browser WebSocket closed (1011) because the device side
+    /// sent what would have been refused with `code` from a browser.
+    pub fn count_ws_device_error(&self, code: u16) {
+        self.ws_device_errors[refusal_index(code)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a response the bridge gave (status and time to the head).

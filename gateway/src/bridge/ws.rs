@@ -32,7 +32,7 @@
 //! 1009 to the browser and to the device; a device message over it, text
 //! from the device that is not UTF-8, or a device message of one kind
 //! continued as another → 1011 (the frames sent before it are a message
-//! the close cuts short); the link to the device lost → 1011, or 1001 when the gateway is
+//! the close cuts short; counted in `gateway_websocket_device_errors_total`); the link to the device lost → 1011, or 1001 when the gateway is
 //! shutting down; no answer to two pings in a row → 1001; access revoked
 //! by a reload (user, token or device permission removed) → 1008; a frame
 //! that breaks RFC 6455 → 1002; text that is not UTF-8 → 1007. Pings
@@ -443,10 +443,11 @@ struct DownMessage {
 type Answer = Option<(Out, bool)>;
 
 /// Device data the browser cannot be given: the reason for the 1011
-/// close, and whether the stream is reset (it is not when the device
-/// already ended it).
+/// close, whether the stream is reset (it is not when the device already
+/// ended it), and the code a browser sending the same would get (for
+/// `gateway_websocket_device_errors_total`).
 #[derive(Debug, PartialEq)]
-struct Broken(&'static str, bool);
+struct Broken(&'static str, bool, u16);
 
 impl DownMessage {
     /// What the browser gets for one chunk of device data (`kind` is a
@@ -460,13 +461,13 @@ impl DownMessage {
         fin: bool,
     ) -> Result<Answer, Broken> {
         if self.open.is_some_and(|k| k != kind) {
-            return Err(Broken("device broke the message sequence", true));
+            return Err(Broken("device broke the message sequence", true, 1002));
         }
         if self.len + data.len() > max {
-            return Err(Broken("device message too big", true));
+            return Err(Broken("device message too big", true, 1009));
         }
         if !end_msg && fin {
-            return Err(Broken("device ended the stream mid-message", false));
+            return Err(Broken("device ended the stream mid-message", false, 1002));
         }
         if kind == MsgKind::WsClose {
             self.close.extend_from_slice(&data);
@@ -475,7 +476,7 @@ impl DownMessage {
             return Ok(end_msg.then(|| (Out::Close(device_close(&self.close)), true)));
         }
         if kind == MsgKind::Text && !self.utf8.feed(&data, end_msg) {
-            return Err(Broken("device sent invalid UTF-8", true));
+            return Err(Broken("device sent invalid UTF-8", true, 1007));
         }
         if data.is_empty() && !end_msg {
             // Nothing to frame yet.
@@ -571,10 +572,11 @@ async fn down<S>(
             ev = stream.recv() => {
                 let out = match ev {
                     Some(StreamEvent::Data { msg: msg @ (MsgKind::Text | MsgKind::Binary | MsgKind::WsClose), data, end_msg, fin }) => {
-                        message.chunk(max, msg, data, end_msg, fin).unwrap_or_else(|Broken(reason, reset)| {
+                        message.chunk(max, msg, data, end_msg, fin).unwrap_or_else(|Broken(reason, reset, code)| {
                             if reset {
                                 stream.reset(Code::PROTOCOL);
                             }
+                            bridge.stats.count_ws_device_error(code);
                             Some((close(1011, reason), true))
                         })
                     }
@@ -583,6 +585,7 @@ async fn down<S>(
                     }
                     Some(StreamEvent::Data { .. }) => {
                         stream.reset(Code::PROTOCOL);
+                        bridge.stats.count_ws_device_error(1002);
                         Some((close(1011, "device broke the message sequence"), true))
                     }
                     Some(StreamEvent::Reset(code)) => {
@@ -745,7 +748,7 @@ mod tests {
         assert_eq!(
             m.chunk(100, MsgKind::Text, b"x".to_vec(), true, false)
                 .err(),
-            Some(Broken("device sent invalid UTF-8", true))
+            Some(Broken("device sent invalid UTF-8", true, 1007))
         );
 
         let mut m = DownMessage::default();
@@ -756,7 +759,7 @@ mod tests {
         assert_eq!(
             m.chunk(100, MsgKind::Binary, vec![0; 41], true, false)
                 .err(),
-            Some(Broken("device message too big", true))
+            Some(Broken("device message too big", true, 1009))
         );
 
         let mut m = DownMessage::default();
@@ -764,13 +767,13 @@ mod tests {
         assert_eq!(
             m.chunk(100, MsgKind::Text, b"a".to_vec(), true, false)
                 .err(),
-            Some(Broken("device broke the message sequence", true))
+            Some(Broken("device broke the message sequence", true, 1002))
         );
 
         let mut m = DownMessage::default();
         assert_eq!(
             m.chunk(100, MsgKind::Binary, vec![1], false, true).err(),
-            Some(Broken("device ended the stream mid-message", false))
+            Some(Broken("device ended the stream mid-message", false, 1002))
         );
     }
 

@@ -150,6 +150,11 @@ const WS_REFUSED: Family = counter(
     &["reason"],
     "Browser WebSockets the gateway closed for what they sent: protocol (1002), too_big (1009), utf8 (1007).",
 );
+const WS_DEVICE_ERRORS: Family = counter(
+    "gateway_websocket_device_errors_total",
+    &["reason"],
+    "Browser WebSockets closed with 1011 for what the device (or its upstream server in direct mode) sent: protocol, too_big, utf8.",
+);
 const NORMALIZE: Family = counter(
     "gateway_normalize_actions_total",
     &["action"],
@@ -502,6 +507,12 @@ impl Gateway {
             ],
         );
         by_names(out, &WS_REFUSED, &BridgeStats::WS_REFUSALS, &b.ws_refused);
+        by_names(
+            out,
+            &WS_DEVICE_ERRORS,
+            &BridgeStats::WS_REFUSALS,
+            &b.ws_device_errors,
+        );
         by_label(
             out,
             &NORMALIZE,
