@@ -53,7 +53,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::BufMut as _;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -494,16 +494,10 @@ impl<S: AsyncWrite + Unpin> Inner<S> {
     /// Writes `out`; ready once at most `queue` bytes of it are left, or,
     /// with `queue` 0, once all of it is written and flushed.
     fn poll_out(&mut self, cx: &mut Context<'_>, queue: usize) -> Poll<io::Result<()>> {
-        while self.out_at < self.out.len() {
-            match Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_at..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.out_at += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if self.out.len() - self.out_at <= queue => {
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Pending => return Poll::Pending,
-            }
+        match poll_write_from(&mut self.io, cx, &self.out, &mut self.out_at) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending if self.out.len() - self.out_at <= queue => return Poll::Ready(Ok(())),
+            other => return other,
         }
         self.out = Vec::new();
         self.out_at = 0;
@@ -516,6 +510,23 @@ impl<S: AsyncWrite + Unpin> Inner<S> {
             other => other,
         }
     }
+}
+
+/// Writes `buf` from `*at` on, moving `at`; ready once all of it is written.
+fn poll_write_from<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+    at: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *at < buf.len() {
+        match ready!(Pin::new(&mut *io).poll_write(cx, &buf[*at..])) {
+            Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            Ok(n) => *at += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// A data frame with at least this much payload still to come is read
@@ -546,29 +557,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Unwritten<'_, S> {
     fn poll_write(&mut self, cx: &mut Context<'_>, queue: usize) -> Poll<io::Result<()>> {
         let mut g = self.conn.lock();
         let inner = &mut *g;
-        while inner.out_at < inner.out.len() {
-            match Pin::new(&mut inner.io).poll_write(cx, &inner.out[inner.out_at..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => inner.out_at += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        ready!(poll_write_from(
+            &mut inner.io,
+            cx,
+            &inner.out,
+            &mut inner.out_at
+        ))?;
         inner.out = Vec::new();
         inner.out_at = 0;
-        while self.at < self.rest.len() {
-            match Pin::new(&mut inner.io).poll_write(cx, &self.rest[self.at..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => self.at += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending if self.rest.len() - self.at <= queue => {
-                    // Within the write buffer: queued, written by `drive`.
-                    inner.out.extend_from_slice(&self.rest[self.at..]);
-                    self.at = self.rest.len();
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Pending => return Poll::Pending,
+        match poll_write_from(&mut inner.io, cx, self.rest, &mut self.at) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Pending if self.rest.len() - self.at <= queue => {
+                // Within the write buffer: queued, written by `drive`.
+                inner.out.extend_from_slice(&self.rest[self.at..]);
+                self.at = self.rest.len();
+                return Poll::Ready(Ok(()));
             }
+            other => return other,
         }
         inner.poll_out(cx, queue)
     }
