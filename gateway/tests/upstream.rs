@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::harness::{DOMAIN, Dev, Gw, body, empty, eventually, get, link_config, request};
+use common::harness::{
+    DOMAIN, Dev, Gw, WsClient, body, empty, eventually, get, link_config, request,
+};
 use device_fw::host::Forward;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{Request, Response};
@@ -186,6 +188,18 @@ async fn server(tls: Option<(String, String)>) -> (SocketAddr, Arc<Seen>) {
     (addr, seen)
 }
 
+/// The code of the close frame the gateway sends next (messages before it
+/// are skipped).
+async fn close_code(ws: &mut WsClient) -> Option<u16> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
 fn host(id: &str) -> String {
     format!("{id}.{DOMAIN}")
 }
@@ -265,14 +279,7 @@ async fn scenario(gw: &Gw, id: &str, seen: &Seen) {
         }))
         .await
         .unwrap();
-        let answer = loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(f))) => break f,
-                Some(Ok(_)) => continue,
-                other => panic!("{id} h{v}: no close answer: {other:?}"),
-            }
-        };
-        assert_eq!(answer.map(|f| u16::from(f.code)), Some(4100), "{id} h{v}");
+        assert_eq!(close_code(&mut ws).await, Some(4100), "{id} h{v}");
 
         // Only unknown subprotocols: explained at once, the server never asked.
         let before = seen.requests.lock().unwrap().len();
@@ -379,14 +386,7 @@ async fn a_direct_upstream_carries_http_and_websockets_and_reuses_connections() 
             .await
             .unwrap();
         ws.send(Message::text(cmd)).await.unwrap();
-        let f = loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(f))) => break f,
-                Some(Ok(_)) => continue,
-                other => panic!("{cmd}: no close: {other:?}"),
-            }
-        };
-        assert_eq!(f.map(|f| u16::from(f.code)), Some(1011), "{cmd}");
+        assert_eq!(close_code(&mut ws).await, Some(1011), "{cmd}");
         let series = format!("gateway_websocket_device_errors_total{{reason=\"{reason}\"}}");
         eventually(&series, || gw.metric(&series) == 1.0).await;
     }
