@@ -125,8 +125,8 @@ async fn pump(from: &Conn, to: &Conn) -> End {
         tokio::select! {
             m = from.recv() => {
                 let sent = match m {
-                    Ok(Incoming::Text(m)) => to.send(OP_TEXT, &m).await,
-                    Ok(Incoming::Binary(m)) => to.send(OP_BINARY, &m).await,
+                    Ok(Incoming::Text(m)) => to.send_owned(OP_TEXT, m).await,
+                    Ok(Incoming::Binary(m)) => to.send_owned(OP_BINARY, m).await,
                     Ok(Incoming::Ping | Incoming::Pong) => Ok(()),
                     Ok(Incoming::Close(p)) => {
                         let _ = to.send_close(&p).await;

@@ -17,8 +17,9 @@
 //!                                          └──▶ bytes past a finished message ─▶ `rest`, until consumed
 //!        io ─read─▶ the message itself, for the rest of a data frame of DIRECT_READ (4 KiB) or more
 //!  send: [owed pong] + header + payload, one buffer ─write─▶ io ─flush
-//!        a payload of DIRECT_MIN (32 KiB) or more, server role: header + its first
-//!        16 KiB through that buffer, the rest written from the sender's buffer
+//!        a payload of DIRECT_MIN (32 KiB) or more (server role, or an owned payload
+//!        masked in place in the client role): header + its first 16 KiB through
+//!        that buffer, the rest written from the sender's buffer
 //! ```
 //!
 //! Both directions run in one task (the bridge's `up` and `down` halves
@@ -541,6 +542,15 @@ const DIRECT_MIN: usize = 32 << 10;
 /// head (at most 10 bytes here), a full TLS record of 16 KiB.
 const DIRECT_FIRST: usize = (16 << 10) - 10;
 
+/// How a frame's payload is masked.
+#[derive(Clone, Copy)]
+enum Mask {
+    /// With a fresh key in the client role, none in the server role.
+    Fresh,
+    /// Already, with this key (client role).
+    Done([u8; 4]),
+}
+
 /// The part of a large payload a write has not written yet. It goes
 /// straight from the sender's buffer to the stream once `out` (the frame's
 /// head and what was queued before it) is written. A write dropped midway
@@ -772,12 +782,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     }
 
     async fn write(&self, op: u8, fin: bool, payload: &[u8], queue: usize) -> io::Result<()> {
-        // A large unmasked payload is written from the caller's buffer;
-        // only the frame's head and its first bytes (one full TLS record
-        // with the head) go through `out`.
-        let direct = self.role == Role::Server && payload.len() >= DIRECT_MIN;
+        self.write_frame(op, fin, payload, Mask::Fresh, queue).await
+    }
+
+    /// Sends a whole message as [`Self::send`] does, taking the payload:
+    /// in the client role a large one is masked where it lies and written
+    /// from there, not copied to be masked.
+    pub(super) async fn send_owned(&self, op: u8, mut payload: Vec<u8>) -> io::Result<()> {
+        let queue = self.limits.write_buffer;
+        match self.mask() {
+            Some(key) if payload.len() >= DIRECT_MIN => {
+                unmask(&mut payload, key, 0); // XOR: masks as well
+                self.write_frame(op, true, &payload, Mask::Done(key), queue)
+                    .await
+            }
+            _ => {
+                self.write_frame(op, true, &payload, Mask::Fresh, queue)
+                    .await
+            }
+        }
+    }
+
+    async fn write_frame(
+        &self,
+        op: u8,
+        fin: bool,
+        payload: &[u8],
+        mask: Mask,
+        queue: usize,
+    ) -> io::Result<()> {
+        // A large payload that needs no masking here is written from the
+        // caller's buffer; only the frame's head and its first bytes (one
+        // full TLS record with the head) go through `out`.
+        let (direct, key) = match mask {
+            Mask::Done(key) => (true, Some(key)),
+            Mask::Fresh => (
+                self.role == Role::Server && payload.len() >= DIRECT_MIN,
+                None,
+            ),
+        };
+        let first = DIRECT_FIRST - if key.is_some() { 4 } else { 0 };
         let (copied, rest) = if direct {
-            payload.split_at(DIRECT_FIRST)
+            payload.split_at(first.min(payload.len()))
         } else {
             (payload, &[][..])
         };
@@ -797,7 +843,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 encode(&mut inner.out, OP_PONG, &p, self.mask());
             }
             if direct {
-                encode_head(&mut inner.out, op, fin, payload.len(), false);
+                encode_head(&mut inner.out, op, fin, payload.len(), key.is_some());
+                if let Some(k) = key {
+                    inner.out.extend_from_slice(&k);
+                }
                 inner.out.extend_from_slice(copied);
             } else {
                 encode_frame(&mut inner.out, op, fin, payload, self.mask());
@@ -1232,6 +1281,28 @@ mod tests {
         assert_eq!(close, [0x88, 2, 0x03, 0xE8]);
         let inner = conn.lock();
         assert!(inner.rd.rest.is_empty() && inner.rd.msg.capacity() == 0);
+    }
+
+    /// In the client role, a large owned payload is masked in place and
+    /// written from there; a server reads it back whole.
+    #[tokio::test]
+    async fn a_large_owned_payload_is_masked_in_place() {
+        let lim = Limits {
+            max_frame: 1 << 20,
+            max_message: 1 << 20,
+            write_buffer: 0,
+        };
+        let (a, b) = tokio::io::duplex(3000);
+        let client = WsConn::new(a, Role::Client, lim);
+        let server = WsConn::new(b, Role::Server, lim);
+        let body: Vec<u8> = (0..70_001u32).map(|i| (i * 13 % 256) as u8).collect();
+        let (sent, got) = tokio::join!(client.send_owned(OP_BINARY, body.clone()), server.recv());
+        sent.unwrap();
+        assert_eq!(got.unwrap(), Incoming::Binary(body));
+        // A small one takes the copying path, masked as well.
+        let (sent, got) = tokio::join!(client.send_owned(OP_TEXT, b"hi".to_vec()), server.recv());
+        sent.unwrap();
+        assert_eq!(got.unwrap(), Incoming::Text(b"hi".to_vec()));
     }
 
     /// Large frames are read straight into their message, in pieces of
