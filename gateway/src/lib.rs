@@ -32,3 +32,9 @@ pub mod normalize;
 pub mod server;
 
 pub use proto;
+
+// Every program that links the gateway copies through `memcopy`'s
+// `memcpy` and `memmove`: glibc's, except for the copies its `rep movsb`
+// makes slow on some CPUs (that crate's documentation; BENCHMARKS.md,
+// "glibc's rep movsb and the gateway's copies").
+use memcopy as _;

@@ -14,6 +14,11 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+// Copies as the gateway's, and the load generator's, do (both link the
+// gateway, and with it memcopy): the upstream of every target then spends
+// the same on a copy.
+use memcopy as _;
+
 #[derive(Parser, Debug)]
 #[command(about = "Plain WebSocket echo server (benchmark upstream)")]
 struct Args {
