@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::procs::{cpu_ns, rss_kib};
+use crate::procs::{cpu_ns, cpu_ticks, rss_kib};
 use crate::wss::{Latencies, connect};
 
 /// Where the load goes.
@@ -57,6 +57,14 @@ impl Target {
     /// CPU time of the target's processes so far, nanoseconds.
     pub fn cpu_ns(&self) -> u64 {
         self.pids.iter().filter_map(|p| cpu_ns(*p)).sum()
+    }
+
+    /// User and system CPU ticks of the target's processes so far.
+    pub fn cpu_ticks(&self) -> (u64, u64) {
+        self.pids
+            .iter()
+            .filter_map(|p| cpu_ticks(*p))
+            .fold((0, 0), |(u, s), (pu, ps)| (u + pu, s + ps))
     }
 
     /// Resident memory of the target's processes, KiB.
@@ -248,6 +256,7 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     }
     tokio::time::sleep(o.warmup).await;
     let cpu0 = t.cpu_ns();
+    let ticks0 = t.cpu_ticks();
     recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(o.duration).await;
@@ -255,6 +264,11 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     let elapsed = started.elapsed();
     let n = count.load(Ordering::Relaxed);
     let cpu = t.cpu_ns().saturating_sub(cpu0);
+    let ticks = t.cpu_ticks();
+    let (user, sys) = (
+        ticks.0.saturating_sub(ticks0.0),
+        ticks.1.saturating_sub(ticks0.1),
+    );
     stop.store(true, Ordering::Relaxed);
     let mut all = Latencies::default();
     for task in tasks {
@@ -287,6 +301,10 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
         .put(
             "cpu_util",
             format!("{:.3}", cpu as f64 / 1e9 / elapsed.as_secs_f64()),
+        )
+        .put(
+            "kernel_pct",
+            format!("{:.0}", 100.0 * sys as f64 / (user + sys).max(1) as f64),
         );
     // The latency distribution, for charts: p10..p90 by tens, p95, p99, p99.9.
     let mut dist = String::new();
@@ -518,6 +536,7 @@ pub async fn bulk(t: &Target, o: &BulkOptions) -> Result<Report, String> {
             "cpu_us_per_mb",
             format!("{:.1}", cpu * 1e6 / o.size.max(1) as f64),
         )
-        .put("cpu_util", r0.get("cpu_util").unwrap_or("0"));
+        .put("cpu_util", r0.get("cpu_util").unwrap_or("0"))
+        .put("kernel_pct", r0.get("kernel_pct").unwrap_or("0"));
     Ok(r)
 }

@@ -558,6 +558,11 @@ impl Bench {
                 "cpu_us_per_msg",
                 "WSS echo 64 B ×100, proxy CPU µs/msg",
             ),
+            (
+                "echo64",
+                "kernel_pct",
+                "WSS echo 64 B ×100, proxy CPU in the kernel, %",
+            ),
             ("echo64", "p50_us", "WSS echo 64 B ×100, p50 µs"),
             ("echo64", "p99_us", "WSS echo 64 B ×100, p99 µs"),
             ("echo_half", "p50_us", "echo at half nginx peak, p50 µs"),
@@ -583,6 +588,11 @@ impl Bench {
             ),
             ("bulk64k", "mb_per_s", "bulk 64 KiB msgs, 1 conn, MB/s"),
             ("bulk64k", "cpu_us_per_mb", "bulk 64 KiB, proxy CPU µs/MB"),
+            (
+                "bulk64k",
+                "kernel_pct",
+                "bulk 64 KiB, proxy CPU in the kernel, %",
+            ),
             ("bulk1m", "mb_per_s", "bulk 1 MiB msgs, 1 conn, MB/s"),
             ("bulk1m", "cpu_us_per_mb", "bulk 1 MiB, proxy CPU µs/MB"),
         ];
