@@ -1,8 +1,9 @@
 //! Device-link abuse against a real gateway: thousands of half-done
 //! handshakes, garbage before the handshake, a registered device flooding
-//! stream opens, a device announcing absurd windows and record sizes. Each
-//! is refused or clamped and counted, and an honest device next to it
-//! stays online and keeps serving browsers.
+//! stream opens, a device announcing absurd windows and record sizes, a
+//! device sending WebSocket messages no browser may get. Each is refused,
+//! clamped or ended, and counted, and an honest device next to it stays
+//! online and keeps serving browsers.
 //!
 //! The abusive devices are `proto` sessions driven by hand over TCP (the
 //! device runtime would never misbehave like this).
@@ -12,8 +13,10 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::harness::{DOMAIN, Dev, Gw, body, device_key, empty, eventually, get, link_config};
-use proto::wire::{MAX_WINDOW, Params};
+use common::harness::{
+    DOMAIN, Dev, Gw, body, close_code, device_key, empty, eventually, get, link_config,
+};
+use proto::wire::{HeaderList, MAX_WINDOW, MsgKind, Params, ResponseHead};
 use proto::{
     Buffers, Config, Event, Hello, SecretKey, Service, ServiceKind, ServiceList, Session, StrList,
     StreamId, StreamKind, StreamSlot,
@@ -222,6 +225,8 @@ struct RawDevice {
 struct Seen {
     connected: Option<Params>,
     opened: Vec<StreamId>,
+    /// Streams whose request head arrived whole.
+    heads: Vec<StreamId>,
     resets: usize,
     data: usize,
     closed: bool,
@@ -331,7 +336,18 @@ impl RawDevice {
                     Event::Connected { params, .. } => seen.connected = Some(params),
                     Event::Opened { stream, .. } => seen.opened.push(stream),
                     Event::Reset { .. } => seen.resets += 1,
-                    Event::Data { data, .. } => seen.data += data.len(),
+                    Event::Data {
+                        stream,
+                        msg,
+                        end_msg,
+                        data,
+                        ..
+                    } => {
+                        seen.data += data.len();
+                        if msg == MsgKind::Head && end_msg {
+                            seen.heads.push(stream);
+                        }
+                    }
                     Event::Closed(_) => seen.closed = true,
                     _ => {}
                 }
@@ -438,6 +454,90 @@ async fn absurd_device_windows_and_record_sizes_are_clamped() {
         dev.largest_unit
     );
     // The honest device is unaffected.
+    honest_device_serves(&gw).await;
+    gw.stop().await;
+}
+
+/// WebSocket messages from a device that no browser may get: text that is
+/// not UTF-8, and a message over the gateway's `max_message`. The gateway
+/// must not pass them on: the browser's WebSocket ends with 1011, the
+/// device's stream is reset, each is counted by reason in
+/// `gateway_websocket_device_errors_total`, and the device stays online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_messages_no_browser_may_get_end_the_websocket_and_are_counted() {
+    let gw = Gw::start(
+        "[websocket]\nmax_message = \"4KiB\"\nmax_frame = \"4KiB\"\n",
+        &[Dev("plc", ""), Dev("liar", "")],
+    )
+    .await;
+    let _plc = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
+    let mut dev = RawDevice::connect(&gw, "liar", Config::DEVICE.params).await;
+    dev.establish(&gw, "liar").await;
+    let host = format!("liar.{DOMAIN}");
+    let origin = format!("https://{host}:{}", gw.addr.port());
+    let headers = [("origin", origin.as_str())];
+    let too_big = vec![b'x'; 6000];
+    let cases: [(&str, MsgKind, &[u8]); 2] = [
+        // Valid text, then a byte no UTF-8 has, in one message.
+        ("utf8", MsgKind::Text, b"fine so far \xff"),
+        // Over the 4 KiB limit, sent in parts as credit allows.
+        ("too_big", MsgKind::Binary, &too_big),
+    ];
+    for (reason, kind, payload) in cases {
+        let mut seen = Seen::default();
+        // The browser's upgrade reaches the device as a stream with a
+        // request head; the device accepts it with a 101.
+        let browser = gw.ws(1, &host, "/", &headers);
+        let device = async {
+            let stream = loop {
+                dev.pump(Duration::from_millis(20), &mut seen).await;
+                assert!(!seen.closed, "the gateway closed the session");
+                if let Some(s) = seen.heads.pop() {
+                    break s;
+                }
+            };
+            let mut head = [0u8; 16];
+            let accept = ResponseHead {
+                status: 101,
+                headers: HeaderList::Slice(&[]),
+            };
+            let n = accept.emit(&mut head).unwrap();
+            assert_eq!(
+                dev.s.send(stream, MsgKind::Head, &head[..n], true, false),
+                Ok(n)
+            );
+            dev.pump(Duration::from_millis(1), &mut seen).await;
+            stream
+        };
+        let (ws, stream) = tokio::join!(browser, device);
+        let (mut ws, _) = ws.unwrap_or_else(|r| panic!("{reason}: upgrade refused: {r:?}"));
+        let mut sent = 0;
+        while sent < payload.len() {
+            sent += dev
+                .s
+                .send(stream, kind, &payload[sent..], true, false)
+                .unwrap();
+            dev.pump(Duration::from_millis(5), &mut seen).await;
+        }
+        assert_eq!(close_code(&mut ws).await, Some(1011), "{reason}");
+        let series = format!("gateway_websocket_device_errors_total{{reason=\"{reason}\"}}");
+        eventually(&series, || gw.metric(&series) == 1.0).await;
+        // The device learns that its stream is gone.
+        for _ in 0..200 {
+            if seen.resets > 0 {
+                break;
+            }
+            dev.pump(Duration::from_millis(10), &mut seen).await;
+        }
+        assert_eq!(seen.resets, 1, "{reason}: the stream was not reset");
+        assert!(!seen.closed, "{reason}: the gateway closed the session");
+    }
+    // Nothing else was counted, and both devices are still serving.
+    assert_eq!(
+        gw.metric("gateway_websocket_device_errors_total{reason=\"protocol\"}"),
+        0.0
+    );
+    assert!(gw.server().hub.device("liar").is_some());
     honest_device_serves(&gw).await;
     gw.stop().await;
 }

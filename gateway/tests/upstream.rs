@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::harness::{
-    DOMAIN, Dev, Gw, WsClient, body, empty, eventually, get, link_config, request,
+    DOMAIN, Dev, Gw, body, close_code, empty, eventually, get, link_config, request,
 };
 use device_fw::host::Forward;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -186,18 +186,6 @@ async fn server(tls: Option<(String, String)>) -> (SocketAddr, Arc<Seen>) {
         }
     });
     (addr, seen)
-}
-
-/// The code of the close frame the gateway sends next (messages before it
-/// are skipped).
-async fn close_code(ws: &mut WsClient) -> Option<u16> {
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-            Some(Ok(_)) => continue,
-            other => panic!("no close frame: {other:?}"),
-        }
-    }
 }
 
 fn host(id: &str) -> String {

@@ -739,42 +739,56 @@ mod tests {
 
     #[test]
     fn broken_device_messages_are_refused() {
+        // What a text message's incomplete first character sends: a frame
+        // that opens the message (the character waits for its rest).
         let mut m = DownMessage::default();
-        let r = m.chunk(100, MsgKind::Text, b"\xE2\x82".to_vec(), false, false);
         assert!(matches!(
-            r,
+            m.chunk(100, MsgKind::Text, b"\xE2\x82".to_vec(), false, false),
             Ok(Some((Out::Frame(OP_TEXT, _, false), false)))
         ));
-        assert_eq!(
-            m.chunk(100, MsgKind::Text, b"x".to_vec(), true, false)
-                .err(),
-            Some(Broken("device sent invalid UTF-8", true, 1007))
-        );
-
-        let mut m = DownMessage::default();
-        assert!(
-            m.chunk(100, MsgKind::Binary, vec![0; 60], false, false)
-                .is_ok()
-        );
-        assert_eq!(
-            m.chunk(100, MsgKind::Binary, vec![0; 41], true, false)
-                .err(),
-            Some(Broken("device message too big", true, 1009))
-        );
-
-        let mut m = DownMessage::default();
-        assert!(m.chunk(100, MsgKind::Binary, vec![1], false, false).is_ok());
-        assert_eq!(
-            m.chunk(100, MsgKind::Text, b"a".to_vec(), true, false)
-                .err(),
-            Some(Broken("device broke the message sequence", true, 1002))
-        );
-
-        let mut m = DownMessage::default();
-        assert_eq!(
-            m.chunk(100, MsgKind::Binary, vec![1], false, true).err(),
-            Some(Broken("device ended the stream mid-message", false, 1002))
-        );
+        // Chunks in order: all but the last are taken, the last is refused.
+        type Chunk = (MsgKind, &'static [u8], bool, bool);
+        let cases: [(&[Chunk], Broken); 4] = [
+            (
+                &[
+                    (MsgKind::Text, b"\xE2\x82", false, false),
+                    (MsgKind::Text, b"x", true, false),
+                ],
+                Broken("device sent invalid UTF-8", true, 1007),
+            ),
+            (
+                &[
+                    (MsgKind::Binary, &[0; 60], false, false),
+                    (MsgKind::Binary, &[0; 41], true, false),
+                ],
+                Broken("device message too big", true, 1009),
+            ),
+            (
+                &[
+                    (MsgKind::Binary, &[1], false, false),
+                    (MsgKind::Text, b"a", true, false),
+                ],
+                Broken("device broke the message sequence", true, 1002),
+            ),
+            (
+                &[(MsgKind::Binary, &[1], false, true)],
+                Broken("device ended the stream mid-message", false, 1002),
+            ),
+        ];
+        for (chunks, want) in cases {
+            let mut m = DownMessage::default();
+            let Some(((kind, data, end_msg, fin), taken)) = chunks.split_last() else {
+                unreachable!()
+            };
+            for &(k, d, e, f) in taken {
+                assert!(
+                    m.chunk(100, k, d.to_vec(), e, f).is_ok(),
+                    "{want:?} too early"
+                );
+            }
+            let got = m.chunk(100, *kind, data.to_vec(), *end_msg, *fin).err();
+            assert_eq!(got, Some(want));
+        }
     }
 
     #[test]

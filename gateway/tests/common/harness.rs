@@ -427,6 +427,20 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 pub type WsClient = tokio_tungstenite::WebSocketStream<Box<dyn Io>>;
 
+/// The code of the close frame the gateway sends next (messages before it
+/// are skipped).
+pub async fn close_code(ws: &mut WsClient) -> Option<u16> {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
 /// A refused WebSocket handshake: status and body.
 #[derive(Debug)]
 pub struct Refused {
