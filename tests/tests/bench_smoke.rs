@@ -53,6 +53,11 @@ fn the_benchmark_harness_measures_the_gateway() {
         report.contains("p99 gw-link"),
         "no latency chart:\n{report}"
     );
+    // The half-load echo ran with both cores kept from idling.
+    assert!(
+        report.contains("both cores kept from idling") && !stderr.contains("keep-awake thread"),
+        "cores not kept awake for the half-load echo:\n{report}\n{stderr}"
+    );
 }
 
 /// `link-bench` moves a few MiB each way through the device link in-process

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use e2e::load::Report;
-use e2e::procs::{Proc, free_port, loadavg, pin_prefix, sibling, wait_listening};
+use e2e::procs::{KeepAwake, Proc, free_port, loadavg, pin_prefix, sibling, wait_listening};
 use e2e::setup::{BenchDir, DIRECT_DEVICE, DOMAIN};
 
 #[derive(Parser, Debug)]
@@ -59,6 +59,11 @@ struct Args {
     /// Core for the load generator and the upstreams.
     #[arg(long, default_value_t = 1)]
     load_core: usize,
+    /// Let the cores idle during the half-load echo (by default a
+    /// spinning thread at SCHED_IDLE on each core keeps them awake there:
+    /// an idle vCPU here takes milliseconds to wake).
+    #[arg(long)]
+    let_idle: bool,
     /// Targets to run (gw-direct, gw-link, nginx, haproxy); default: all found.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -500,6 +505,17 @@ impl Bench {
                 "echo at half load: {:.0} msg/s over 100 connections, half of nginx's median peak.",
                 peak / 2.0
             ));
+            // The cores kept from idling for these rounds only (see
+            // `KeepAwake`): at partial load an idle vCPU's wake-up, not
+            // the proxy, would set the latency.
+            let _awake = (!self.args.let_idle)
+                .then(|| KeepAwake::new(&[self.args.proxy_core, self.args.load_core]));
+            if !self.args.let_idle {
+                self.notes.push(
+                    "echo at half load: both cores kept from idling (a spinning thread at SCHED_IDLE on each; --let-idle turns it off)."
+                        .to_string(),
+                );
+            }
             for round in 0..self.args.rounds {
                 eprintln!("rate round {} (load {})", round + 1, loadavg());
                 for i in 0..n {
