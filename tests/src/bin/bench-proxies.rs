@@ -15,7 +15,9 @@
 //! `--load-core`. Every workload runs once per target per round, the
 //! targets' order rotating each round; the table gives each figure's median
 //! over the rounds and its spread (min – max), and ratios against nginx and
-//! HAProxy.
+//! HAProxy. During the half-load echo both cores are kept from halting
+//! (`procs::KeepAwake`; `--let-idle` turns it off): an idle vCPU here takes
+//! milliseconds to wake, which would set every proxy's tail latency.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
