@@ -9,7 +9,9 @@ use proto::{Code, Config, MsgKind, StreamKind};
 fn handshake_then_http_exchange() {
     let mut sim = Sim::new(1, Config::DEVICE, Config::GATEWAY);
     sim.connect();
+    assert!(!sim.gateway.has_open_streams());
     let id = sim.gateway.open(StreamKind::Http, 0).unwrap();
+    assert!(sim.gateway.has_open_streams());
     let head = request_head("GET", "/status");
     assert_eq!(
         sim.gateway.send(id, MsgKind::Head, &head, true, true),
@@ -46,5 +48,6 @@ fn handshake_then_http_exchange() {
     assert_eq!(fins, 1, "{ge:?}");
     assert_eq!(sim.gateway.open_streams(), 0);
     assert_eq!(sim.device.open_streams(), 0);
+    assert!(!sim.gateway.has_open_streams() && !sim.device.has_open_streams());
     let _ = Code::NO_ERROR;
 }

@@ -759,7 +759,7 @@ fn park(s: &mut GwSession) {
     };
     pool_give(&RECORD_POOL, rx);
     pool_give(&RECORD_POOL, tx);
-    if s.open_streams() == 0 {
+    if !s.has_open_streams() {
         // All slots are free: proto finds slots by scanning, so an empty
         // table in the meantime is safe (nothing can open while parked).
         let mut table = std::mem::take(s.stream_table_mut());

@@ -560,6 +560,13 @@ where
         &mut self.streams
     }
 
+    /// Whether any stream is open: [`Session::open_streams`] `> 0`, without
+    /// counting the rest of the table once one is found (an owner asks on
+    /// every turn).
+    pub fn has_open_streams(&self) -> bool {
+        self.streams.as_ref().iter().any(|s| !s.is_free())
+    }
+
     /// Streams open now (both directions).
     pub fn open_streams(&self) -> usize {
         self.streams
@@ -906,7 +913,7 @@ where
         // Staged frames (the last data, a FIN) go out before the CLOSE.
         if self.goaway_sent
             && matches!(self.phase, Phase::Open)
-            && self.open_streams() == 0
+            && !self.has_open_streams()
             && self.tx_len == 0
         {
             let code = self.goaway_due.unwrap_or(Code::NO_ERROR);
