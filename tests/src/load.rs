@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::procs::{cpu_ns, cpu_ticks, rss_kib};
+use crate::procs::{cpu_ns, cpu_ticks, rss_kib, steal_ms};
 use crate::wss::{Latencies, connect};
 
 /// Where the load goes.
@@ -285,6 +285,7 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     tokio::time::sleep(o.warmup).await;
     let cpu0 = t.cpu_ns();
     let ticks0 = t.cpu_ticks();
+    let steal0 = steal_ms();
     recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(o.duration).await;
@@ -293,6 +294,7 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     let n = count.load(Ordering::Relaxed);
     let cpu = t.cpu_ns().saturating_sub(cpu0);
     let ticks = t.cpu_ticks();
+    let steal = steal_ms().zip(steal0).map(|(a, b)| a.saturating_sub(b));
     let (user, sys) = (
         ticks.0.saturating_sub(ticks0.0),
         ticks.1.saturating_sub(ticks0.1),
@@ -334,6 +336,9 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
             "kernel_pct",
             format!("{:.0}", 100.0 * sys as f64 / (user + sys).max(1) as f64),
         );
+    if let Some(steal) = steal {
+        r.put("steal_ms", steal);
+    }
     // The latency distribution, for charts: p10..p90 by tens, p95, p99, p99.9.
     let mut dist = String::new();
     for p in [

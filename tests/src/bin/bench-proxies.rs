@@ -591,6 +591,11 @@ impl Bench {
                 "cpu_us_per_msg",
                 "echo at half nginx peak, proxy CPU µs/msg",
             ),
+            (
+                "echo_half",
+                "steal_ms",
+                "echo at half nginx peak, VM steal ms (both CPUs)",
+            ),
             ("idle", "bytes_per_conn", "RSS per idle WSS, bytes"),
             ("tls_full", "per_s", "TLS 1.3 full handshakes/s"),
             (
