@@ -141,13 +141,19 @@ pub struct EchoOptions {
     /// Messages in flight per connection (1: closed loop).
     pub pipeline: usize,
     /// Total messages per second over all connections; `None`: as fast as
-    /// the target answers. Latency is measured from each message's
-    /// scheduled send time, so a stalled target is not hidden.
+    /// the target answers. Latency is measured from when a message goes
+    /// out, or from its slot when it goes out late (see `paced_start`), so
+    /// a stalled target is not hidden.
     pub rate: Option<f64>,
     /// Measured time.
     pub duration: Duration,
     /// Unmeasured time first.
     pub warmup: Duration,
+    /// Also write every measured message here, a line each: connection,
+    /// send time (µs since the connections were opened) and latency (µs),
+    /// in send order. It shows whether slow messages are one connection's
+    /// or everyone's at once (a stall of the whole path).
+    pub trace: Option<std::path::PathBuf>,
 }
 
 /// Where in the interval connection `i` of `n` sends when paced, as a
@@ -196,6 +202,8 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let recording = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
+    let base = Instant::now();
+    let tracing = o.trace.is_some();
     let interval = o
         .rate
         .map(|r| Duration::from_secs_f64(o.connections as f64 / r.max(1.0)));
@@ -245,6 +253,7 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
             let reader = async {
                 let r = async {
                     let mut lat = Latencies::default();
+                    let mut trace = Vec::new();
                     loop {
                         let empty = inflight.lock().map(|q| q.is_empty()).unwrap_or(true);
                         if stop.load(Ordering::Relaxed) && empty {
@@ -264,11 +273,16 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
                             .unwrap_or_else(Instant::now);
                         permits.add_permits(1);
                         if recording.load(Ordering::Relaxed) {
-                            lat.record(sent.elapsed());
+                            let took = sent.elapsed();
+                            lat.record(took);
+                            if tracing {
+                                let at = sent.saturating_duration_since(base).as_micros();
+                                trace.push((at, took.as_micros()));
+                            }
                             count.fetch_add(1, Ordering::Relaxed);
                         }
                     }
-                    Ok(lat)
+                    Ok((lat, trace))
                 }
                 .await;
                 // A reader that stopped early frees a writer waiting for credit.
@@ -301,13 +315,25 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     );
     stop.store(true, Ordering::Relaxed);
     let mut all = Latencies::default();
-    for task in tasks {
+    let mut traced = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
         match tokio::time::timeout(Duration::from_secs(30), task).await {
-            Ok(Ok(Ok(l))) => all.0.extend(l.0),
+            Ok(Ok(Ok((l, trace)))) => {
+                all.0.extend(l.0);
+                traced.extend(trace.into_iter().map(|(at, took)| (at, i, took)));
+            }
             Ok(Ok(Err(e))) => return Err(e),
             Ok(Err(e)) => return Err(format!("echo task: {e}")),
             Err(_) => return Err("a connection did not finish within 30 s".into()),
         }
+    }
+    if let Some(path) = &o.trace {
+        traced.sort_unstable();
+        let mut out = String::with_capacity(traced.len() * 20);
+        for (at, i, took) in traced {
+            let _ = writeln!(out, "{i} {at} {took}");
+        }
+        std::fs::write(path, out).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let mut r = Report::default();
     r.put("test", "echo")
@@ -554,6 +580,7 @@ pub async fn bulk(t: &Target, o: &BulkOptions) -> Result<Report, String> {
         rate: None,
         duration: o.duration,
         warmup: Duration::from_millis(500),
+        trace: None,
     };
     let r0 = echo(t, &echo_opts).await?;
     let msgs = r0.num("msg_per_s").unwrap_or(0.0);

@@ -17,6 +17,8 @@ fn the_benchmark_harness_measures_the_gateway() {
     let dir = gateway.parent().expect("target/<profile>").to_path_buf();
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench-proxies"));
     let out = std::env::temp_dir().join(format!("bench-smoke-{}.md", std::process::id()));
+    let traces = std::env::temp_dir().join(format!("bench-smoke-traces-{}", std::process::id()));
+    std::fs::create_dir_all(&traces).expect("trace directory");
     let run = Command::new(&bench)
         .args([
             "--only=gw-link,gw-direct",
@@ -31,6 +33,8 @@ fn the_benchmark_harness_measures_the_gateway() {
         .arg(&dir)
         .arg("--out")
         .arg(&out)
+        .arg("--trace-dir")
+        .arg(&traces)
         .output()
         .expect("run bench-proxies");
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -53,6 +57,34 @@ fn the_benchmark_harness_measures_the_gateway() {
         report.contains("p99 gw-link"),
         "no latency chart:\n{report}"
     );
+    // Each half-load round left its trace: as many lines as the round
+    // measured messages, each a connection, a send time and a latency, in
+    // send order.
+    for target in ["gw-link", "gw-direct"] {
+        let trace = std::fs::read_to_string(traces.join(format!("{target}-1.txt")))
+            .unwrap_or_else(|e| panic!("{target}'s trace: {e}\n{stderr}"));
+        let rows: Vec<Vec<u64>> = trace
+            .lines()
+            .map(|l| l.split(' ').map(|v| v.parse().expect("a number")).collect())
+            .collect();
+        let msgs = stderr
+            .lines()
+            .filter(|l| l.contains("echo_half") && l.contains(&format!("label={target} ")))
+            .find_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("msgs=")))
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("no half-load result for {target}:\n{stderr}"));
+        assert_eq!(
+            rows.len(),
+            msgs,
+            "{target}: trace lines against measured messages"
+        );
+        assert!(rows.iter().all(|r| r.len() == 3 && r[0] < 100));
+        assert!(
+            rows.windows(2).all(|w| w[0][1] <= w[1][1]),
+            "{target}: not in send order"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&traces);
     // The half-load echo ran with both cores kept from idling.
     assert!(
         report.contains("both cores kept from idling") && !stderr.contains("keep-awake thread"),

@@ -66,6 +66,10 @@ struct Args {
     /// an idle vCPU here takes milliseconds to wake).
     #[arg(long)]
     let_idle: bool,
+    /// Write each half-load round's per-message trace here
+    /// (`<target>-<round>.txt`: connection, send µs, latency µs per line).
+    #[arg(long)]
+    trace_dir: Option<PathBuf>,
     /// Targets to run (gw-direct, gw-link, nginx, haproxy); default: all found.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -522,11 +526,15 @@ impl Bench {
                 eprintln!("rate round {} (load {})", round + 1, loadavg());
                 for i in 0..n {
                     let t = &targets[(i + round) % n];
-                    self.measure(
-                        t,
-                        "echo_half",
-                        &["echo", "--connections=100", "--size=64", &rate, &es],
-                    );
+                    let trace = self.args.trace_dir.as_ref().map(|d| {
+                        format!(
+                            "--trace={}",
+                            d.join(format!("{}-{}.txt", t.name, round + 1)).display()
+                        )
+                    });
+                    let mut work = vec!["echo", "--connections=100", "--size=64", &rate, &es];
+                    work.extend(trace.as_deref());
+                    self.measure(t, "echo_half", &work);
                 }
             }
         }

@@ -68,6 +68,10 @@ enum Work {
         seconds: f64,
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
+        /// Write every measured message here: connection, send time (µs)
+        /// and latency (µs), a line each, in send order.
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
     /// Idle WSS connections: RSS per connection.
     Idle {
@@ -137,6 +141,7 @@ async fn main() -> std::process::ExitCode {
             rate,
             seconds,
             warmup,
+            trace,
         } => {
             let o = EchoOptions {
                 connections,
@@ -145,6 +150,7 @@ async fn main() -> std::process::ExitCode {
                 rate,
                 duration: secs(seconds),
                 warmup: secs(warmup),
+                trace,
             };
             echo(&t, &o).await
         }
