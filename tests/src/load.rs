@@ -189,6 +189,36 @@ async fn paced_start(next: &mut Instant, interval: Duration) -> Instant {
     }
 }
 
+/// Width of a stall window (see [`stall_windows`]), µs.
+const STALL_WINDOW_US: u128 = 20_000;
+/// A message this late (µs) counts as slow in a stall window.
+const STALL_SLOW_US: u128 = 2_000;
+
+/// Windows of 20 ms (by send time) in which at least half of the
+/// `connections` sent a message that took 2 ms or more: moments when the
+/// whole path stopped for everyone at once, which is what a paced echo's
+/// p99 is made of on a shared machine (BENCHMARKS, "The half-load echo,
+/// measured again"). `traced` holds (send µs, connection, latency µs),
+/// sorted by send time.
+fn stall_windows(traced: &[(u128, usize, u128)], connections: usize) -> usize {
+    let need = connections.div_ceil(2).max(1);
+    let mut stalls = 0;
+    let mut window = None;
+    let mut slow = std::collections::HashSet::new();
+    for &(at, conn, took) in traced {
+        let w = at / STALL_WINDOW_US;
+        if window != Some(w) {
+            stalls += usize::from(slow.len() >= need);
+            slow.clear();
+            window = Some(w);
+        }
+        if took >= STALL_SLOW_US {
+            slow.insert(conn);
+        }
+    }
+    stalls + usize::from(slow.len() >= need)
+}
+
 /// WSS echo: messages/s, latency percentiles, target CPU per message.
 pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     let mut sockets = Vec::with_capacity(o.connections);
@@ -203,7 +233,6 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     let recording = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let base = Instant::now();
-    let tracing = o.trace.is_some();
     let interval = o
         .rate
         .map(|r| Duration::from_secs_f64(o.connections as f64 / r.max(1.0)));
@@ -275,10 +304,8 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
                         if recording.load(Ordering::Relaxed) {
                             let took = sent.elapsed();
                             lat.record(took);
-                            if tracing {
-                                let at = sent.saturating_duration_since(base).as_micros();
-                                trace.push((at, took.as_micros()));
-                            }
+                            let at = sent.saturating_duration_since(base).as_micros();
+                            trace.push((at, took.as_micros()));
                             count.fetch_add(1, Ordering::Relaxed);
                         }
                     }
@@ -327,8 +354,9 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
             Err(_) => return Err("a connection did not finish within 30 s".into()),
         }
     }
+    traced.sort_unstable();
+    let stalls = stall_windows(&traced, o.connections);
     if let Some(path) = &o.trace {
-        traced.sort_unstable();
         let mut out = String::with_capacity(traced.len() * 20);
         for (at, i, took) in traced {
             let _ = writeln!(out, "{i} {at} {took}");
@@ -365,6 +393,7 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     if let Some(steal) = steal {
         r.put("steal_ms", steal);
     }
+    r.put("stall_windows", stalls);
     // The latency distribution, for charts: p10..p90 by tens, p95, p99, p99.9.
     let mut dist = String::new();
     for p in [
@@ -604,6 +633,27 @@ pub async fn bulk(t: &Target, o: &BulkOptions) -> Result<Report, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A window counts when half the connections or more were slow in it,
+    /// whatever the other windows hold.
+    #[test]
+    fn stall_windows_count_moments_when_most_connections_were_slow() {
+        let mut t = Vec::new();
+        // Window 0: all 4 connections fast. Window 1: 2 of 4 slow (a
+        // stall). Window 2: 1 of 4 slow, twice (not one). Window 5: 3 of 4
+        // slow, and the last window, counted at the end.
+        for c in 0..4 {
+            t.push((1_000 + c as u128, c, 300));
+            t.push((21_000 + c as u128, c, if c < 2 { 2_500 } else { 400 }));
+            t.push((41_000 + c as u128, c, if c == 3 { 9_000 } else { 100 }));
+            t.push((41_500 + c as u128, c, if c == 3 { 9_000 } else { 100 }));
+            t.push((101_000 + c as u128, c, if c > 0 { 2_000 } else { 1_999 }));
+        }
+        t.sort_unstable();
+        assert_eq!(stall_windows(&t, 4), 2);
+        assert_eq!(stall_windows(&t, 100), 0, "2 or 3 of 100 is no stall");
+        assert_eq!(stall_windows(&[], 100), 0);
+    }
 
     /// Paced connections send at even steps over the whole interval.
     #[test]

@@ -45,6 +45,7 @@ fn the_benchmark_harness_measures_the_gateway() {
     for row in [
         "WSS echo 64 B ×100, msg/s",
         "echo at half nginx peak, p99 µs",
+        "echo at half nginx peak, stall windows (20 ms, half the connections ≥ 2 ms)",
         "RSS per idle WSS, bytes",
         "TLS 1.3 full handshakes/s",
         "TLS 1.3 resumed handshakes/s",

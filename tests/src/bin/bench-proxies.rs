@@ -601,6 +601,11 @@ impl Bench {
             ),
             (
                 "echo_half",
+                "stall_windows",
+                "echo at half nginx peak, stall windows (20 ms, half the connections ≥ 2 ms)",
+            ),
+            (
+                "echo_half",
                 "steal_ms",
                 "echo at half nginx peak, VM steal ms (both CPUs)",
             ),
