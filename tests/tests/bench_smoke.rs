@@ -17,8 +17,8 @@ fn the_benchmark_harness_measures_the_gateway() {
     let dir = gateway.parent().expect("target/<profile>").to_path_buf();
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench-proxies"));
     let out = std::env::temp_dir().join(format!("bench-smoke-{}.md", std::process::id()));
+    // Not made here: bench-proxies makes it.
     let traces = std::env::temp_dir().join(format!("bench-smoke-traces-{}", std::process::id()));
-    std::fs::create_dir_all(&traces).expect("trace directory");
     let run = Command::new(&bench)
         .args([
             "--only=gw-link,gw-direct",

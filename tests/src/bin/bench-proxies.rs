@@ -116,6 +116,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
+    // Before any target starts: a trace directory that cannot be made
+    // would otherwise fail each half-load round after it ran.
+    if let Some(dir) = &args.trace_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--trace-dir {}: {e}", dir.display()))?;
+    }
     let bin = match &args.bin_dir {
         Some(d) => d.clone(),
         None => sibling("loadgen")
