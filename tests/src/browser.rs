@@ -98,20 +98,20 @@ pub fn spki_sha256_base64(chain_pem: &str) -> String {
 
 pub use crate::tempdir::TempDir;
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::procs::free_port;
 
-/// Waits until something accepts TCP connections on `addr`; an error if
-/// `child` exits first.
+/// Waits until `child` itself listens on `addr`'s port and accepts a TCP
+/// connection there; an error if it exits first.
+///
+/// A connection alone is not proof: if another test's server bound the
+/// port first, `child` fails its bind and exits, and the connection
+/// reaches the other server. So the listening socket must be one of
+/// `child`'s open files (`/proc/<pid>/fd` against `/proc/<pid>/net/tcp*`).
 pub fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Result<(), String> {
     let started = Instant::now();
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+    while !(listens(child.id(), addr.port())
+        && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok())
+    {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!(
                 "{what} exited before listening on {addr}: {status}"
@@ -124,6 +124,37 @@ pub fn wait_listening(addr: SocketAddr, what: &str, child: &mut Child) -> Result
         std::thread::sleep(Duration::from_millis(50));
     }
     Ok(())
+}
+
+/// Whether process `pid` holds a listening TCP socket on `port`.
+fn listens(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let sockets: Vec<u64> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    ["tcp", "tcp6"].iter().any(|table| {
+        std::fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+            .is_ok_and(|t| listening_inodes(&t, port).any(|i| sockets.contains(&i)))
+    })
+}
+
+/// The inodes of the sockets listening on `port` in a `/proc/net/tcp`
+/// (or `tcp6`) table.
+fn listening_inodes(table: &str, port: u16) -> impl Iterator<Item = u64> + '_ {
+    const LISTEN: &str = "0A";
+    table.lines().skip(1).filter_map(move |line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+        (local_port == port && *f.get(3)? == LISTEN).then_some(())?;
+        f.get(9)?.parse().ok()
+    })
 }
 
 /// The pids of every live descendant of `root` (from `/proc`).
@@ -188,11 +219,8 @@ impl ChromeDriver {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", tools.chromedriver.display()));
-            match wait_listening(
-                SocketAddr::from(([127, 0, 0, 1], port)),
-                "chromedriver",
-                &mut child,
-            ) {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            match wait_listening(addr, "chromedriver", &mut child) {
                 Ok(()) => {
                     return Self {
                         child,
@@ -201,6 +229,8 @@ impl ChromeDriver {
                     };
                 }
                 Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
                     let why = std::fs::read_to_string(log).unwrap_or_default();
                     eprintln!("{e}; trying another port. Its log:\n{why}");
                     last = e;
@@ -386,5 +416,48 @@ impl Artifacts {
         let path = self.dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listening_socket_is_found_among_its_owners_files_only() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(listens(std::process::id(), port));
+        let mut other = Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(!listens(other.id(), port), "sleep holds no socket");
+        other.kill().unwrap();
+        other.wait().unwrap();
+        drop(l);
+        assert!(!listens(std::process::id(), port), "closed");
+    }
+
+    /// The CI failure this guards against: a child that fails to bind (the
+    /// port is another server's) must not count as listening, although a
+    /// connection to the port succeeds.
+    #[test]
+    fn a_child_is_not_listening_through_another_processs_socket() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let mut child = Command::new("sleep").arg("0.3").spawn().unwrap();
+        let e = wait_listening(addr, "sleep", &mut child).unwrap_err();
+        assert!(e.contains("exited before listening"), "{e}");
+    }
+
+    #[test]
+    fn listening_inodes_reads_listen_rows_of_the_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0 100 0 0 10 0
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0 20 4 30 10 -1
+   2: 0100007F:1F91 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4444 1 0 100 0 0 10 0
+";
+        assert_eq!(listening_inodes(table, 8080).collect::<Vec<_>>(), [4242]);
+        assert_eq!(listening_inodes(table, 8081).collect::<Vec<_>>(), [4444]);
+        assert_eq!(listening_inodes(table, 80).count(), 0);
+        assert_eq!(listening_inodes("garbage\n0: x y", 8080).count(), 0);
     }
 }

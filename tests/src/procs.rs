@@ -1,6 +1,7 @@
 //! Processes the benchmarks start and measure: CPU time and RSS from
 //! `/proc`, children pinned to a core, stopped by their own id.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -62,13 +63,35 @@ fn steal_ms_of(stat: &str) -> Option<u64> {
     Some(ticks * 10)
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; racy only against
-/// other programs binding port 0 at the same moment).
+/// A free TCP port on 127.0.0.1: bound and released, and never one this
+/// process has handed out before.
+///
+/// Tests in one binary run in parallel, and the kernel may give a released
+/// port to the next `bind(0)`: without the record, two tests could be
+/// handed the same port, and one's server would answer the other's client
+/// (a chromedriver that failed to bind still "listens", through the other
+/// test's server). Programs outside this process binding port 0 at the same
+/// moment remain a race; callers check who answers.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    not_handed_out(&mut handed_out, || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"))
+    })
+}
+
+/// The first port from `bind` that is not in `handed_out`, recorded there.
+fn not_handed_out(handed_out: &mut BTreeSet<u16>, mut bind: impl FnMut() -> u16) -> u16 {
+    for _ in 0..64 {
+        let port = bind();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port this process has not handed out already (64 tries)")
 }
 
 /// A child process, terminated (SIGTERM, then SIGKILL after 5 s) by its id
@@ -325,6 +348,18 @@ fn idle_on(core: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_port_never_hands_out_a_port_twice() {
+        let mut handed_out = BTreeSet::new();
+        let mut kernel = [5, 5, 6, 5, 6, 7].into_iter();
+        let mut bind = || kernel.next().unwrap();
+        assert_eq!(not_handed_out(&mut handed_out, &mut bind), 5);
+        assert_eq!(not_handed_out(&mut handed_out, &mut bind), 6);
+        assert_eq!(not_handed_out(&mut handed_out, &mut bind), 7);
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        assert_eq!(ports.iter().collect::<BTreeSet<_>>().len(), ports.len());
+    }
 
     #[test]
     fn steal_is_read_from_the_cpu_line() {
