@@ -331,3 +331,88 @@ async fn shutdown_drains_with_goaway_within_the_deadline() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     eventually("offline", || hub.online().is_empty()).await;
 }
+
+/// What many streams' tasks send at the same moment goes out in a few
+/// records (and writes), not one per message: the session lets the tasks
+/// that are ready run before it composes (`Batching` in `link::session`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_of_many_streams_at_once_share_records() {
+    use device_fw::host::{EchoApp, EchoOptions};
+    use device_fw::link::LinkMemory;
+    use proto::{Config, Params};
+    const RECORD: usize = 16 * 1024 + 18;
+    const STREAMS: usize = 64;
+    const ROUNDS: usize = 4;
+    let (hub, addr) = start_hub(registry(&[(1, "echo")]), LinkSettings::default()).await;
+    let _device = tokio::spawn(async move {
+        let mut platform = TokioPlatform::new(addr);
+        let mut app = EchoApp::new(EchoOptions {
+            device_id: "echo".into(),
+            firmware: "test-fw".into(),
+            subprotocols: Vec::new(),
+            raw_service: true,
+        });
+        let identity = Identity {
+            key: key(1),
+            gateway: SecretKey::from_bytes(GATEWAY).public_key(),
+        };
+        let config = LinkConfig {
+            session: Config {
+                params: Params {
+                    max_record: RECORD as u16,
+                    max_streams: STREAMS as u16,
+                    ..Config::DEVICE.params
+                },
+                ..Config::DEVICE
+            },
+            ..LinkConfig::DEFAULT
+        };
+        let mut mem: Box<LinkMemory<RECORD, STREAMS>> = Box::new(LinkMemory::new());
+        run(&mut platform, &mut app, &identity, &config, &mut mem).await;
+    });
+    eventually("online", || hub.device("echo").is_some()).await;
+    let dev = hub.device("echo").unwrap();
+    let (raw, _) = dev.service("raw").unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(dev.open(StreamKind::Raw, raw).await.unwrap());
+    }
+    let before = hub.stats.records_sent.load(Ordering::Relaxed);
+    let start = Arc::new(tokio::sync::Barrier::new(STREAMS));
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut st)| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let msg = vec![(i + round) as u8; 64];
+                    // Every stream's task is ready at once, as when one
+                    // poll of the browsers' sockets finds many messages.
+                    start.wait().await;
+                    st.send(MsgKind::Bytes, msg.clone(), false, false)
+                        .await
+                        .unwrap();
+                    let mut back = Vec::new();
+                    while back.len() < msg.len() {
+                        match tokio::time::timeout(Duration::from_secs(10), st.recv()).await {
+                            Ok(Some(StreamEvent::Data { data, .. })) => back.extend(data),
+                            other => panic!("stream {i}: {other:?}"),
+                        }
+                    }
+                    assert_eq!(back, msg);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let records = hub.stats.records_sent.load(Ordering::Relaxed) - before;
+    let messages = STREAMS * ROUNDS;
+    eprintln!("{messages} messages of {STREAMS} streams went out in {records} records");
+    assert!(
+        records as usize <= messages / 4,
+        "{messages} messages in {records} records"
+    );
+}

@@ -82,6 +82,9 @@ async fn the_exposition_counts_what_happened() {
         ) > 100.0
     );
     assert!(value(&text, "gateway_device_sent_bytes_total{device=\"plc-1\"}") > 100.0);
+    // The request and its answer went in records (the handshake is not one).
+    assert!(value(&text, "gateway_link_records_sent_total") >= 1.0);
+    assert!(value(&text, "gateway_link_records_received_total") >= 1.0);
     assert_eq!(
         value(&text, "gateway_http_requests_total{code=\"2xx\"}"),
         1.0

@@ -11,6 +11,8 @@
 //!                           │   HELLO (key confirmation) → Hub::register (replaces an older session)
 //!                           │ each turn: poll { socket ready (read, pending write), commands, timer },
 //!                           │            handle all of them that are ready, transmit
+//!                           │   woken by its streams' sends: first let the other ready tasks run,
+//!                           │   so many browsers' messages leave in one record and one write
 //!  bridge ──Hub::device(id)──▶ DeviceHandle ──open()──▶ DeviceStream { send().await, recv().await }
 //! ```
 //!

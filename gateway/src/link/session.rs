@@ -101,6 +101,8 @@ struct Reported {
     stall_resets: u64,
     bytes_received: u64,
     bytes_sent: u64,
+    records_received: u64,
+    records_sent: u64,
 }
 
 impl State {
@@ -120,8 +122,16 @@ impl State {
             last.credit_stalls,
         );
         add(&hub.stats.stall_resets, now.stall_resets, last.stall_resets);
+        add(&hub.stats.records_sent, now.records_sent, last.records_sent);
+        add(
+            &hub.stats.records_received,
+            now.records_received,
+            last.records_received,
+        );
         self.reported.credit_stalls = now.credit_stalls;
         self.reported.stall_resets = now.stall_resets;
+        self.reported.records_sent = now.records_sent;
+        self.reported.records_received = now.records_received;
         if let Some(c) = &self.counters {
             add(&c.received_bytes, now.bytes_received, last.bytes_received);
             add(&c.sent_bytes, now.bytes_sent, last.bytes_sent);
@@ -412,6 +422,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
     let mut unsent: Vec<u8> = Vec::new();
     let timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(timer);
+    let mut batching = Batching::default();
 
     loop {
         unpark(&mut s, record, slots);
@@ -469,7 +480,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
         // arrive together). The socket's readiness goes through its one
         // reader and writer slot (`ready()` would queue and unqueue a
         // waiter on every turn, and hold it in the task's state).
-        let woke = poll_fn(|cx| {
+        let mut woke = poll_fn(|cx| {
             let mut w = Woke::default();
             if let Poll::Ready(r) = sock.poll_read_ready(cx) {
                 w.readable = Some(r.is_ok());
@@ -493,6 +504,24 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             }
         })
         .await;
+        if let Some(Some(queued)) = &mut woke.commands
+            && batching.wait()
+        {
+            // The streams' tasks woke the session: let the other tasks
+            // that are ready run first (browsers' messages already read),
+            // so their sends join this turn's records and its one write.
+            tokio::task::yield_now().await;
+            let more = poll_fn(|cx| Poll::Ready(cmd_rx.poll_recv_all(cx))).await;
+            let gathered = match more {
+                Poll::Ready(Some(more)) => {
+                    let n = more.len();
+                    queued.extend(more);
+                    n
+                }
+                _ => 0,
+            };
+            batching.gathered(gathered);
+        }
         unpark(&mut s, record, slots);
         if let Some(ok) = woke.readable {
             let eof = !ok || receive(&mut s, &sock, &hub, &cmd_tx, streams.get(), &mut state);
@@ -686,6 +715,55 @@ fn handle_events(
 
 /// Writes a session makes before it looks at its socket and commands again.
 const TRANSMIT_BURST: usize = 4;
+
+/// Whether the session lets the other ready tasks run before it sends
+/// what its streams queued.
+///
+/// tokio runs a task that another wakes right after the waker's turn, so a
+/// session woken by each of many WebSocket tasks in turn would send one
+/// record per message, with a system call and an AEAD seal each. Waiting
+/// one scheduler pass (`yield_now`: after every ready task and a poll of
+/// the I/O driver) gathers what those tasks send into one turn: fewer,
+/// fuller records, and one write. When nothing else is ready the pass
+/// costs an extra poll of the driver (a system call), so after
+/// [`BATCH_MISSES`] passes in a row that gathered nothing the session
+/// stops waiting, and tries again every [`BATCH_PROBE`]th turn.
+#[derive(Default)]
+struct Batching {
+    /// Passes in a row that gathered nothing.
+    misses: u8,
+    /// Turns since the last pass, while not waiting.
+    since_probe: u8,
+}
+
+/// Empty passes after which a session stops waiting for more sends.
+const BATCH_MISSES: u8 = 4;
+/// While not waiting, one turn in this many waits anyway, to notice load.
+const BATCH_PROBE: u8 = 16;
+
+impl Batching {
+    /// Whether this turn waits for more sends.
+    fn wait(&mut self) -> bool {
+        if self.misses < BATCH_MISSES {
+            return true;
+        }
+        self.since_probe += 1;
+        if self.since_probe >= BATCH_PROBE {
+            self.since_probe = 0;
+            return true;
+        }
+        false
+    }
+
+    /// What a pass gathered: `n` more commands.
+    fn gathered(&mut self, n: usize) {
+        self.misses = if n > 0 {
+            0
+        } else {
+            self.misses.saturating_add(1)
+        };
+    }
+}
 
 /// What was ready when the session woke.
 #[derive(Default)]
@@ -1181,6 +1259,28 @@ mod tests {
         drop(cmds);
         let r = stream.send(MsgKind::Binary, vec![1], true, false).await;
         assert_eq!(r, Err(StreamClosed));
+    }
+
+    /// A session waits for more sends while waiting gathers some; after
+    /// four passes in a row that gathered nothing it waits only one turn
+    /// in sixteen, until a pass gathers something again.
+    #[test]
+    fn batching_stops_waiting_when_nothing_comes_and_probes() {
+        let mut b = Batching::default();
+        for _ in 0..10 {
+            assert!(b.wait());
+            b.gathered(3);
+        }
+        for _ in 0..BATCH_MISSES {
+            assert!(b.wait());
+            b.gathered(0);
+        }
+        let waits: Vec<bool> = (0..2 * BATCH_PROBE).map(|_| b.wait()).collect();
+        assert_eq!(waits.iter().filter(|w| **w).count(), 2, "{waits:?}");
+        assert!(waits[usize::from(BATCH_PROBE) - 1]);
+        // A probe that finds load: back to waiting on every turn.
+        b.gathered(5);
+        assert!((0..20).all(|_| b.wait()));
     }
 
     #[test]

@@ -44,6 +44,11 @@ pub struct HubStats {
     pub credit_stalls: AtomicU64,
     /// Streams reset because their sender stayed without credit past the stall timeout.
     pub stall_resets: AtomicU64,
+    /// Records written to devices, all sessions (with `sent_bytes`: how
+    /// many frames the session packs per record and write).
+    pub records_sent: AtomicU64,
+    /// Records read from devices, all sessions.
+    pub records_received: AtomicU64,
     /// Round-trip times measured by link pings, all devices.
     pub rtt: Histogram,
     /// Per-device counters.
@@ -77,6 +82,8 @@ impl HubStats {
             revoked: AtomicU64::new(0),
             credit_stalls: AtomicU64::new(0),
             stall_resets: AtomicU64::new(0),
+            records_sent: AtomicU64::new(0),
+            records_received: AtomicU64::new(0),
             rtt: Histogram::with_opts(opts)
                 .unwrap_or_else(|e| unreachable!("constant histogram options: {e}")),
             devices: DeviceSeries::new(max_device_series),

@@ -226,6 +226,16 @@ const STALL_RESETS: Family = counter(
     &[],
     "Device streams reset because their sender stayed without credit past [link] stall_timeout.",
 );
+const LINK_RECORDS_SENT: Family = counter(
+    "gateway_link_records_sent_total",
+    &[],
+    "Records written to devices, all sessions; with the bytes sent, how many frames a record carries.",
+);
+const LINK_RECORDS_RECEIVED: Family = counter(
+    "gateway_link_records_received_total",
+    &[],
+    "Records read from devices, all sessions.",
+);
 const DEVICE_ONLINE: Family = gauge(
     "gateway_device_online",
     &["device"],
@@ -571,6 +581,8 @@ impl Gateway {
         out.one(&LINK_REVOKED, load(&s.revoked));
         out.one(&CREDIT_STALLS, load(&s.credit_stalls));
         out.one(&STALL_RESETS, load(&s.stall_resets));
+        out.one(&LINK_RECORDS_SENT, load(&s.records_sent));
+        out.one(&LINK_RECORDS_RECEIVED, load(&s.records_received));
 
         let (own, other) = s.devices.snapshot();
         let mut online_now = Vec::with_capacity(own.len());
