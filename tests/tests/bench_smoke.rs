@@ -1,5 +1,6 @@
 //! The benchmark harnesses run: `bench-proxies` for a few seconds against the
-//! gateway alone (link mode, and direct mode where this build serves it),
+//! gateway alone (link mode, link mode with every connection on one device,
+//! and direct mode where this build serves it),
 //! every workload once, and its report has numbers for each; `link-bench`
 //! with 2 MiB each way through the device link. No figure is checked
 //! against a speed: the benchmarks' numbers go to BENCHMARKS.md.
@@ -21,7 +22,7 @@ fn the_benchmark_harness_measures_the_gateway() {
     let traces = std::env::temp_dir().join(format!("bench-smoke-traces-{}", std::process::id()));
     let run = Command::new(&bench)
         .args([
-            "--only=gw-link,gw-direct",
+            "--only=gw-link,gw-link-1,gw-direct",
             "--rounds=1",
             "--idle-rounds=1",
             "--idle=200",
@@ -54,6 +55,21 @@ fn the_benchmark_harness_measures_the_gateway() {
     ] {
         assert_figure(&report, row, 3, &stderr);
     }
+    // gw-link-1 (all connections on one device) has the echo figures
+    // only (the report's columns: gw-link, gw-link-1, gw-direct).
+    for row in [
+        "WSS echo 64 B ×100, msg/s",
+        "WSS echo 64 B ×100, proxy CPU µs/msg",
+        "echo at half nginx peak, p99 µs",
+    ] {
+        assert_figure(&report, row, 4, &stderr);
+    }
+    for row in [
+        "TLS 1.3 full handshakes/s",
+        "bulk 64 KiB msgs, 1 conn, MB/s",
+    ] {
+        assert_no_figure(&report, row, 4, &stderr);
+    }
     assert!(
         report.contains("p99 gw-link"),
         "no latency chart:\n{report}"
@@ -61,7 +77,7 @@ fn the_benchmark_harness_measures_the_gateway() {
     // Each half-load round left its trace: as many lines as the round
     // measured messages, each a connection, a send time and a latency, in
     // send order.
-    for target in ["gw-link", "gw-direct"] {
+    for target in ["gw-link", "gw-link-1", "gw-direct"] {
         let trace = std::fs::read_to_string(traces.join(format!("{target}-1.txt")))
             .unwrap_or_else(|e| panic!("{target}'s trace: {e}\n{stderr}"));
         let rows: Vec<Vec<u64>> = trace
@@ -124,5 +140,17 @@ fn assert_figure(report: &str, row: &str, column: usize, stderr: &str) {
     assert!(
         cell.starts_with(|c: char| c.is_ascii_digit()),
         "no figure in column {column} of {line:?}:\n{stderr}"
+    );
+}
+
+fn assert_no_figure(report: &str, row: &str, column: usize, stderr: &str) {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&format!("| {row} |")))
+        .unwrap_or_else(|| panic!("no row {row:?} in the report:\n{report}\n{stderr}"));
+    let cell = line.split('|').nth(column).unwrap_or("").trim();
+    assert_eq!(
+        cell, "—",
+        "a figure in column {column} of {line:?}:\n{stderr}"
     );
 }

@@ -722,9 +722,10 @@ const TRANSMIT_BURST: usize = 4;
 /// tokio runs a task that another wakes right after the waker's turn, so a
 /// session woken by each of many WebSocket tasks in turn would send one
 /// record per message, with a system call and an AEAD seal each. Waiting
-/// one scheduler pass (`yield_now`: after every ready task and a poll of
-/// the I/O driver) gathers what those tasks send into one turn: fewer,
-/// fuller records, and one write. When nothing else is ready the pass
+/// one scheduler pass (`yield_now`: the worker wakes the session at its
+/// next poll of the I/O driver, once its queue is empty or after at most
+/// 61 other tasks, so the wait is bounded) gathers what those tasks send
+/// into one turn: fewer, fuller records, and one write. When nothing else is ready the pass
 /// costs an extra poll of the driver (a system call), so after
 /// [`BATCH_MISSES`] passes in a row that gathered nothing the session
 /// stops waiting, and tries again every [`BATCH_PROBE`]th turn.

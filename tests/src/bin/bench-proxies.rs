@@ -8,7 +8,11 @@
 //! - `gw-direct`: the gateway, device `direct` with a direct upstream to
 //!   `ws-echo` (skipped, and said so, when this build does not serve
 //!   direct upstreams);
-//! - `gw-link`: the gateway, 100 `EchoApp` devices (`echo-devices`) over the link;
+//! - `gw-link`: the gateway, 100 `EchoApp` devices (`echo-devices`) over the link,
+//!   each connection on its own device;
+//! - `gw-link-1`: the same gateway and devices, all 100 connections on the
+//!   first device (many browsers on one controller: their messages share
+//!   the device leg's records and writes); echo workloads only;
 //! - `nginx` and `haproxy` in front of the same `ws-echo`.
 //!
 //! The load generator (`loadgen`), `ws-echo` and `echo-devices` run on
@@ -70,7 +74,7 @@ struct Args {
     /// (`<target>-<round>.txt`: connection, send µs, latency µs per line).
     #[arg(long)]
     trace_dir: Option<PathBuf>,
-    /// Targets to run (gw-direct, gw-link, nginx, haproxy); default: all found.
+    /// Targets to run (gw-direct, gw-link, gw-link-1, nginx, haproxy); default: all found.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Workloads to run (echo, rate, handshake, bulk, idle); default: all.
@@ -92,6 +96,9 @@ struct Target {
     pid: u32,
     /// `--host` for loadgen (empty: the echo devices' names).
     host: Option<String>,
+    /// Measured in the echo workloads only (the others would repeat
+    /// another target's figures).
+    echo_only: bool,
     _procs: Vec<Proc>,
 }
 
@@ -148,7 +155,7 @@ fn run(args: Args) -> Result<(), String> {
         return Err("ws-echo did not start".into());
     }
     let mut targets = Vec::new();
-    if want("gw-direct") || want("gw-link") {
+    if want("gw-direct") || want("gw-link") || want("gw-link-1") {
         let (gw, devices) = b.start_gateway(upstream)?;
         let gw_addr = gw.1;
         let pid = gw.0.pid();
@@ -162,6 +169,19 @@ fn run(args: Args) -> Result<(), String> {
                 addr: gw_addr,
                 pid,
                 host: None,
+                echo_only: false,
+                _procs: std::mem::take(&mut procs),
+            });
+        }
+        if want("gw-link-1")
+            && let Some(first) = b.dir.device_hosts().into_iter().next()
+        {
+            targets.push(Target {
+                name: "gw-link-1",
+                addr: gw_addr,
+                pid,
+                host: Some(first),
+                echo_only: true,
                 _procs: std::mem::take(&mut procs),
             });
         }
@@ -171,6 +191,7 @@ fn run(args: Args) -> Result<(), String> {
                 addr: gw_addr,
                 pid,
                 host: Some(format!("{DIRECT_DEVICE}.{DOMAIN}")),
+                echo_only: false,
                 _procs: procs,
             });
         } else if want("gw-direct") {
@@ -350,6 +371,7 @@ impl Bench {
             addr,
             pid: p.pid(),
             host: None,
+            echo_only: false,
             _procs: vec![p],
         })
     }
@@ -385,6 +407,7 @@ impl Bench {
             addr,
             pid: p.pid(),
             host: None,
+            echo_only: false,
             _procs: vec![p],
         })
     }
@@ -451,7 +474,7 @@ impl Bench {
             // measured would reuse what the first freed, so only the first
             // of a process is measured.
             let mut idle: Vec<&Target> = Vec::new();
-            for t in targets {
+            for t in targets.iter().filter(|t| !t.echo_only) {
                 if idle.iter().any(|o| o.pid == t.pid) {
                     self.notes.push(format!(
                         "{}: idle memory not measured, its process is another target's; \
@@ -478,7 +501,7 @@ impl Bench {
                 self.args.rounds,
                 loadavg()
             );
-            let order: Vec<&Target> = (0..n).map(|i| &targets[(i + round) % n]).collect();
+            let mut order: Vec<&Target> = (0..n).map(|i| &targets[(i + round) % n]).collect();
             if self.work("echo") {
                 for t in &order {
                     self.measure(
@@ -488,6 +511,7 @@ impl Bench {
                     );
                 }
             }
+            order.retain(|t| !t.echo_only);
             if self.work("handshake") {
                 for t in &order {
                     self.measure(t, "tls_full", &["handshake", &ss]);
