@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::TempDir;
+use common::{TempDir, free_port};
 use gateway::edge::listener::{self, SocketOptions};
 use gateway::server::{Listeners, Server};
 use rustls::pki_types::ServerName;
@@ -28,14 +28,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn have(bin: &str) -> bool {

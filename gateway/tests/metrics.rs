@@ -250,7 +250,7 @@ async fn a_real_prometheus_counts_the_devices_online() {
              scrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['{metrics}']\n"
         ),
     );
-    let port = external::free_port();
+    let port = common::free_port();
     let web: SocketAddr = ([127, 0, 0, 1], port).into();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
     let _server = Prometheus(

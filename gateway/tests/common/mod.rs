@@ -10,6 +10,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use gateway::keys;
 use proto::PublicKey;
 
+/// A free loopback port: bound and released (an outside program binds it
+/// next), and never one this test binary has handed out before. Tests run
+/// in parallel, and the kernel may give a released port to the next
+/// `bind(0)`: without the record two tests could start their servers
+/// (pebble, prometheus) on one port, and one's client would reach the
+/// other's server.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..64 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("no free port this test binary has not handed out already (64 tries)")
+}
+
 /// A directory under the system's temp dir, removed on drop.
 pub struct TempDir(PathBuf);
 
