@@ -132,25 +132,27 @@ fn the_link_benchmark_measures_both_directions() {
 /// The Markdown table row `row` of `report` has a number in `column`
 /// (1 is the row's name).
 fn assert_figure(report: &str, row: &str, column: usize, stderr: &str) {
-    let line = report
-        .lines()
-        .find(|l| l.starts_with(&format!("| {row} |")))
-        .unwrap_or_else(|| panic!("no row {row:?} in the report:\n{report}\n{stderr}"));
-    let cell = line.split('|').nth(column).unwrap_or("").trim();
+    let (line, cell) = cell(report, row, column, stderr);
     assert!(
         cell.starts_with(|c: char| c.is_ascii_digit()),
         "no figure in column {column} of {line:?}:\n{stderr}"
     );
 }
 
+/// The row `row` of `report` has no figure ("—") in `column`.
 fn assert_no_figure(report: &str, row: &str, column: usize, stderr: &str) {
-    let line = report
-        .lines()
-        .find(|l| l.starts_with(&format!("| {row} |")))
-        .unwrap_or_else(|| panic!("no row {row:?} in the report:\n{report}\n{stderr}"));
-    let cell = line.split('|').nth(column).unwrap_or("").trim();
+    let (line, cell) = cell(report, row, column, stderr);
     assert_eq!(
         cell, "—",
         "a figure in column {column} of {line:?}:\n{stderr}"
     );
+}
+
+/// The row `row` of the Markdown table in `report`, and its cell `column`.
+fn cell<'a>(report: &'a str, row: &str, column: usize, stderr: &str) -> (&'a str, &'a str) {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(&format!("| {row} |")))
+        .unwrap_or_else(|| panic!("no row {row:?} in the report:\n{report}\n{stderr}"));
+    (line, line.split('|').nth(column).unwrap_or("").trim())
 }
