@@ -173,17 +173,20 @@ fn run(args: Args) -> Result<(), String> {
                 _procs: std::mem::take(&mut procs),
             });
         }
-        if want("gw-link-1")
-            && let Some(first) = b.dir.device_hosts().into_iter().next()
-        {
-            targets.push(Target {
-                name: "gw-link-1",
-                addr: gw_addr,
-                pid,
-                host: Some(first),
-                echo_only: true,
-                _procs: std::mem::take(&mut procs),
-            });
+        if want("gw-link-1") {
+            match b.dir.device_hosts().into_iter().next() {
+                Some(first) => targets.push(Target {
+                    name: "gw-link-1",
+                    addr: gw_addr,
+                    pid,
+                    host: Some(first),
+                    echo_only: true,
+                    _procs: std::mem::take(&mut procs),
+                }),
+                None => b
+                    .notes
+                    .push("gw-link-1: not measured, --devices is 0 (no device to share)".into()),
+            }
         }
         if direct_ok {
             targets.push(Target {
@@ -216,7 +219,7 @@ fn run(args: Args) -> Result<(), String> {
         }
     }
     if targets.is_empty() {
-        return Err("no target could be started".into());
+        return Err(format!("no target could be started: {}", b.notes.join(" ")));
     }
     eprintln!(
         "targets: {}",
