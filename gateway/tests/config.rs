@@ -95,7 +95,19 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(c.websocket, config::WebSocket::default());
     assert_eq!(c.websocket.max_message, 1 << 20);
     assert_eq!(c.link.address, "[::]:7000".parse().unwrap());
-    assert_eq!(c.link.session, proto::Config::GATEWAY);
+    // proto's gateway defaults, accepting AES-256-GCM records where this
+    // machine has AES instructions; the same as the in-process defaults.
+    assert_eq!(
+        c.link.session,
+        proto::Config {
+            ciphers: proto::Ciphers::hardware(),
+            ..proto::Config::GATEWAY
+        }
+    );
+    assert_eq!(
+        c.link.session,
+        gateway::link::LinkSettings::default().session
+    );
     assert_eq!(
         (c.link.max_handshakes, c.link.max_handshakes_per_address),
         (4096, 1024)
@@ -255,6 +267,7 @@ fn a_full_file_types_every_value() {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(5),
             stall_timeout: None,
+            ciphers: proto::Ciphers::hardware(),
         }
     );
     assert_eq!(

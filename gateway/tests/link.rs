@@ -38,6 +38,16 @@ async fn start_hub(reg: Registry, settings: LinkSettings) -> (Arc<Hub>, std::net
 }
 
 fn device(addr: std::net::SocketAddr, k: u8, id: &str, forwards: Vec<Forward>) -> JoinHandle<()> {
+    device_with(addr, k, id, forwards, LinkConfig::DEFAULT)
+}
+
+fn device_with(
+    addr: std::net::SocketAddr,
+    k: u8,
+    id: &str,
+    forwards: Vec<Forward>,
+    config: LinkConfig,
+) -> JoinHandle<()> {
     let id = id.to_string();
     tokio::spawn(async move {
         let mut platform = TokioPlatform::new(addr);
@@ -47,14 +57,7 @@ fn device(addr: std::net::SocketAddr, k: u8, id: &str, forwards: Vec<Forward>) -
             gateway: SecretKey::from_bytes(GATEWAY).public_key(),
         };
         let mut mem = Box::new(DeviceLinkMemory::new());
-        run(
-            &mut platform,
-            &mut app,
-            &identity,
-            &LinkConfig::DEFAULT,
-            &mut mem,
-        )
-        .await;
+        run(&mut platform, &mut app, &identity, &config, &mut mem).await;
     })
 }
 
@@ -230,6 +233,34 @@ async fn a_new_session_replaces_the_old_and_revocation_disconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_stream_moves_megabytes_both_ways_with_backpressure() {
+    let hub = raw_stream_round_trip(LinkConfig::DEFAULT).await;
+    let s = &hub.stats;
+    assert_eq!(s.sessions_chacha20_poly1305.load(Ordering::Relaxed), 1);
+    assert_eq!(s.sessions_aes_256_gcm.load(Ordering::Relaxed), 0);
+}
+
+/// The same under AES-256-GCM records: a host device offers them, and the
+/// gateway (whose defaults accept them where the machine has AES
+/// instructions) chooses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aes_gcm_session_moves_megabytes_both_ways() {
+    let mut config = LinkConfig::DEFAULT;
+    config.session.ciphers = proto::Ciphers::AES_256_GCM;
+    let hub = raw_stream_round_trip(config).await;
+    let aes = proto::Ciphers::hardware().contains(proto::Ciphers::AES_256_GCM);
+    let s = &hub.stats;
+    assert_eq!(
+        (
+            s.sessions_aes_256_gcm.load(Ordering::Relaxed),
+            s.sessions_chacha20_poly1305.load(Ordering::Relaxed)
+        ),
+        if aes { (1, 0) } else { (0, 1) },
+        "AES instructions here: {aes}"
+    );
+}
+
+/// 8 MiB each way through a device's raw echo service, byte-exact.
+async fn raw_stream_round_trip(config: LinkConfig) -> Arc<Hub> {
     let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let echo_addr = echo.local_addr().unwrap();
     tokio::spawn(async move {
@@ -242,7 +273,7 @@ async fn raw_stream_moves_megabytes_both_ways_with_backpressure() {
         }
     });
     let (hub, addr) = start_hub(registry(&[(1, "plc-7")]), LinkSettings::default()).await;
-    let _d = device(
+    let d = device_with(
         addr,
         1,
         "plc-7",
@@ -250,6 +281,7 @@ async fn raw_stream_moves_megabytes_both_ways_with_backpressure() {
             service: "echo".into(),
             target: echo_addr,
         }],
+        config,
     );
     eventually("online", || hub.device("plc-7").is_some()).await;
     let dev = hub.device("plc-7").unwrap();
@@ -290,6 +322,8 @@ async fn raw_stream_moves_megabytes_both_ways_with_backpressure() {
     sending.await.unwrap();
     assert_eq!(received.len(), TOTAL);
     assert!(received == data, "byte-exact");
+    d.abort();
+    hub
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

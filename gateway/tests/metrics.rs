@@ -85,6 +85,21 @@ async fn the_exposition_counts_what_happened() {
     // The request and its answer went in records (the handshake is not one).
     assert!(value(&text, "gateway_link_records_sent_total") >= 1.0);
     assert!(value(&text, "gateway_link_records_received_total") >= 1.0);
+    // The device offered no cipher beyond ChaCha20-Poly1305.
+    assert_eq!(
+        value(
+            &text,
+            "gateway_link_connects_by_cipher_total{cipher=\"chacha20-poly1305\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "gateway_link_connects_by_cipher_total{cipher=\"aes-256-gcm\"}"
+        ),
+        0.0
+    );
     assert_eq!(
         value(&text, "gateway_http_requests_total{code=\"2xx\"}"),
         1.0

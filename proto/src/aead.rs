@@ -1,4 +1,6 @@
-//! ChaCha20-Poly1305 (RFC 8439) with Noise's nonce layout, behind one small
+//! The record ciphers.
+//!
+//! ChaCha20-Poly1305 (RFC 8439), every implementation's, behind one small
 //! interface with two implementations of the same function:
 //!
 //! - [`RustCrypto`]: the `chacha20poly1305` crate, portable, `no_std`; what
@@ -10,6 +12,16 @@
 //! Both produce the same bytes for the same key, nonce and input, so the
 //! two ends of a link may use either (the tests below check it). The
 //! [`Aead`] of a build is `Ring` when the feature is on, `RustCrypto` otherwise.
+//!
+//! AES-256-GCM ([`AesGcm`], feature `ring`): the record cipher two hosts
+//! with AES instructions negotiate (SPEC.md §3.3, §4.2). With AES-NI and
+//! carry-less multiply it costs the gateway about a third of what
+//! ChaCha20-Poly1305 does per byte. Devices never offer it: on a Cortex-M33
+//! without an AES unit it would be slower than ChaCha20 and not constant
+//! time. Both ciphers take the same 32-byte key and the same nonce layout.
+//!
+//! [`RecordAead`] is the cipher of one direction of a session: the
+//! handshake's ChaCha20-Poly1305 unless AES-256-GCM was chosen.
 
 #[cfg(any(not(feature = "ring"), test))]
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
@@ -132,6 +144,177 @@ impl Ring {
     }
 }
 
+/// Blocks of 16 bytes one AES-256-GCM key may process, counting each
+/// record's blocks plus one: 2^36 keeps the confidentiality advantage of
+/// the whole session below 2^-57 (SPEC.md §3.3). At 16 KiB records that is
+/// about a terabyte per direction; a session that reaches it ends, and the
+/// device reconnects with fresh keys.
+#[cfg(feature = "ring")]
+pub(crate) const AES_GCM_BLOCK_LIMIT: u64 = 1 << 36;
+
+/// ring's AES-256-GCM (feature `ring`).
+///
+/// ring's key object holds the AES key schedule and the GHASH table (about
+/// 530 bytes); unlike ChaCha20's it costs real work to make. It is made at
+/// the first record and kept while the session is busy; [`AesGcm::release`]
+/// drops it when the session parks, so an idle session holds 32 bytes of
+/// key, as with ChaCha20-Poly1305.
+#[cfg(feature = "ring")]
+pub(crate) struct AesGcm {
+    key: [u8; 32],
+    cached: Option<Box<ring::aead::LessSafeKey>>,
+    /// Blocks processed so far, toward [`AES_GCM_BLOCK_LIMIT`].
+    blocks: u64,
+    limit: u64,
+}
+
+#[cfg(feature = "ring")]
+impl AesGcm {
+    /// A cipher under `key`.
+    pub(crate) fn new(key: &[u8; 32]) -> Self {
+        Self {
+            key: *key,
+            cached: None,
+            blocks: 0,
+            limit: AES_GCM_BLOCK_LIMIT,
+        }
+    }
+
+    /// The same with another usage limit (tests).
+    #[cfg(test)]
+    pub(crate) fn with_limit(key: &[u8; 32], limit: u64) -> Self {
+        Self {
+            limit,
+            ..Self::new(key)
+        }
+    }
+
+    /// Counts `len` bytes against the usage limit; an error once spent.
+    fn spend(&mut self, len: usize) -> Result<(), AeadError> {
+        let blocks = (len as u64).div_ceil(16) + 1;
+        match self.blocks.checked_add(blocks) {
+            Some(b) if b <= self.limit => {
+                self.blocks = b;
+                Ok(())
+            }
+            _ => Err(AeadError),
+        }
+    }
+
+    fn key(&mut self) -> &ring::aead::LessSafeKey {
+        let key = &self.key;
+        self.cached.get_or_insert_with(|| {
+            // A 32-byte key is the one length AES_256_GCM takes.
+            let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
+                .unwrap_or_else(|_| unreachable!());
+            Box::new(ring::aead::LessSafeKey::new(key))
+        })
+    }
+
+    /// Encrypts `buf` in place under nonce `n`, returning the tag.
+    pub(crate) fn seal(
+        &mut self,
+        n: u64,
+        ad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadError> {
+        self.spend(buf.len())?;
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes(n));
+        let tag = self
+            .key()
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), buf)
+            .map_err(|_| AeadError)?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Decrypts `buf` in place under nonce `n` if `tag` authenticates it.
+    pub(crate) fn open(
+        &mut self,
+        n: u64,
+        ad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AeadError> {
+        self.spend(buf.len())?;
+        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes(n));
+        let tag = ring::aead::Tag::from(*tag);
+        self.key()
+            .open_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), tag, buf, 0..)
+            .map(|_| ())
+            .map_err(|_| AeadError)
+    }
+
+    /// Drops ring's key object until the next record.
+    pub(crate) fn release(&mut self) {
+        self.cached = None;
+    }
+}
+
+/// The record cipher of one direction of a session.
+pub(crate) enum RecordAead {
+    /// ChaCha20-Poly1305: the handshake's cipher, and the records' unless
+    /// both sides chose another.
+    ChaCha(Aead),
+    /// AES-256-GCM (hosts only).
+    #[cfg(feature = "ring")]
+    AesGcm(AesGcm),
+}
+
+impl RecordAead {
+    /// Encrypts `buf` in place under nonce `n`, returning the tag.
+    pub(crate) fn seal(
+        &mut self,
+        n: u64,
+        ad: &[u8],
+        buf: &mut [u8],
+    ) -> Result<[u8; TAG_LEN], AeadError> {
+        match self {
+            Self::ChaCha(a) => a.seal(n, ad, buf),
+            #[cfg(feature = "ring")]
+            Self::AesGcm(a) => a.seal(n, ad, buf),
+        }
+    }
+
+    /// Decrypts `buf` in place under nonce `n` if `tag` authenticates it.
+    pub(crate) fn open(
+        &mut self,
+        n: u64,
+        ad: &[u8],
+        buf: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), AeadError> {
+        match self {
+            Self::ChaCha(a) => a.open(n, ad, buf, tag),
+            #[cfg(feature = "ring")]
+            Self::AesGcm(a) => a.open(n, ad, buf, tag),
+        }
+    }
+
+    /// Frees what the cipher holds beyond its key (an idle session).
+    pub(crate) fn release(&mut self) {
+        match self {
+            Self::ChaCha(_) => {}
+            #[cfg(feature = "ring")]
+            Self::AesGcm(a) => a.release(),
+        }
+    }
+
+    /// The same key under AES-256-GCM; `None` in a build without it or
+    /// when already switched.
+    pub(crate) fn to_aes_gcm(&self) -> Option<Self> {
+        match self {
+            #[cfg(feature = "ring")]
+            Self::ChaCha(a) => Some(Self::AesGcm(AesGcm::new(&a.0))),
+            #[cfg(not(feature = "ring"))]
+            Self::ChaCha(_) => None,
+            #[cfg(feature = "ring")]
+            Self::AesGcm(_) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +375,64 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// AES-256-GCM against the GCM specification's test cases 13 and 14
+    /// (zero key, zero 96-bit IV: nonce 0 in devlink's layout), no AD.
+    #[cfg(feature = "ring")]
+    #[test]
+    fn aes_gcm_known_answers() {
+        fn hex(s: &str) -> [u8; 16] {
+            core::array::from_fn(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        }
+        let mut a = RecordAead::ChaCha(Aead::new(&[0; 32]))
+            .to_aes_gcm()
+            .unwrap();
+        assert_eq!(
+            a.seal(0, &[], &mut []).unwrap(),
+            hex("530f8afbc74536b9a963b4f1c4cb738b")
+        );
+        let mut block = [0u8; 16];
+        let tag = a.seal(0, &[], &mut block).unwrap();
+        assert_eq!(block, hex("cea7403d4d606b6e074ec5d3baf39d18"));
+        assert_eq!(tag, hex("d0d1c8a799996bf0265b98b5d48ab919"));
+        a.open(0, &[], &mut block, &tag).unwrap();
+        assert_eq!(block, [0; 16]);
+        // Switching twice is refused: the key is already AES's.
+        assert!(a.to_aes_gcm().is_none());
+    }
+
+    /// A key stops at its block limit, counting each record's blocks plus
+    /// one, in both directions; releasing the cached key object changes
+    /// nothing about the bytes.
+    #[cfg(feature = "ring")]
+    #[test]
+    fn aes_gcm_usage_limit_and_release() {
+        let (key, _, data) = sample();
+        // 100 bytes: 7 blocks + 1.
+        let mut tx = AesGcm::with_limit(&key, 24);
+        let mut rx = AesGcm::with_limit(&key, 24);
+        for n in 0..3 {
+            let mut buf = [0u8; 100];
+            buf.copy_from_slice(&data[..100]);
+            let tag = tx.seal(n, &[], &mut buf).unwrap();
+            if n == 1 {
+                tx.release();
+                rx.release();
+                assert!(tx.cached.is_none());
+            }
+            rx.open(n, &[], &mut buf, &tag).unwrap();
+            assert_eq!(&buf[..], &data[..100]);
+        }
+        assert_eq!(tx.seal(3, &[], &mut [0u8; 1]), Err(AeadError));
+        assert_eq!(
+            rx.open(3, &[], &mut [0u8; 1], &[0; TAG_LEN]),
+            Err(AeadError)
+        );
+        // An empty record still counts one block.
+        let mut t = AesGcm::with_limit(&key, 2);
+        t.seal(0, &[], &mut []).unwrap();
+        t.seal(1, &[], &mut []).unwrap();
+        assert_eq!(t.seal(2, &[], &mut []), Err(AeadError));
     }
 }

@@ -15,7 +15,9 @@
 //!   records: frames  ◀──────────────────────▶   OPEN / DATA / WINDOW / RESET / PING / GOAWAY / CLOSE
 //! ```
 //!
-//! A record is `length u16 | ChaCha20-Poly1305(frames)`: 18 bytes of overhead.
+//! A record is `length u16 | AEAD(frames)`: 18 bytes of overhead. The AEAD
+//! is ChaCha20-Poly1305, or AES-256-GCM when both sides offer it (hosts with
+//! AES instructions, feature `ring`; SPEC.md §3.3).
 //! Frames multiplex streams (HTTP exchanges, WebSockets, raw byte pipes)
 //! under per-stream and per-connection credit.
 //!
@@ -25,7 +27,8 @@
 //! - [`noise`]: Noise IK over X25519, ChaCha20-Poly1305 and BLAKE2s, both roles.
 //! - [`session`]: the session state machine for either role, with its streams.
 //! - `aead`: ChaCha20-Poly1305, RustCrypto's (default, what devices run) or
-//!   ring's (feature `ring`, hosts; same bytes on the wire).
+//!   ring's (feature `ring`, hosts; same bytes on the wire), and ring's
+//!   AES-256-GCM (feature `ring`), the record cipher hosts may negotiate.
 //! - [`backoff`]: the reconnect policy devices follow.
 //! - [`keys`], [`code`], [`time`], [`varint`]: small shared types.
 
@@ -59,5 +62,6 @@ pub use session::{
 };
 pub use time::Instant;
 pub use wire::{
-    Hello, MsgKind, Params, Service, ServiceKind, ServiceList, StrList, StreamId, StreamKind,
+    Cipher, Ciphers, Hello, MsgKind, Params, Service, ServiceKind, ServiceList, StrList, StreamId,
+    StreamKind,
 };

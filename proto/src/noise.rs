@@ -19,8 +19,9 @@ use core::fmt;
 use hmac::{Mac, SimpleHmac};
 use zeroize::Zeroize;
 
-use crate::aead::Aead;
+use crate::aead::{Aead, RecordAead};
 use crate::keys::{PublicKey, SecretKey};
+use crate::wire::Cipher;
 
 /// The Noise protocol name, hashed into the initial state.
 pub const PROTOCOL_NAME: &[u8] = b"Noise_IK_25519_ChaChaPoly_BLAKE2s";
@@ -81,17 +82,52 @@ fn hkdf2(ck: &[u8; 32], ikm: &[u8]) -> ([u8; 32], [u8; 32]) {
 
 /// A transport key and its nonce counter, one per direction.
 pub struct CipherState {
-    aead: Aead,
+    aead: RecordAead,
     n: u64,
 }
 
 impl CipherState {
-    /// A fresh state for `key`, nonce 0.
+    /// A fresh ChaCha20-Poly1305 state for `key`, nonce 0.
     pub fn new(key: &[u8; 32]) -> Self {
         Self {
-            aead: Aead::new(key),
+            aead: RecordAead::ChaCha(Aead::new(key)),
             n: 0,
         }
+    }
+
+    /// The record cipher.
+    pub fn cipher(&self) -> Cipher {
+        match self.aead {
+            RecordAead::ChaCha(_) => Cipher::ChaCha20Poly1305,
+            #[cfg(feature = "ring")]
+            RecordAead::AesGcm(_) => Cipher::Aes256Gcm,
+        }
+    }
+
+    /// Moves a fresh (unused) ChaCha20-Poly1305 state to `cipher` under the
+    /// same key: what a session does once the handshake chose AES-256-GCM.
+    /// `false`, and nothing changes, when this build lacks `cipher` or the
+    /// state has been used.
+    pub fn set_cipher(&mut self, cipher: Cipher) -> bool {
+        if self.cipher() == cipher {
+            return true;
+        }
+        if self.n != 0 {
+            return false;
+        }
+        match self.aead.to_aes_gcm() {
+            Some(aes) if cipher == Cipher::Aes256Gcm => {
+                self.aead = aes;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Frees what the cipher keeps beyond its key between records (AES-GCM's
+    /// key schedule); the next record makes it again.
+    pub fn release(&mut self) {
+        self.aead.release();
     }
 
     /// The next nonce to be used.
@@ -100,7 +136,8 @@ impl CipherState {
     }
 
     /// Encrypts `buf` in place with associated data `ad`, returning the tag.
-    /// `None` once the nonce space is spent (2^64 - 1 messages).
+    /// `None` once the nonce space is spent (2^64 - 1 messages) or, under
+    /// AES-256-GCM, the key's usage limit is reached.
     pub fn seal(&mut self, ad: &[u8], buf: &mut [u8]) -> Option<[u8; TAG_LEN]> {
         if self.n == u64::MAX {
             return None;
@@ -198,7 +235,7 @@ impl SymmetricState {
             return Err(NoiseError::BufferTooSmall);
         }
         let mut c = CipherState {
-            aead: Aead::new(&k),
+            aead: RecordAead::ChaCha(Aead::new(&k)),
             n: self.n,
         };
         let (body, rest) = out.split_at_mut(len);
@@ -223,7 +260,7 @@ impl SymmetricState {
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&ciphertext[len..]);
         let mut c = CipherState {
-            aead: Aead::new(&k),
+            aead: RecordAead::ChaCha(Aead::new(&k)),
             n: self.n,
         };
         c.open(&self.h, body, &tag)?;

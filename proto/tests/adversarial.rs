@@ -14,6 +14,7 @@ fn init(ts: u64) -> InitPayload {
         min_version: 1,
         max_version: 1,
         timestamp: ts,
+        ciphers: proto::Ciphers::NONE,
     }
 }
 
@@ -202,6 +203,7 @@ fn version_without_overlap_is_answered_and_ends() {
             min_version: 2,
             max_version: 7,
             timestamp: 3,
+            ciphers: proto::Ciphers::NONE,
         },
     );
     feed(&mut gw, now, &m);

@@ -128,6 +128,7 @@ fn snow_device_against_gateway_session() {
         min_version: 1,
         max_version: 1,
         timestamp: 42,
+        ciphers: proto::Ciphers::NONE,
     }
     .emit(&mut payload)
     .unwrap();

@@ -127,7 +127,31 @@ fn pattern(d: u8, offset: usize) -> u8 {
 
 #[test]
 fn parking_between_every_step_loses_nothing() {
-    let mut sim = Sim::new(33, Config::DEVICE, Config::GATEWAY);
+    let sim = Sim::new(33, Config::DEVICE, Config::GATEWAY);
+    park_through_a_transfer(sim);
+}
+
+/// The same under AES-256-GCM records, whose key object is dropped at each
+/// park and made again at the next record.
+#[test]
+fn parking_under_aes_gcm_loses_nothing() {
+    let aes = |c: Config| Config {
+        ciphers: proto::Ciphers::AES_256_GCM,
+        ..c
+    };
+    let sim = Sim::new(34, aes(Config::DEVICE), aes(Config::GATEWAY));
+    let cipher = park_through_a_transfer(sim);
+    let expected = if proto::Ciphers::supported().contains(proto::Ciphers::AES_256_GCM) {
+        proto::Cipher::Aes256Gcm
+    } else {
+        proto::Cipher::ChaCha20Poly1305
+    };
+    assert_eq!(cipher, expected);
+}
+
+/// 300 KB each way on one raw stream, the gateway parking its buffers
+/// whenever they are idle; returns the record cipher the two used.
+fn park_through_a_transfer(mut sim: Sim) -> proto::Cipher {
     sim.max_chunk = 700;
     let mut pool = vec![pair(1), pair(2)];
     sim.connect();
@@ -198,4 +222,6 @@ fn parking_between_every_step_loses_nothing() {
     );
     assert!(up_got.iter().enumerate().all(|(i, b)| *b == pattern(2, i)));
     assert!(parks > 100, "the session parked often ({parks} times)");
+    assert_eq!(sim.device.cipher(), sim.gateway.cipher());
+    sim.gateway.cipher()
 }

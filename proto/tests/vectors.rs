@@ -440,6 +440,7 @@ fn init_payload() -> InitPayload {
         min_version: 1,
         max_version: 1,
         timestamp: 1,
+        ciphers: proto::Ciphers::NONE,
     }
 }
 
@@ -453,6 +454,7 @@ fn resp_payloads() -> [(&'static str, RespPayload); 3] {
                 version: 1,
                 info: 0,
                 params: p,
+                cipher: proto::Cipher::ChaCha20Poly1305,
             },
         ),
         (
@@ -462,6 +464,7 @@ fn resp_payloads() -> [(&'static str, RespPayload); 3] {
                 version: 0,
                 info: 0x0102_0304_0506_0708,
                 params: p,
+                cipher: proto::Cipher::ChaCha20Poly1305,
             },
         ),
         (
@@ -471,6 +474,7 @@ fn resp_payloads() -> [(&'static str, RespPayload); 3] {
                 version: 0,
                 info: 0x0101,
                 params: p,
+                cipher: proto::Cipher::ChaCha20Poly1305,
             },
         ),
     ]
@@ -827,10 +831,20 @@ fn structure_vectors_parse_back() {
     for (name, p) in resp_payloads() {
         assert_eq!(RespPayload::parse(block(&spec, name)), Ok(p), "{name}");
     }
-    // Bytes after the fields are ignored (a later version may append).
+    // Bytes after the fields are ignored (a later version may append),
+    // past the optional `ciphers` byte (§4.2).
     let mut longer = block(&spec, "init-payload").to_vec();
+    longer.push(0);
     longer.extend_from_slice(&[0xff; 5]);
     assert_eq!(InitPayload::parse(&longer), Ok(init_payload()));
+    longer[10] = 1;
+    assert_eq!(
+        InitPayload::parse(&longer),
+        Ok(InitPayload {
+            ciphers: proto::Ciphers::AES_256_GCM,
+            ..init_payload()
+        })
+    );
     let mut longer = block(&spec, "resp-payload").to_vec();
     longer.push(0);
     assert_eq!(RespPayload::parse(&longer), Ok(resp_payloads()[0].1));

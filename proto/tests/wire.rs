@@ -3,8 +3,8 @@
 mod common;
 
 use proto::wire::{
-    Header, HeaderList, InitPayload, Params, RequestHead, RespPayload, ResponseHead, Status,
-    WireError, valid_device_id,
+    Cipher, Ciphers, Header, HeaderList, InitPayload, Params, RequestHead, RespPayload,
+    ResponseHead, Status, WireError, valid_device_id,
 };
 use proto::{Hello, Service, ServiceKind, ServiceList, StrList};
 
@@ -200,15 +200,30 @@ fn handshake_payloads() {
         min_version: 1,
         max_version: 3,
         timestamp: 0x0102_0304_0506_0708,
+        ciphers: Ciphers::NONE,
     };
     let mut b = [0u8; 16];
     let n = init.emit(&mut b).unwrap();
+    // No cipher offered beyond ChaCha20-Poly1305: the original 10 bytes.
     assert_eq!(&b[..n], &[1, 3, 1, 2, 3, 4, 5, 6, 7, 8]);
     assert_eq!(InitPayload::parse(&b[..n]), Ok(init));
-    // Later versions may append fields.
+    // AES-256-GCM offered: the 11th byte.
+    let aes = InitPayload {
+        ciphers: Ciphers::AES_256_GCM,
+        ..init
+    };
+    let n = aes.emit(&mut b).unwrap();
+    assert_eq!(&b[..n], &[1, 3, 1, 2, 3, 4, 5, 6, 7, 8, 1]);
+    assert_eq!(InitPayload::parse(&b[..n]), Ok(aes));
+    // Later versions may append fields, and ciphers: unknown bits are kept
+    // (a gateway intersects them with its own) and later bytes ignored.
+    let parsed = InitPayload::parse(&[1, 3, 1, 2, 3, 4, 5, 6, 7, 8, 0xef, 0xee]).unwrap();
+    assert_eq!(parsed.ciphers, Ciphers(0xef));
+    assert!(parsed.ciphers.contains(Ciphers::AES_256_GCM));
+    assert!(!Ciphers(0xee).contains(Ciphers::AES_256_GCM));
     assert_eq!(
-        InitPayload::parse(&[1, 3, 1, 2, 3, 4, 5, 6, 7, 8, 0xee]),
-        Ok(init)
+        Ciphers(0xef).intersection(Ciphers::AES_256_GCM),
+        Ciphers::AES_256_GCM
     );
     assert!(
         InitPayload::parse(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0]).is_err(),
@@ -229,11 +244,30 @@ fn handshake_payloads() {
         version: 1,
         info: 99,
         params,
+        cipher: Cipher::ChaCha20Poly1305,
     };
     let mut b = [0u8; 32];
     let n = resp.emit(&mut b).unwrap();
     assert_eq!(n, RespPayload::LEN);
     assert_eq!(RespPayload::parse(&b[..n]), Ok(resp));
+    // AES-256-GCM chosen: a 23rd byte, 1; later bytes are ignored.
+    let aes = RespPayload {
+        cipher: Cipher::Aes256Gcm,
+        ..resp
+    };
+    let m = aes.emit(&mut b).unwrap();
+    assert_eq!((m, b[22]), (RespPayload::MAX_LEN, 1));
+    assert_eq!(RespPayload::parse(&b[..m]), Ok(aes));
+    b[23] = 0xee;
+    assert_eq!(RespPayload::parse(&b[..m + 1]), Ok(aes));
+    // A cipher this document does not define is malformed.
+    b[22] = 2;
+    assert_eq!(
+        RespPayload::parse(&b[..m]),
+        Err(WireError::BadValue("cipher"))
+    );
+    assert_eq!(Cipher::Aes256Gcm.name(), "aes-256-gcm");
+    assert_eq!(Cipher::default().name(), "chacha20-poly1305");
     b[0] = 9;
     assert!(RespPayload::parse(&b[..n]).is_err(), "unknown status");
     let small = RespPayload {

@@ -17,6 +17,20 @@ pub const PREFIX: &str = "dev";
 /// The device id that names the direct upstream.
 pub const DIRECT_DEVICE: &str = "direct";
 
+/// The record ciphers benchmark devices offer (`--cipher`): `auto`, what
+/// this machine runs fast (AES-256-GCM with AES instructions, as a host
+/// device would offer), or `chacha20-poly1305`, what a microcontroller
+/// offers.
+pub fn device_ciphers(arg: &str) -> Result<proto::Ciphers, String> {
+    match arg {
+        "auto" => Ok(proto::Ciphers::hardware()),
+        "chacha20-poly1305" => Ok(proto::Ciphers::NONE),
+        other => Err(format!(
+            "--cipher {other:?}: expected auto or chacha20-poly1305"
+        )),
+    }
+}
+
 /// Files of one benchmark run, in a temporary directory removed on drop.
 #[derive(Debug)]
 pub struct BenchDir {

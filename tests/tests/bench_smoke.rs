@@ -74,6 +74,20 @@ fn the_benchmark_harness_measures_the_gateway() {
         report.contains("p99 gw-link"),
         "no latency chart:\n{report}"
     );
+    // The report names the device link's record cipher: the echo devices
+    // offer AES-256-GCM where this machine has AES instructions.
+    let aes = proto::Ciphers::hardware().contains(proto::Ciphers::AES_256_GCM);
+    let ciphers = if aes {
+        "10 sessions AES-256-GCM, 0 ChaCha20-Poly1305"
+    } else {
+        "0 sessions AES-256-GCM, 10 ChaCha20-Poly1305"
+    };
+    assert!(
+        report.contains(&format!(
+            "Device link records (echo devices' --cipher auto): {ciphers}."
+        )),
+        "no or another cipher note:\n{report}"
+    );
     // Each half-load round left its trace: as many lines as the round
     // measured messages, each a connection, a send time and a latency, in
     // send order.
@@ -111,22 +125,51 @@ fn the_benchmark_harness_measures_the_gateway() {
 
 /// `link-bench` moves a few MiB each way through the device link in-process
 /// and prints a figure for both directions.
+/// Under either record cipher (`--cipher`), and it says which it used; a
+/// cipher it does not know is refused.
 #[test]
 fn the_link_benchmark_measures_both_directions() {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_link-bench"));
-    let run = Command::new(&bench)
-        .args(["--mib=2", "--rounds=1", "--timeout=60"])
+    let aes = proto::Ciphers::hardware().contains(proto::Ciphers::AES_256_GCM);
+    for (arg, used) in [
+        (
+            "auto",
+            if aes {
+                "aes-256-gcm"
+            } else {
+                "chacha20-poly1305"
+            },
+        ),
+        ("chacha20-poly1305", "chacha20-poly1305"),
+    ] {
+        let run = Command::new(&bench)
+            .args(["--mib=2", "--rounds=1", "--timeout=60"])
+            .arg(format!("--cipher={arg}"))
+            .output()
+            .expect("run link-bench");
+        let stdout = String::from_utf8_lossy(&run.stdout);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            run.status.success(),
+            "link-bench failed:\n{stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains(&format!("KiB sends, {used} records,")),
+            "--cipher {arg}:\n{stdout}"
+        );
+        for row in ["gateway → device", "device → gateway"] {
+            assert_figure(&stdout, row, 2, &stderr);
+        }
+    }
+    let bad = Command::new(&bench)
+        .args(["--mib=2", "--rounds=1", "--cipher=aes-128-ocb"])
         .output()
         .expect("run link-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        run.status.success(),
-        "link-bench failed:\n{stdout}\n{stderr}"
+        !bad.status.success() && stderr.contains("expected auto or chacha20-poly1305"),
+        "{stderr}"
     );
-    for row in ["gateway → device", "device → gateway"] {
-        assert_figure(&stdout, row, 2, &stderr);
-    }
 }
 
 /// The Markdown table row `row` of `report` has a number in `column`

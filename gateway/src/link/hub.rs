@@ -79,7 +79,12 @@ pub struct LinkSettings {
 impl Default for LinkSettings {
     fn default() -> Self {
         Self {
-            session: Config::GATEWAY,
+            // As the configuration file's defaults: AES-256-GCM records for
+            // devices that offer them, where this machine has AES instructions.
+            session: Config {
+                ciphers: proto::Ciphers::hardware(),
+                ..Config::GATEWAY
+            },
             drain_timeout: Duration::from_secs(10),
             max_device_series: crate::config::settings::DEFAULT_MAX_DEVICE_SERIES,
             max_handshakes: crate::config::settings::DEFAULT_MAX_HANDSHAKES,

@@ -661,10 +661,16 @@ fn handle_events(
                     cmd: cmd_tx.clone(),
                 };
                 let generation = hub.register(handle);
+                let cipher = s.cipher();
+                let by_cipher = match cipher {
+                    proto::Cipher::ChaCha20Poly1305 => &hub.stats.sessions_chacha20_poly1305,
+                    proto::Cipher::Aes256Gcm => &hub.stats.sessions_aes_256_gcm,
+                };
+                by_cipher.fetch_add(1, Ordering::Relaxed);
                 let counters = hub.stats.devices.counters(&claimed);
                 counters.connects.fetch_add(1, Ordering::Relaxed);
                 state.counters = Some(counters);
-                info!("device online");
+                info!(cipher = cipher.name(), "device online");
                 state.registered = Some((claimed, generation));
             }
             Event::Opened { stream, .. } => {

@@ -19,6 +19,11 @@ use prometheus::{Histogram, HistogramOpts};
 pub struct HubStats {
     /// Handshakes that reached HELLO.
     pub sessions_started: AtomicU64,
+    /// Of those, sessions whose records are ChaCha20-Poly1305.
+    pub sessions_chacha20_poly1305: AtomicU64,
+    /// Of those, sessions whose records are AES-256-GCM (the device
+    /// offered it and this machine has AES instructions).
+    pub sessions_aes_256_gcm: AtomicU64,
     /// Handshakes refused: unknown or revoked key.
     pub refused_unknown: AtomicU64,
     /// Handshakes refused: timestamp not above the last accepted (replays).
@@ -70,6 +75,8 @@ impl HubStats {
         .buckets(RTT_BUCKETS.to_vec());
         Self {
             sessions_started: AtomicU64::new(0),
+            sessions_chacha20_poly1305: AtomicU64::new(0),
+            sessions_aes_256_gcm: AtomicU64::new(0),
             refused_unknown: AtomicU64::new(0),
             refused_stale: AtomicU64::new(0),
             protocol_errors: AtomicU64::new(0),

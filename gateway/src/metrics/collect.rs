@@ -171,6 +171,11 @@ const LINK_CONNECTS: Family = counter(
     &[],
     "Device sessions established (handshake and HELLO complete).",
 );
+const LINK_CONNECTS_BY_CIPHER: Family = counter(
+    "gateway_link_connects_by_cipher_total",
+    &["cipher"],
+    "Device sessions established, by record cipher (chacha20-poly1305, aes-256-gcm).",
+);
 const LINK_REJECTIONS: Family = counter(
     "gateway_link_rejections_total",
     &["reason"],
@@ -311,6 +316,7 @@ pub const FAMILIES: &[Family] = &[
     DEVICES_REGISTERED,
     DEVICES_ONLINE,
     LINK_CONNECTS,
+    LINK_CONNECTS_BY_CIPHER,
     LINK_REJECTIONS,
     LINK_HANDSHAKES_REFUSED,
     LINK_HANDSHAKES,
@@ -552,6 +558,17 @@ impl Gateway {
         out.one(&DEVICES_REGISTERED, hub.registered() as f64);
         out.one(&DEVICES_ONLINE, online.len() as f64);
         out.one(&LINK_CONNECTS, load(&s.sessions_started));
+        by_label(
+            out,
+            &LINK_CONNECTS_BY_CIPHER,
+            &[
+                (
+                    proto::Cipher::ChaCha20Poly1305.name(),
+                    &s.sessions_chacha20_poly1305,
+                ),
+                (proto::Cipher::Aes256Gcm.name(), &s.sessions_aes_256_gcm),
+            ],
+        );
         by_label(
             out,
             &LINK_REJECTIONS,

@@ -172,13 +172,13 @@ fn responder_reads(raw: &[u8]) {
 /// Both payload decoders; what parses re-encodes to the bytes it read.
 fn check_payloads(bytes: &[u8]) {
     if let Ok(p) = InitPayload::parse(bytes) {
-        let mut out = [0u8; InitPayload::LEN];
+        let mut out = [0u8; InitPayload::MAX_LEN];
         let n = p.emit(&mut out).expect("InitPayload encodes");
         assert_eq!(&out[..n], &bytes[..n]);
         assert_eq!(InitPayload::parse(&out[..n]), Ok(p));
     }
     if let Ok(p) = RespPayload::parse(bytes) {
-        let mut out = [0u8; RespPayload::LEN];
+        let mut out = [0u8; RespPayload::MAX_LEN];
         let n = p.emit(&mut out).expect("RespPayload encodes");
         assert_eq!(&out[..n], &bytes[..n]);
         assert_eq!(RespPayload::parse(&out[..n]), Ok(p));

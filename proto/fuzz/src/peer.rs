@@ -35,6 +35,7 @@ pub const INIT: InitPayload = InitPayload {
     min_version: proto::session::VERSION_MIN,
     max_version: proto::session::VERSION_MAX,
     timestamp: TIMESTAMP,
+    ciphers: proto::Ciphers::NONE,
 };
 
 static PROTOCOLS: [&str; 2] = ["readings.v1", "chat"];
@@ -173,6 +174,7 @@ pub fn accepted(params: Params) -> RespPayload {
         version: proto::session::VERSION_MAX,
         info: 0,
         params,
+        cipher: proto::Cipher::ChaCha20Poly1305,
     }
 }
 

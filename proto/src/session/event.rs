@@ -154,7 +154,8 @@ pub enum SessionError {
     Version,
     /// The transport ended in the middle of a record.
     Truncated,
-    /// This side ran out of nonces (2^64 - 1 records).
+    /// This side ran out of nonces (2^64 - 1 records) or, under AES-256-GCM,
+    /// reached its key's usage limit (SPEC.md §3.3).
     NonceExhausted,
 }
 
@@ -203,7 +204,7 @@ impl fmt::Display for SessionError {
             Self::UnexpectedFrame => f.write_str("frame not allowed in this state"),
             Self::Version => f.write_str("no common protocol version"),
             Self::Truncated => f.write_str("transport ended inside a record"),
-            Self::NonceExhausted => f.write_str("nonce space exhausted"),
+            Self::NonceExhausted => f.write_str("nonce space or key usage limit exhausted"),
         }
     }
 }

@@ -76,7 +76,9 @@ use crate::code::Code;
 use crate::keys::{PublicKey, SecretKey};
 use crate::noise::{CipherState, Initiator, Responder, TAG_LEN};
 use crate::time::Instant;
-use crate::wire::{FrameRepr, Hello, InitPayload, Params, Status, StreamId, StreamKind, WireError};
+use crate::wire::{
+    Cipher, Ciphers, FrameRepr, Hello, InitPayload, Params, Status, StreamId, StreamKind, WireError,
+};
 
 pub use crate::wire::{MAX_WINDOW, MIN_RECORD};
 
@@ -112,6 +114,11 @@ pub struct Config {
     /// A stream whose sender waits for credit longer than this is reset
     /// with `TIMEOUT` (a peer that stopped reading). `None` disables. Default 60 s.
     pub stall_timeout: Option<Duration>,
+    /// Record ciphers beyond ChaCha20-Poly1305 that this side offers (a
+    /// device) or accepts (a gateway); only those this build supports
+    /// ([`Ciphers::supported`]) count. A gateway chooses AES-256-GCM when
+    /// both sides have it. Default none; hosts pass [`Ciphers::hardware`].
+    pub ciphers: Ciphers,
 }
 
 impl Config {
@@ -127,6 +134,7 @@ impl Config {
         idle_timeout: Duration::from_secs(45),
         handshake_timeout: Duration::from_secs(10),
         stall_timeout: Some(Duration::from_secs(60)),
+        ciphers: Ciphers::NONE,
     };
 
     /// A gateway's defaults: 16 KiB records, 16 device-opened streams,
@@ -142,6 +150,7 @@ impl Config {
         idle_timeout: Duration::from_secs(45),
         handshake_timeout: Duration::from_secs(10),
         stall_timeout: Some(Duration::from_secs(60)),
+        ciphers: Ciphers::NONE,
     };
 }
 
@@ -412,6 +421,7 @@ where
             min_version: VERSION_MIN,
             max_version: VERSION_MAX,
             timestamp,
+            ciphers: config.ciphers.intersection(Ciphers::supported()),
         };
         let mut s = Self::blank(
             Role::Device,
@@ -464,6 +474,14 @@ where
         self.rx_fill == 0 && self.rx_pos >= self.rx_end && self.tx_len == 0
     }
 
+    /// The record cipher: the one the handshake chose once it is done,
+    /// ChaCha20-Poly1305 before.
+    pub fn cipher(&self) -> Cipher {
+        self.send
+            .as_ref()
+            .map_or(Cipher::ChaCha20Poly1305, CipherState::cipher)
+    }
+
     /// Whether the record buffers are parked.
     pub fn is_parked(&self) -> bool {
         self.parked
@@ -480,6 +498,12 @@ where
         self.rx_pos = 0;
         self.rx_end = 0;
         self.parked = true;
+        for c in [self.send.as_mut(), self.recv.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            c.release();
+        }
         let rx = core::mem::replace(&mut self.rx, rx);
         let tx = core::mem::replace(&mut self.tx, tx);
         Ok((rx, tx))
@@ -650,7 +674,16 @@ where
             return Err(SessionError::Version);
         }
         self.version = hi;
-        self.respond(hs.into_inner(), Status::Accepted, 0);
+        let both = init
+            .ciphers
+            .intersection(self.config.ciphers)
+            .intersection(Ciphers::supported());
+        let cipher = if both.contains(Ciphers::AES_256_GCM) {
+            Cipher::Aes256Gcm
+        } else {
+            Cipher::ChaCha20Poly1305
+        };
+        self.respond_with(hs.into_inner(), Status::Accepted, 0, cipher);
         Ok(())
     }
 
@@ -682,19 +715,29 @@ where
         }
     }
 
-    /// Stages msg2 in `tx`.
+    /// Stages msg2 in `tx`: a refusal.
     fn respond(&mut self, hs: Responder, status: Status, info: u64) {
+        self.respond_with(hs, status, info, Cipher::ChaCha20Poly1305);
+    }
+
+    /// Stages msg2 in `tx`, with the record cipher when accepted.
+    fn respond_with(&mut self, hs: Responder, status: Status, info: u64, cipher: Cipher) {
         let payload = crate::wire::RespPayload {
             status,
             version: self.version,
             info,
             params: self.config.params,
+            cipher,
         };
-        let mut p = [0u8; crate::wire::RespPayload::LEN];
+        let mut p = [0u8; crate::wire::RespPayload::MAX_LEN];
         let accepted = status == Status::Accepted;
         let written = payload.emit(&mut p).ok().and_then(|n| {
             let tx = self.tx.as_mut();
-            let (len, keys) = hs.write_message(&p[..n], &mut tx[3..]).ok()?;
+            let (len, mut keys) = hs.write_message(&p[..n], &mut tx[3..]).ok()?;
+            // A cipher this build lacks was never chosen (`accept`).
+            if accepted && !(keys.send.set_cipher(cipher) && keys.recv.set_cipher(cipher)) {
+                return None;
+            }
             tx[..2].copy_from_slice(&((len + 1) as u16).to_be_bytes());
             tx[2] = MSG_RESP;
             Some((len + 3, keys))

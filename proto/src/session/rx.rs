@@ -3,7 +3,9 @@
 use crate::code::Code;
 use crate::noise::{MSG1_OVERHEAD, TAG_LEN};
 use crate::time::Instant;
-use crate::wire::{FrameRepr, Hello, InitPayload, RespPayload, Status, StreamId};
+use crate::wire::{
+    Cipher, Ciphers, FrameRepr, Hello, InitPayload, RespPayload, Status, StreamId, WireError,
+};
 
 use super::stream::{StreamSlot, add_credit, maybe_window};
 use super::{
@@ -131,6 +133,16 @@ where
                 }
                 if !(VERSION_MIN..=VERSION_MAX).contains(&resp.version) {
                     return self.closed_now(SessionError::Version);
+                }
+                // Only a cipher this side offered (ChaCha20-Poly1305 always).
+                let mut keys = keys;
+                let offered = self.config.ciphers.intersection(Ciphers::supported());
+                let ok = match resp.cipher {
+                    Cipher::ChaCha20Poly1305 => true,
+                    Cipher::Aes256Gcm => offered.contains(Ciphers::AES_256_GCM),
+                };
+                if !ok || !keys.send.set_cipher(resp.cipher) || !keys.recv.set_cipher(resp.cipher) {
+                    return self.closed_now(SessionError::Payload(WireError::BadValue("cipher")));
                 }
                 self.version = resp.version;
                 self.peer = resp.params;

@@ -43,7 +43,7 @@ where
         }
         let n = match core::mem::replace(&mut self.phase, Phase::Closed) {
             Phase::DeviceInit(mut hs, init) => {
-                let mut p = [0u8; crate::wire::InitPayload::LEN];
+                let mut p = [0u8; crate::wire::InitPayload::MAX_LEN];
                 let written = init
                     .emit(&mut p)
                     .ok()

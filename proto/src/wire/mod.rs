@@ -19,6 +19,8 @@ pub use frame::{DATA_HEADER_MAX, Frame, FrameRepr, FrameType, MsgKind, StreamId,
 pub(crate) use frame::{
     data_header_len as frame_data_header_len, emit_data_header as frame_emit_data_header,
 };
-pub use handshake::{InitPayload, MAX_WINDOW, MIN_RECORD, Params, RespPayload, Status};
+pub use handshake::{
+    Cipher, Ciphers, InitPayload, MAX_WINDOW, MIN_RECORD, Params, RespPayload, Status,
+};
 pub use head::{Header, HeaderList, RequestHead, ResponseHead};
 pub use hello::{Hello, MIN_HEAD, Service, ServiceKind, ServiceList, StrList, valid_device_id};

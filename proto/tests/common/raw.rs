@@ -65,6 +65,18 @@ impl RawDevice {
         eph: SecretKey,
         init: InitPayload,
     ) -> Result<Self, Vec<Ev>> {
+        Self::connect_with(gw, now, eph, init, true)
+    }
+
+    /// The same; with `follow_choice` false, the records stay
+    /// ChaCha20-Poly1305 whatever cipher the gateway chose.
+    pub fn connect_with(
+        gw: &mut Sess,
+        now: Instant,
+        eph: SecretKey,
+        init: InitPayload,
+        follow_choice: bool,
+    ) -> Result<Self, Vec<Ev>> {
         let (m1, hs) = msg1(fixed_key(DEVICE_KEY), eph, init);
         let evs = feed(gw, now, &m1);
         if !evs.iter().any(|e| matches!(e, Ev::Authenticate { .. })) {
@@ -77,11 +89,12 @@ impl RawDevice {
             .read_message(&m2[3..], &mut payload)
             .map_err(|_| Vec::new())?;
         let resp = RespPayload::parse(&payload[..n]).map_err(|_| Vec::new())?;
-        Ok(Self {
-            send: keys.send,
-            recv: keys.recv,
-            resp,
-        })
+        let (mut send, mut recv) = (keys.send, keys.recv);
+        // Records under the cipher the gateway chose.
+        if follow_choice && !(send.set_cipher(resp.cipher) && recv.set_cipher(resp.cipher)) {
+            return Err(Vec::new());
+        }
+        Ok(Self { send, recv, resp })
     }
 
     /// A record carrying `plaintext`.

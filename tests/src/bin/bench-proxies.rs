@@ -59,6 +59,11 @@ struct Args {
     /// Echo devices behind the gateway's link.
     #[arg(long, default_value_t = 100)]
     devices: usize,
+    /// Record ciphers the echo devices offer: `auto` (AES-256-GCM where this
+    /// machine has AES instructions, as a host device would offer) or
+    /// `chacha20-poly1305` (a microcontroller's offer).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "chacha20-poly1305"])]
+    link_cipher: String,
     /// Core for the proxy under test.
     #[arg(long, default_value_t = 0)]
     proxy_core: usize,
@@ -156,7 +161,8 @@ fn run(args: Args) -> Result<(), String> {
     }
     let mut targets = Vec::new();
     if want("gw-direct") || want("gw-link") || want("gw-link-1") {
-        let (gw, devices) = b.start_gateway(upstream)?;
+        let (gw, devices, cipher_note) = b.start_gateway(upstream)?;
+        b.notes.push(cipher_note);
         let gw_addr = gw.1;
         let pid = gw.0.pid();
         let direct_ok = want("gw-direct") && b.direct_works(gw_addr);
@@ -263,7 +269,12 @@ impl Bench {
         self.args.work.is_empty() || self.args.work.iter().any(|x| x == w)
     }
 
-    fn start_gateway(&self, upstream: SocketAddr) -> Result<((Proc, SocketAddr), Proc), String> {
+    /// The gateway and its echo devices, all online; with a note naming
+    /// the device link's record cipher.
+    fn start_gateway(
+        &self,
+        upstream: SocketAddr,
+    ) -> Result<((Proc, SocketAddr), Proc, String), String> {
         let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let link = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -289,6 +300,7 @@ impl Bench {
                 format!("--link={link}"),
                 format!("--gateway-key={}", self.dir.gateway_public),
                 format!("--count={}", self.args.devices),
+                format!("--cipher={}", self.args.link_cipher),
             ],
             self.args.load_core,
         )?;
@@ -308,7 +320,23 @@ impl Bench {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(((gw, https), devices))
+        let sessions = |cipher: proto::Cipher| {
+            let name = format!(
+                "gateway_link_connects_by_cipher_total{{cipher=\"{}\"}}",
+                cipher.name()
+            );
+            e2e::procs::metric(metrics, &name).unwrap_or(0.0)
+        };
+        let (aes, chacha) = (
+            sessions(proto::Cipher::Aes256Gcm),
+            sessions(proto::Cipher::ChaCha20Poly1305),
+        );
+        let note = format!(
+            "Device link records (echo devices' --cipher {}): {aes} sessions AES-256-GCM, \
+             {chacha} ChaCha20-Poly1305.",
+            self.args.link_cipher
+        );
+        Ok(((gw, https), devices, note))
     }
 
     /// One echo through the direct device: does this build serve it?

@@ -36,9 +36,13 @@ struct Args {
     /// Id prefix.
     #[arg(long, default_value = e2e::setup::PREFIX)]
     prefix: String,
+    /// Record ciphers offered: `auto` (AES-256-GCM where this machine has
+    /// AES instructions) or `chacha20-poly1305` (a microcontroller's offer).
+    #[arg(long, default_value = "auto", value_parser = e2e::setup::device_ciphers)]
+    cipher: proto::Ciphers,
 }
 
-fn link_config() -> LinkConfig {
+fn link_config(ciphers: proto::Ciphers) -> LinkConfig {
     LinkConfig {
         session: Config {
             params: Params {
@@ -47,6 +51,7 @@ fn link_config() -> LinkConfig {
                 stream_window: 256 * 1024,
                 conn_window: 1024 * 1024,
             },
+            ciphers,
             ..Config::DEVICE
         },
         backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
@@ -59,6 +64,7 @@ async fn main() {
     let gateway =
         PublicKey(parse_key(&args.gateway_key).unwrap_or_else(|e| panic!("--gateway-key: {e}")));
     let mut tasks = Vec::new();
+    let cipher = args.cipher;
     for d in fleet(&args.seed, &args.prefix, args.count) {
         tasks.push(tokio::spawn(async move {
             let mut app = EchoApp::new(EchoOptions {
@@ -73,7 +79,14 @@ async fn main() {
             };
             let mut platform = TokioPlatform::new(args.link);
             let mut mem: Box<LinkMemory<RECORD, 256>> = Box::new(LinkMemory::new());
-            run(&mut platform, &mut app, &identity, &link_config(), &mut mem).await;
+            run(
+                &mut platform,
+                &mut app,
+                &identity,
+                &link_config(cipher),
+                &mut mem,
+            )
+            .await;
         }));
     }
     println!("echo-devices: {} devices dialing {}", args.count, args.link);

@@ -71,9 +71,13 @@ struct Args {
     /// A round that takes longer than this many seconds fails the run.
     #[arg(long, default_value_t = 120)]
     timeout: u64,
+    /// Record ciphers the device offers: `auto` (AES-256-GCM where this
+    /// machine has AES instructions) or `chacha20-poly1305`.
+    #[arg(long, default_value = "auto", value_parser = e2e::setup::device_ciphers)]
+    cipher: proto::Ciphers,
 }
 
-fn device_config() -> LinkConfig {
+fn device_config(ciphers: proto::Ciphers) -> LinkConfig {
     LinkConfig {
         session: Config {
             params: Params {
@@ -82,6 +86,7 @@ fn device_config() -> LinkConfig {
                 stream_window: 256 * 1024,
                 conn_window: 1024 * 1024,
             },
+            ciphers,
             ..Config::DEVICE
         },
         backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(1)),
@@ -328,6 +333,7 @@ fn bench(args: &Args) -> Result<(), String> {
         key: device_key,
         gateway: gateway_key.public_key(),
     };
+    let cipher = args.cipher;
     dev_rt.spawn(async move {
         let mut app = EchoApp::new(EchoOptions {
             device_id: DEVICE_ID.into(),
@@ -341,18 +347,29 @@ fn bench(args: &Args) -> Result<(), String> {
             &mut platform,
             &mut app,
             &identity,
-            &device_config(),
+            &device_config(cipher),
             &mut mem,
         )
         .await;
     });
 
     let dev = gw_rt.block_on(online(&hub))?;
+    let used = if hub
+        .stats
+        .sessions_aes_256_gcm
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+    {
+        proto::Cipher::Aes256Gcm
+    } else {
+        proto::Cipher::ChaCha20Poly1305
+    };
     println!(
-        "link-bench: {} MiB per round, {} rounds, {} KiB sends, {}; load average {}",
+        "link-bench: {} MiB per round, {} rounds, {} KiB sends, {} records, {}; load average {}",
         args.mib,
         args.rounds,
         args.chunk,
+        used.name(),
         if pinned {
             "gateway on core 0, device on core 1"
         } else {
