@@ -165,7 +165,6 @@ pub(crate) struct AesGcm {
     cached: Option<Box<ring::aead::LessSafeKey>>,
     /// Blocks processed so far, toward [`AES_GCM_BLOCK_LIMIT`].
     blocks: u64,
-    limit: u64,
 }
 
 #[cfg(feature = "ring")]
@@ -176,15 +175,14 @@ impl AesGcm {
             key: *key,
             cached: None,
             blocks: 0,
-            limit: AES_GCM_BLOCK_LIMIT,
         }
     }
 
-    /// The same with another usage limit (tests).
+    /// The same with only `left` blocks left before the limit (tests).
     #[cfg(test)]
-    pub(crate) fn with_limit(key: &[u8; 32], limit: u64) -> Self {
+    pub(crate) fn with_blocks_left(key: &[u8; 32], left: u64) -> Self {
         Self {
-            limit,
+            blocks: AES_GCM_BLOCK_LIMIT - left,
             ..Self::new(key)
         }
     }
@@ -193,7 +191,7 @@ impl AesGcm {
     fn spend(&mut self, len: usize) -> Result<(), AeadError> {
         let blocks = (len as u64).div_ceil(16) + 1;
         match self.blocks.checked_add(blocks) {
-            Some(b) if b <= self.limit => {
+            Some(b) if b <= AES_GCM_BLOCK_LIMIT => {
                 self.blocks = b;
                 Ok(())
             }
@@ -410,8 +408,8 @@ mod tests {
     fn aes_gcm_usage_limit_and_release() {
         let (key, _, data) = sample();
         // 100 bytes: 7 blocks + 1.
-        let mut tx = AesGcm::with_limit(&key, 24);
-        let mut rx = AesGcm::with_limit(&key, 24);
+        let mut tx = AesGcm::with_blocks_left(&key, 24);
+        let mut rx = AesGcm::with_blocks_left(&key, 24);
         for n in 0..3 {
             let mut buf = [0u8; 100];
             buf.copy_from_slice(&data[..100]);
@@ -430,7 +428,7 @@ mod tests {
             Err(AeadError)
         );
         // An empty record still counts one block.
-        let mut t = AesGcm::with_limit(&key, 2);
+        let mut t = AesGcm::with_blocks_left(&key, 2);
         t.seal(0, &[], &mut []).unwrap();
         t.seal(1, &[], &mut []).unwrap();
         assert_eq!(t.seal(2, &[], &mut []), Err(AeadError));

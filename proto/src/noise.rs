@@ -421,3 +421,57 @@ impl Responder {
         Ok((total, keys))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state moves to AES-256-GCM only while unused, and only once; the
+    /// two ends agree after it.
+    #[test]
+    fn set_cipher_only_on_a_fresh_state() {
+        let key = [9u8; 32];
+        let (mut a, mut b) = (CipherState::new(&key), CipherState::new(&key));
+        assert_eq!(a.cipher(), Cipher::ChaCha20Poly1305);
+        assert!(a.set_cipher(Cipher::ChaCha20Poly1305), "already so");
+        let mut buf = *b"record";
+        let tag = a.seal(&[], &mut buf).unwrap();
+        b.open(&[], &mut buf, &tag).unwrap();
+        // Used: no switch.
+        assert!(!a.set_cipher(Cipher::Aes256Gcm));
+        assert_eq!(a.cipher(), Cipher::ChaCha20Poly1305);
+        let (mut c, mut d) = (CipherState::new(&key), CipherState::new(&key));
+        let aes = cfg!(feature = "ring");
+        assert_eq!(c.set_cipher(Cipher::Aes256Gcm), aes);
+        assert_eq!(d.set_cipher(Cipher::Aes256Gcm), aes);
+        let mut buf = *b"record";
+        let tag = c.seal(&[], &mut buf).unwrap();
+        d.open(&[], &mut buf, &tag).unwrap();
+        assert_eq!(&buf, b"record");
+        c.release();
+        d.release();
+        let tag = c.seal(&[], &mut buf).unwrap();
+        d.open(&[], &mut buf, &tag).unwrap();
+        assert_eq!(&buf, b"record");
+    }
+
+    /// At its usage limit an AES-256-GCM state seals nothing more (the
+    /// session then ends with `NonceExhausted`) and opens nothing more.
+    #[cfg(feature = "ring")]
+    #[test]
+    fn aes_gcm_state_stops_at_its_limit() {
+        let key = [9u8; 32];
+        let state = |left| CipherState {
+            aead: RecordAead::AesGcm(crate::aead::AesGcm::with_blocks_left(&key, left)),
+            n: 0,
+        };
+        // 32 bytes: 2 blocks + 1.
+        let (mut tx, mut rx) = (state(3), state(3));
+        let mut buf = [1u8; 32];
+        let tag = tx.seal(&[], &mut buf).unwrap();
+        rx.open(&[], &mut buf, &tag).unwrap();
+        assert_eq!(tx.seal(&[], &mut buf), None);
+        assert_eq!(rx.open(&[], &mut buf, &tag), Err(NoiseError::Decrypt));
+        assert_eq!((tx.nonce(), rx.nonce()), (1, 1));
+    }
+}
