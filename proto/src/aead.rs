@@ -86,6 +86,45 @@ impl RustCrypto {
     }
 }
 
+/// Seals `buf` in place under `key` and nonce `n` with ring, returning the tag.
+#[cfg(feature = "ring")]
+fn ring_seal(
+    key: &ring::aead::LessSafeKey,
+    n: u64,
+    ad: &[u8],
+    buf: &mut [u8],
+) -> Result<[u8; TAG_LEN], AeadError> {
+    let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes(n));
+    let tag = key
+        .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), buf)
+        .map_err(|_| AeadError)?;
+    let mut out = [0u8; TAG_LEN];
+    out.copy_from_slice(tag.as_ref());
+    Ok(out)
+}
+
+/// Opens `buf` in place under `key` and nonce `n` with ring if `tag`
+/// authenticates it.
+#[cfg(feature = "ring")]
+fn ring_open(
+    key: &ring::aead::LessSafeKey,
+    n: u64,
+    ad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<(), AeadError> {
+    let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes(n));
+    key.open_in_place_separate_tag(
+        nonce,
+        ring::aead::Aad::from(ad),
+        ring::aead::Tag::from(*tag),
+        buf,
+        0..,
+    )
+    .map(|_| ())
+    .map_err(|_| AeadError)
+}
+
 /// ring's implementation (feature `ring`).
 ///
 /// It keeps the 32-byte key and makes ring's key object for each record:
@@ -117,14 +156,7 @@ impl Ring {
         ad: &[u8],
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN], AeadError> {
-        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes(n));
-        let tag = self
-            .key()
-            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), buf)
-            .map_err(|_| AeadError)?;
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(tag.as_ref());
-        Ok(out)
+        ring_seal(&self.key(), n, ad, buf)
     }
 
     /// Decrypts `buf` in place under nonce `n` if `tag` authenticates it.
@@ -135,12 +167,7 @@ impl Ring {
         buf: &mut [u8],
         tag: &[u8; TAG_LEN],
     ) -> Result<(), AeadError> {
-        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes(n));
-        let tag = ring::aead::Tag::from(*tag);
-        self.key()
-            .open_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), tag, buf, 0..)
-            .map(|_| ())
-            .map_err(|_| AeadError)
+        ring_open(&self.key(), n, ad, buf, tag)
     }
 }
 
@@ -217,14 +244,7 @@ impl AesGcm {
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN], AeadError> {
         self.spend(buf.len())?;
-        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes(n));
-        let tag = self
-            .key()
-            .seal_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), buf)
-            .map_err(|_| AeadError)?;
-        let mut out = [0u8; TAG_LEN];
-        out.copy_from_slice(tag.as_ref());
-        Ok(out)
+        ring_seal(self.key(), n, ad, buf)
     }
 
     /// Decrypts `buf` in place under nonce `n` if `tag` authenticates it.
@@ -236,12 +256,7 @@ impl AesGcm {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), AeadError> {
         self.spend(buf.len())?;
-        let nonce = ring::aead::Nonce::assume_unique_for_key(nonce_bytes(n));
-        let tag = ring::aead::Tag::from(*tag);
-        self.key()
-            .open_in_place_separate_tag(nonce, ring::aead::Aad::from(ad), tag, buf, 0..)
-            .map(|_| ())
-            .map_err(|_| AeadError)
+        ring_open(self.key(), n, ad, buf, tag)
     }
 
     /// Drops ring's key object until the next record.
