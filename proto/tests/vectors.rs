@@ -444,6 +444,22 @@ fn init_payload() -> InitPayload {
     }
 }
 
+/// A host device's offer: AES-256-GCM as well.
+fn init_payload_aes() -> InitPayload {
+    InitPayload {
+        ciphers: proto::Ciphers::AES_256_GCM,
+        ..init_payload()
+    }
+}
+
+/// The gateway's answer choosing it.
+fn resp_payload_aes() -> RespPayload {
+    RespPayload {
+        cipher: proto::Cipher::Aes256Gcm,
+        ..resp_payloads()[0].1
+    }
+}
+
 fn resp_payloads() -> [(&'static str, RespPayload); 3] {
     let p = Config::GATEWAY.params;
     [
@@ -671,6 +687,10 @@ fn computed() -> Vec<(&'static str, Vec<u8>)> {
     let n = init_payload().emit(&mut b).unwrap();
     let init = b[..n].to_vec();
     v.push(("init-payload", init.clone()));
+    let n = init_payload_aes().emit(&mut b).unwrap();
+    v.push(("init-payload-aes", b[..n].to_vec()));
+    let n = resp_payload_aes().emit(&mut b).unwrap();
+    v.push(("resp-payload-aes", b[..n].to_vec()));
     let mut resp = Vec::new();
     for (name, p) in resp_payloads() {
         let n = p.emit(&mut b).unwrap();
@@ -831,6 +851,14 @@ fn structure_vectors_parse_back() {
     for (name, p) in resp_payloads() {
         assert_eq!(RespPayload::parse(block(&spec, name)), Ok(p), "{name}");
     }
+    assert_eq!(
+        InitPayload::parse(block(&spec, "init-payload-aes")),
+        Ok(init_payload_aes())
+    );
+    assert_eq!(
+        RespPayload::parse(block(&spec, "resp-payload-aes")),
+        Ok(resp_payload_aes())
+    );
     // Bytes after the fields are ignored (a later version may append),
     // past the optional `ciphers` byte (§4.2).
     let mut longer = block(&spec, "init-payload").to_vec();
