@@ -25,6 +25,13 @@
 //! the front by the amount rustls says to discard: rustls joins handshake
 //! messages in place and remembers offsets into that buffer.
 //!
+//! Encrypted application data waits in `tx` until the caller flushes, a
+//! read finds it there, or `TX_HIGH` bytes are queued: a WebSocket frame
+//! written in pieces (its head and first record from a queue, the rest
+//! from the sender's buffer) leaves in one system call. Every writer here
+//! flushes after a message (hyper, the WebSocket connection), as
+//! `AsyncWrite` asks.
+//!
 //! A write can meet application data that arrived before the reader asked
 //! for it (rustls decrypts the next record whenever it is called). Those
 //! bytes wait in `plain`, and the reader is woken, since its wait was on the
@@ -625,9 +632,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
                 ))));
             }
         };
-        // Out now if the socket takes it; what it does not take waits in
-        // `tx` for the next write or flush.
-        if let Poll::Ready(Err(e)) = this.poll_flush_tx(cx) {
+        // Out once a full batch is queued, or at the caller's flush (hyper
+        // and the WebSocket connection flush after every message; a read
+        // sends what waits, too): a frame written in pieces (its head and
+        // first record, then the rest from the sender's buffer) leaves in
+        // one system call instead of one per piece.
+        if this.tx.len() - this.tx_pos >= TX_HIGH
+            && let Poll::Ready(Err(e)) = this.poll_flush_tx(cx)
+        {
             return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(n))
@@ -778,6 +790,41 @@ mod tests {
                 assert_eq!(s.buffered_capacity(), 0, "idle after {len} bytes: {s:?}");
             }
         }
+    }
+
+    /// Whether nothing arrives at `c` for a moment.
+    async fn nothing_arrives(c: &mut tokio_rustls::client::TlsStream<DuplexStream>) -> bool {
+        let mut one = [0u8; 1];
+        tokio::time::timeout(Duration::from_millis(150), c.read(&mut one))
+            .await
+            .is_err()
+    }
+
+    /// Encrypted bytes wait for the caller's flush, unless a full batch is
+    /// queued: a frame written in pieces (its head and first record, then
+    /// the rest) leaves in one write, not one per piece.
+    #[tokio::test]
+    async fn writes_wait_for_the_flush_or_a_full_batch() {
+        let (mut s, mut c) = pair(&[&rustls::version::TLS13], 1 << 20).await;
+        s.write_all(b"small").await.unwrap();
+        assert!(nothing_arrives(&mut c).await, "sent before the flush");
+        s.flush().await.unwrap();
+        let mut got = [0u8; 5];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"small");
+
+        let (head, rest) = (pattern(16 * 1024, 1), pattern(48 * 1024, 2));
+        s.write_all(&head).await.unwrap();
+        assert!(nothing_arrives(&mut c).await, "the first piece went alone");
+        // The batch is full: both pieces go now, without a flush.
+        s.write_all(&rest).await.unwrap();
+        let mut got = vec![0u8; head.len() + rest.len()];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+            .await
+            .expect("a full batch is written without a flush")
+            .unwrap();
+        assert_eq!(&got[..head.len()], &head[..]);
+        assert_eq!(&got[head.len()..], &rest[..]);
     }
 
     #[tokio::test]
