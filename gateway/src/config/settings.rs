@@ -592,7 +592,9 @@ pub(crate) fn link(
     raw: &file::LinkSection,
     bound: &mut Vec<Bound>,
 ) -> Option<Link> {
-    let d = proto::Config::GATEWAY;
+    // The in-process defaults: proto's gateway defaults with the cipher
+    // policy (AES-256-GCM records where this machine has AES instructions).
+    let d = crate::link::LinkSettings::default().session;
     let window = 1..=u64::from(proto::wire::MAX_WINDOW);
     let params = proto::wire::Params {
         max_record: ctx.size(
@@ -639,10 +641,8 @@ pub(crate) fn link(
         idle_timeout,
         handshake_timeout: ctx.duration(raw.handshake_timeout.as_ref(), d.handshake_timeout),
         stall_timeout: ctx.duration_or_off(raw.stall_timeout.as_ref(), d.stall_timeout),
-        // AES-256-GCM records for devices that offer them, where this
-        // machine has AES instructions (a third of ChaCha20-Poly1305's CPU
-        // per byte); the device's offer decides, so nothing to configure.
-        ciphers: proto::Ciphers::hardware(),
+        // The device's offer decides: nothing to configure.
+        ciphers: d.ciphers,
     };
     let socket = SocketOptions {
         mss: ctx.int("mss", raw.mss.as_ref(), u64::from(DEFAULT_MSS), MSS_RANGE) as u32,
