@@ -61,24 +61,18 @@ fn aes_gcm_only_when_both_sides_have_it() {
         );
         // A message each way under it.
         let id = sim.gateway.open(StreamKind::Raw, 0).unwrap();
-        sim.gateway
-            .send(id, MsgKind::Bytes, b"down", false, false)
-            .unwrap();
-        let (de, _) = sim.settle();
-        assert!(
-            de.iter()
-                .any(|e| matches!(e, Ev::Data { data, .. } if data == b"down")),
-            "{de:?}"
-        );
-        sim.device
-            .send(id, MsgKind::Bytes, b"up", false, false)
-            .unwrap();
-        let (_, ge) = sim.settle();
-        assert!(
-            ge.iter()
-                .any(|e| matches!(e, Ev::Data { data, .. } if data == b"up")),
-            "{ge:?}"
-        );
+        for (from, data) in [(Side::Gateway, &b"down"[..]), (Side::Device, &b"up"[..])] {
+            sim.session(from)
+                .send(id, MsgKind::Bytes, data, false, false)
+                .unwrap();
+            let (de, ge) = sim.settle();
+            let got = if from == Side::Gateway { de } else { ge };
+            assert!(
+                got.iter()
+                    .any(|e| matches!(e, Ev::Data { data: d, .. } if d == data)),
+                "{from:?}: {got:?}"
+            );
+        }
     }
 }
 
