@@ -599,7 +599,10 @@ async fn down<S>(
                 let Some((m, last)) = out else { continue };
                 match m {
                     Out::Frame(op, body, end_msg) => {
-                        if conn.send_fragment(op, &body, end_msg).await.is_err() {
+                        // With the device's next chunk already here, this
+                        // frame leaves with it (one system call for both).
+                        let flush = last || !stream.has_next();
+                        if conn.send_fragment(op, &body, end_msg, flush).await.is_err() {
                             break;
                         }
                         if end_msg {

@@ -20,6 +20,8 @@
 //!        a payload of DIRECT_MIN (32 KiB) or more (server role, or an owned payload
 //!        masked in place in the client role): header + its first 16 KiB through
 //!        that buffer, the rest written from the sender's buffer
+//!        a fragment whose successor is already at hand (`send_fragment`
+//!        without `flush`) skips the flush: both leave in one system call
 //! ```
 //!
 //! Both directions run in one task (the bridge's `up` and `down` halves
@@ -487,14 +489,25 @@ struct Inner<S> {
     out_at: usize,
     /// Nothing written since the last flush.
     flushed: bool,
+    /// The sender said more follows at once ([`WsConn::send_fragment`]
+    /// with `flush` false): [`WsConn::drive`] leaves the flush to the next
+    /// write, so both frames leave in one system call.
+    hold: bool,
     /// A close frame went out: nothing more does.
     close_sent: bool,
 }
 
 impl<S: AsyncWrite + Unpin> Inner<S> {
     /// Writes `out`; ready once at most `queue` bytes of it are left, or,
-    /// with `queue` 0, once all of it is written and flushed.
-    fn poll_out(&mut self, cx: &mut Context<'_>, queue: usize) -> Poll<io::Result<()>> {
+    /// with `queue` 0, once all of it is written and flushed. Without
+    /// `flush`, written is enough: the stream keeps what it buffers until
+    /// the next flush.
+    fn poll_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        queue: usize,
+        flush: bool,
+    ) -> Poll<io::Result<()>> {
         match poll_write_from(&mut self.io, cx, &self.out, &mut self.out_at) {
             Poll::Ready(Ok(())) => {}
             Poll::Pending if self.out.len() - self.out_at <= queue => return Poll::Ready(Ok(())),
@@ -502,6 +515,10 @@ impl<S: AsyncWrite + Unpin> Inner<S> {
         }
         self.out = Vec::new();
         self.out_at = 0;
+        self.hold = !flush;
+        if !flush {
+            return Poll::Ready(Ok(()));
+        }
         match Pin::new(&mut self.io).poll_flush(cx) {
             Poll::Ready(Ok(())) => {
                 self.flushed = true;
@@ -564,7 +581,12 @@ struct Unwritten<'a, S: AsyncRead + AsyncWrite + Unpin> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Unwritten<'_, S> {
     /// As [`Inner::poll_out`], for `out` and then the rest.
-    fn poll_write(&mut self, cx: &mut Context<'_>, queue: usize) -> Poll<io::Result<()>> {
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        queue: usize,
+        flush: bool,
+    ) -> Poll<io::Result<()>> {
         let mut g = self.conn.lock();
         let inner = &mut *g;
         ready!(poll_write_from(
@@ -585,7 +607,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Unwritten<'_, S> {
             }
             other => return other,
         }
-        inner.poll_out(cx, queue)
+        inner.poll_out(cx, queue, flush)
     }
 }
 
@@ -595,6 +617,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Drop for Unwritten<'_, S> {
             let mut g = self.conn.lock();
             g.out.extend_from_slice(&self.rest[self.at..]);
             g.flushed = false;
+            g.hold = false;
         }
     }
 }
@@ -621,6 +644,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 out: Vec::new(),
                 out_at: 0,
                 flushed: true,
+                hold: false,
                 close_sent: false,
             }),
             role,
@@ -739,11 +763,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             {
                 encode(&mut inner.out, OP_PONG, &p, self.mask());
                 inner.flushed = false;
+                inner.hold = false;
             }
-            if inner.flushed {
+            if inner.flushed || inner.hold {
                 return Poll::Pending;
             }
-            inner.poll_out(cx, 0)
+            inner.poll_out(cx, 0, true)
         })
         .await
     }
@@ -761,8 +786,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     /// its first frame and [`OP_CONT`] after it; `fin` marks the last.
     /// Control frames ([`Self::send`]) may go between the frames of a
     /// message; other data frames must not. Returns as [`Self::send`] does.
-    pub(super) async fn send_fragment(&self, op: u8, payload: &[u8], fin: bool) -> io::Result<()> {
-        self.write(op, fin, payload, self.limits.write_buffer).await
+    ///
+    /// Without `flush` (the sender has the next frame at hand) the frame
+    /// is handed to the stream but not flushed: a buffering stream (TLS
+    /// here) sends it with the next one in one system call, or on its own
+    /// once its buffer fills. The next write flushes; [`Self::drive`] does
+    /// not, unless a pong is owed.
+    pub(super) async fn send_fragment(
+        &self,
+        op: u8,
+        payload: &[u8],
+        fin: bool,
+        flush: bool,
+    ) -> io::Result<()> {
+        self.write_frame(
+            op,
+            fin,
+            payload,
+            Mask::Fresh,
+            self.limits.write_buffer,
+            flush,
+        )
+        .await
     }
 
     /// Sends a close frame (its payload from [`close_payload`], or empty)
@@ -782,7 +827,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     }
 
     async fn write(&self, op: u8, fin: bool, payload: &[u8], queue: usize) -> io::Result<()> {
-        self.write_frame(op, fin, payload, Mask::Fresh, queue).await
+        self.write_frame(op, fin, payload, Mask::Fresh, queue, true)
+            .await
     }
 
     /// Sends a whole message as [`Self::send`] does, taking the payload:
@@ -793,11 +839,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         match self.mask() {
             Some(key) if payload.len() >= DIRECT_MIN => {
                 unmask(&mut payload, key, 0); // XOR: masks as well
-                self.write_frame(op, true, &payload, Mask::Done(key), queue)
+                self.write_frame(op, true, &payload, Mask::Done(key), queue, true)
                     .await
             }
             _ => {
-                self.write_frame(op, true, &payload, Mask::Fresh, queue)
+                self.write_frame(op, true, &payload, Mask::Fresh, queue, true)
                     .await
             }
         }
@@ -810,6 +856,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         payload: &[u8],
         mask: Mask,
         queue: usize,
+        flush: bool,
     ) -> io::Result<()> {
         // A large payload that needs no masking here is written from the
         // caller's buffer; only the frame's head and its first bytes (one
@@ -852,19 +899,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 encode_frame(&mut inner.out, op, fin, payload, self.mask());
             }
             inner.flushed = false;
+            inner.hold = false;
             if op == OP_CLOSE {
                 inner.close_sent = true;
             }
         }
         if rest.is_empty() {
-            return poll_fn(|cx| self.lock().poll_out(cx, queue)).await;
+            return poll_fn(|cx| self.lock().poll_out(cx, queue, flush)).await;
         }
         let mut rest = Unwritten {
             conn: self,
             rest,
             at: 0,
         };
-        poll_fn(|cx| rest.poll_write(cx, queue)).await
+        poll_fn(|cx| rest.poll_write(cx, queue, flush)).await
     }
 
     /// Ends the connection's sending side (TLS close_notify, then FIN).
@@ -1147,6 +1195,79 @@ mod tests {
         assert!(conn.lock().out.capacity() == 0, "freed once written");
     }
 
+    /// A stream that records what is written and how often it is flushed
+    /// (as the TLS stream, it sends only at a flush); it never has
+    /// anything to read.
+    #[derive(Default)]
+    struct Recorder {
+        written: Vec<u8>,
+        flushed_at: Vec<usize>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.get_mut().written.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.flushed_at.push(this.written.len());
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A frame sent without `flush` waits for the next one: `drive` leaves
+    /// it, and the next write flushes both at once. An owed pong ends the
+    /// wait.
+    #[tokio::test]
+    async fn a_held_frame_is_flushed_with_the_next() {
+        use futures_util::FutureExt as _;
+        let conn = WsConn::new(Recorder::default(), Role::Server, LIM);
+        let big = vec![7u8; 40_000];
+        conn.send_fragment(OP_BINARY, &big, false, false)
+            .await
+            .unwrap();
+        assert!(conn.lock().io.flushed_at.is_empty(), "held: not flushed");
+        assert!(
+            conn.drive().now_or_never().is_none(),
+            "drive leaves a held frame to the next write"
+        );
+        conn.send_fragment(OP_CONT, b"end", true, true)
+            .await
+            .unwrap();
+        let total = 4 + 40_000 + 2 + 3;
+        assert_eq!(conn.lock().io.written.len(), total);
+        assert_eq!(conn.lock().io.flushed_at, [total], "one flush for both");
+        assert!(conn.drive().now_or_never().is_none(), "nothing left");
+
+        // Held again; then a ping arrives and its pong is owed.
+        conn.send_fragment(OP_BINARY, b"a", false, false)
+            .await
+            .unwrap();
+        conn.lock().pong = Some(b"p".to_vec());
+        conn.drive().now_or_never().unwrap().unwrap();
+        let g = conn.lock();
+        assert_eq!(g.io.written.len(), total + 3 + 3);
+        assert_eq!(g.io.flushed_at, [total, total + 6], "the pong flushes");
+    }
+
     /// A large payload goes out from the sender's buffer; dropped midway,
     /// what is left is kept and goes out whole before the next frame.
     #[tokio::test]
@@ -1156,7 +1277,7 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(4096);
         let conn = WsConn::new(a, Role::Server, LIM);
         let big: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let mut first = Box::pin(conn.send_fragment(OP_BINARY, &big, false));
+        let mut first = Box::pin(conn.send_fragment(OP_BINARY, &big, false, true));
         // The peer takes 40 KB, past the copied first part, then stops.
         let reader = async {
             let mut got = vec![0u8; 40_000];
@@ -1186,7 +1307,7 @@ mod tests {
             b.read_exact(&mut rest).await.unwrap();
             [head, rest].concat()
         };
-        let (got, sent) = tokio::join!(reader, conn.send_fragment(OP_CONT, b"ok", true));
+        let (got, sent) = tokio::join!(reader, conn.send_fragment(OP_CONT, b"ok", true, true));
         sent.unwrap();
         assert_eq!(
             &got[..2],

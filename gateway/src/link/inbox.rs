@@ -128,6 +128,13 @@ impl<T> Inbox<T> {
         .await
     }
 
+    /// Whether an event waits, or the inbox has ended: `recv` would not
+    /// wait.
+    pub(crate) fn has_next(&self) -> bool {
+        let s = lock(&self.0);
+        !s.queue.is_empty() || s.senders == 0
+    }
+
     /// [`Self::poll_recv_all`] as a future.
     #[cfg(test)]
     pub(crate) async fn recv_all(&mut self) -> Option<VecDeque<T>> {
@@ -211,6 +218,22 @@ mod tests {
             assert_eq!(rx.recv().await, Some(i));
         }
         assert_eq!(rx.recv().await, None);
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn has_next_says_whether_recv_would_wait() {
+        let (tx, mut rx) = inbox();
+        assert!(!rx.has_next(), "empty, with a sender");
+        tx.send(1).unwrap();
+        tx.send(2).unwrap();
+        assert!(rx.has_next());
+        assert_eq!(rx.recv().await, Some(1));
+        assert!(rx.has_next(), "one left");
+        assert_eq!(rx.recv().await, Some(2));
+        assert!(!rx.has_next(), "drained");
+        drop(tx);
+        assert!(rx.has_next(), "ended: recv answers None at once");
         assert_eq!(rx.recv().await, None);
     }
 

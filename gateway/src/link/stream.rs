@@ -219,6 +219,12 @@ impl DeviceStream {
         ev
     }
 
+    /// Whether the next event is already here: [`Self::recv`] would
+    /// not wait.
+    pub fn has_next(&self) -> bool {
+        self.rx.has_next()
+    }
+
     /// Sends `data` as `msg`. Completes at once while this stream's queue
     /// toward the session is within [`SEND_AHEAD`], otherwise once the
     /// session has taken all but that much within the device's credit (the
