@@ -874,8 +874,10 @@ fn unpark(s: &mut GwSession, record: usize, slots: usize) {
 /// Scratch space of the worker thread for reads and for records on their
 /// way out: an idle session holds no I/O buffer of its own. Large enough
 /// for any record (`max_record` is at most 65,535); records are batched
-/// into it, so one write carries up to this much (three 16 KiB records).
-const SCRATCH: usize = 64 << 10;
+/// into it, so one write carries up to this much (seven 16 KiB records: a
+/// 64 KiB message whole, where 64 KiB took three records and then one),
+/// and one read takes as much.
+const SCRATCH: usize = 128 << 10;
 
 thread_local! {
     static IO_SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SCRATCH]);
