@@ -22,9 +22,16 @@ struct Harness {
     up: Arc<AtomicBool>,
     attempts: Arc<Mutex<Vec<u64>>>,
     board: TestBoard,
+    writes: Arc<Mutex<Vec<usize>>>,
 }
 
 fn start(gateway: Config, last_timestamp: u64, up: bool) -> Harness {
+    start_with::<1024>(gateway, last_timestamp, up)
+}
+
+/// A device with 1 KiB records whose socket-facing buffers hold `IO`
+/// bytes.
+fn start_with<const IO: usize>(gateway: Config, last_timestamp: u64, up: bool) -> Harness {
     let _ = env_logger::builder().is_test(true).try_init();
     let (dial_tx, dial_rx) = mpsc::unbounded_channel();
     let policy = Policy {
@@ -34,6 +41,7 @@ fn start(gateway: Config, last_timestamp: u64, up: bool) -> Harness {
     let (events, cmds) = spawn_gateway(dial_rx, policy);
     let up = Arc::new(AtomicBool::new(up));
     let attempts = Arc::new(Mutex::new(Vec::new()));
+    let writes = Arc::new(Mutex::new(Vec::new()));
     let board = TestBoard::default();
     board.temp.store(2345, Ordering::SeqCst);
     let mut net = TestNet {
@@ -42,6 +50,7 @@ fn start(gateway: Config, last_timestamp: u64, up: bool) -> Harness {
         attempts: attempts.clone(),
         pipe_size: 4096,
         clock: 7,
+        writes: writes.clone(),
     };
     let b = board.clone();
     tokio::spawn(async move {
@@ -50,7 +59,7 @@ fn start(gateway: Config, last_timestamp: u64, up: bool) -> Harness {
             key: SecretKey::from_bytes(DEVICE_KEY),
             gateway: SecretKey::from_bytes(GATEWAY_KEY).public_key(),
         };
-        let mut mem = Box::new(LinkMemory::<1024, 4>::new());
+        let mut mem = Box::new(LinkMemory::<1024, 4, IO>::new());
         run(
             &mut net,
             &mut app,
@@ -66,6 +75,7 @@ fn start(gateway: Config, last_timestamp: u64, up: bool) -> Harness {
         up,
         attempts,
         board,
+        writes,
     }
 }
 
@@ -326,6 +336,33 @@ async fn websocket_readings_and_commands() {
             break;
         }
     }
+}
+
+/// The page, fetched with room for one record per write (a board's
+/// buffers) and with room for four (a host's): the same bytes arrive,
+/// and only the larger buffer carries several records in one write.
+#[tokio::test(start_paused = true)]
+async fn records_share_a_write_only_where_the_buffer_holds_several() {
+    let page = include_bytes!("../ui/index.html");
+    let mut most = Vec::new();
+    for batched in [false, true] {
+        let mut h = if batched {
+            start_with::<4096>(Config::GATEWAY, 0, true)
+        } else {
+            start(Config::GATEWAY, 0, true)
+        };
+        h.until_hello().await;
+        let (status, _, body) = h.http("GET", "/index.html", &[], b"").await;
+        assert_eq!(status, 200);
+        assert_eq!(body, page, "the page, whole");
+        most.push(h.writes.lock().unwrap().iter().copied().max().unwrap());
+    }
+    assert!(most[0] <= 1024, "one record per write: {} bytes", most[0]);
+    assert!(
+        most[1] > 1024 && most[1] <= 4096,
+        "several records per write: {} bytes",
+        most[1]
+    );
 }
 
 #[tokio::test(start_paused = true)]

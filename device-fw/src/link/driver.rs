@@ -26,12 +26,12 @@ pub enum Outcome {
 }
 
 /// Keeps the device linked forever: connect, run, back off, repeat.
-pub async fn run<P, A, const RECORD: usize, const STREAMS: usize>(
+pub async fn run<P, A, const RECORD: usize, const STREAMS: usize, const IO: usize>(
     platform: &mut P,
     app: &mut A,
     identity: &Identity,
     config: &LinkConfig,
-    mem: &mut LinkMemory<RECORD, STREAMS>,
+    mem: &mut LinkMemory<RECORD, STREAMS, IO>,
 ) -> !
 where
     P: Platform,
@@ -70,12 +70,12 @@ where
 
 /// Dials once and drives the session until it ends. `floor` carries the
 /// lowest acceptable handshake timestamp between calls.
-pub async fn run_once<P, A, const RECORD: usize, const STREAMS: usize>(
+pub async fn run_once<P, A, const RECORD: usize, const STREAMS: usize, const IO: usize>(
     platform: &mut P,
     app: &mut A,
     identity: &Identity,
     config: &LinkConfig,
-    mem: &mut LinkMemory<RECORD, STREAMS>,
+    mem: &mut LinkMemory<RECORD, STREAMS, IO>,
     floor: &mut u64,
 ) -> Outcome
 where
@@ -170,7 +170,22 @@ impl Driver<'_> {
             }
             if self.out_pos == self.out_len {
                 self.out_pos = 0;
-                self.out_len = session.poll_transmit(now, self.out).unwrap_or(0);
+                self.out_len = 0;
+                // As many whole records as `out` holds, for one write: one
+                // with a board's buffers, several on a host, where the
+                // application stages more between them.
+                loop {
+                    match session.poll_transmit(now, &mut self.out[self.out_len..]) {
+                        Some(k) if k > 0 => self.out_len += k,
+                        _ => break,
+                    }
+                    if self.out.len() - self.out_len < session.max_transmit() {
+                        break;
+                    }
+                    if session.is_established() {
+                        app.poll(session, now);
+                    }
+                }
             }
             if let Some(reason) = closed {
                 if self.out_pos == self.out_len {

@@ -13,9 +13,13 @@
 //! ```
 //!
 //! Memory is one [`LinkMemory`] the caller owns (a `StaticCell` on the
-//! device): the session's receive and staging buffers, the output record,
+//! device): the session's receive and staging buffers, the output buffer,
 //! the socket read buffer, a copy of the event being handled and the stream
-//! table. Nothing is allocated.
+//! table. Nothing is allocated. On a board the output and read buffers
+//! hold one record (the TCP stack batches records in its socket buffer);
+//! a host device sizes them for several, and then one write carries as
+//! many whole records as fit (the application stages more between them)
+//! and one read takes as many.
 //!
 //! A GOAWAY from the gateway stops new streams; the gateway closes once the
 //! open ones finish, and the device reconnects after its backoff delay. A

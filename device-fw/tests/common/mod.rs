@@ -35,9 +35,11 @@ pub struct TestNet {
     pub attempts: Arc<Mutex<Vec<u64>>>,
     pub pipe_size: usize,
     pub clock: u64,
+    /// The length of every write the device asked for.
+    pub writes: Arc<Mutex<Vec<usize>>>,
 }
 
-pub struct Conn(DuplexStream);
+pub struct Conn(DuplexStream, Arc<Mutex<Vec<usize>>>);
 
 #[derive(Debug)]
 pub struct PipeError;
@@ -54,7 +56,7 @@ impl embedded_io_async::Error for PipeError {
 }
 
 pub struct R<'a>(ReadHalf<&'a mut DuplexStream>);
-pub struct W<'a>(WriteHalf<&'a mut DuplexStream>);
+pub struct W<'a>(WriteHalf<&'a mut DuplexStream>, &'a Mutex<Vec<usize>>);
 impl ErrorType for R<'_> {
     type Error = PipeError;
 }
@@ -68,6 +70,7 @@ impl Read for R<'_> {
 }
 impl Write for W<'_> {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, PipeError> {
+        self.1.lock().unwrap().push(buf.len());
         self.0.write(buf).await.map_err(|_| PipeError)
     }
     async fn flush(&mut self) -> Result<(), PipeError> {
@@ -79,7 +82,7 @@ impl Transport for Conn {
     type Writer<'a> = W<'a>;
     fn split(&mut self) -> (R<'_>, W<'_>) {
         let (r, w) = tokio::io::split(&mut self.0);
-        (R(r), W(w))
+        (R(r), W(w, &self.1))
     }
 }
 
@@ -92,7 +95,7 @@ impl Platform for TestNet {
         }
         let (a, b) = tokio::io::duplex(self.pipe_size);
         self.dials.send(b).map_err(|_| ConnectError::Refused)?;
-        Ok(Conn(a))
+        Ok(Conn(a, self.writes.clone()))
     }
     fn now() -> Instant {
         Instant::from_millis(base().elapsed().as_millis() as u64)
