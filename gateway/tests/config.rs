@@ -95,12 +95,18 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(c.websocket, config::WebSocket::default());
     assert_eq!(c.websocket.max_message, 1 << 20);
     assert_eq!(c.link.address, "[::]:7000".parse().unwrap());
-    // proto's gateway defaults, accepting AES-256-GCM records where this
-    // machine has AES instructions; the same as the in-process defaults.
+    // proto's gateway defaults with 1 MiB stream and 4 MiB session
+    // windows, accepting AES-256-GCM records where this machine has AES
+    // instructions; the same as the in-process defaults.
     assert_eq!(
         c.link.session,
         proto::Config {
             ciphers: proto::Ciphers::hardware(),
+            params: proto::Params {
+                stream_window: 1 << 20,
+                conn_window: 4 << 20,
+                ..proto::Config::GATEWAY.params
+            },
             ..proto::Config::GATEWAY
         }
     );

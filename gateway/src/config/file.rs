@@ -389,9 +389,9 @@ pub struct LinkSection {
     pub max_record: Option<Spanned<Size>>,
     /// Streams a device may open toward the gateway, 0 to 65535. Default 16.
     pub max_streams: Option<Spanned<i64>>,
-    /// Credit per stream from device to gateway, 1 byte to 2 GiB - 1. Default 256 KiB.
+    /// Credit per stream from device to gateway, 1 byte to 2 GiB - 1. Default 1 MiB.
     pub stream_window: Option<Spanned<Size>>,
-    /// Credit for a whole session, 1 byte to 2 GiB - 1. Default 1 MiB.
+    /// Credit for a whole session, 1 byte to 2 GiB - 1. Default 4 MiB.
     pub conn_window: Option<Spanned<Size>>,
     /// Unauthenticated handshakes in progress at once, 1 to 1000000. Default 4096.
     pub max_handshakes: Option<Spanned<i64>>,

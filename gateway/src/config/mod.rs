@@ -64,7 +64,7 @@
 //! # write_buffer = "128KiB"
 //! # ping_interval = "20s"
 //!
-//! [link]                         # defaults: proto::Config::GATEWAY
+//! [link]                         # defaults: proto::Config::GATEWAY, larger windows
 //! # address = "[::]:7000"
 //! # mss = 1360
 //! # handshake_timeout = "10s"
@@ -73,8 +73,8 @@
 //! # stall_timeout = "60s"        # or "off"
 //! # max_record = 16402
 //! # max_streams = 16
-//! # stream_window = "256KiB"
-//! # conn_window = "1MiB"
+//! # stream_window = "1MiB"
+//! # conn_window = "4MiB"
 //!
 //! [metrics]
 //! # address = "127.0.0.1:9100"  # /metrics, /healthz, /readyz

@@ -85,6 +85,17 @@ impl Default for LinkSettings {
             // defaults are these.
             session: Config {
                 ciphers: proto::Ciphers::hardware(),
+                // What a device may send ahead of the browser: 1 MiB per
+                // stream, 4 MiB per session (as `[http3]`'s windows).
+                // proto's 256 KiB and 1 MiB cost a credit round trip to
+                // the device every 128 KiB, and held a 1 MiB message's
+                // echo to about 0.6 of direct mode's rate. Nothing is
+                // reserved: only bytes in flight are held.
+                params: proto::Params {
+                    stream_window: 1 << 20,
+                    conn_window: 4 << 20,
+                    ..Config::GATEWAY.params
+                },
                 ..Config::GATEWAY
             },
             drain_timeout: Duration::from_secs(10),
