@@ -24,8 +24,9 @@
 //! ```
 //!
 //! The device announces 16 KiB records, 256 KiB stream and 1 MiB
-//! connection windows (`echo-devices`' configuration); the gateway runs
-//! `LinkSettings::default()`. Loopback only.
+//! connection windows (proto's gateway reference values; `echo-devices`
+//! grant 1 MiB and 4 MiB); the gateway runs `LinkSettings::default()`.
+//! Loopback only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
