@@ -593,7 +593,8 @@ pub(crate) fn link(
     bound: &mut Vec<Bound>,
 ) -> Option<Link> {
     // The in-process defaults: proto's gateway defaults with the cipher
-    // policy (AES-256-GCM records where this machine has AES instructions).
+    // policy (AES-256-GCM records where this machine has AES instructions)
+    // and larger windows (1 MiB per stream, 4 MiB per session).
     let d = crate::link::LinkSettings::default().session;
     let window = 1..=u64::from(proto::wire::MAX_WINDOW);
     let params = proto::wire::Params {

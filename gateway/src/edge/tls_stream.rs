@@ -29,8 +29,9 @@
 //! read finds it there, or `TX_HIGH` bytes are queued: a WebSocket frame
 //! written in pieces (its head and first record from a queue, the rest
 //! from the sender's buffer) leaves in one system call. Every writer here
-//! flushes after a message (hyper, the WebSocket connection), as
-//! `AsyncWrite` asks.
+//! flushes once it has nothing more at hand, as `AsyncWrite` asks: hyper
+//! after a response's bytes, the WebSocket connection after a message, or
+//! after the last of several device chunks that were already queued.
 //!
 //! A write can meet application data that arrived before the reader asked
 //! for it (rustls decrypts the next record whenever it is called). Those
@@ -633,8 +634,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
             }
         };
         // Out once a full batch is queued, or at the caller's flush (hyper
-        // and the WebSocket connection flush after every message; a read
-        // sends what waits, too): a frame written in pieces (its head and
+        // and the WebSocket connection flush once nothing more is at hand;
+        // a read sends what waits, too): a frame written in pieces (its head and
         // first record, then the rest from the sender's buffer) leaves in
         // one system call instead of one per piece.
         if this.tx.len() - this.tx_pos >= TX_HIGH
