@@ -60,9 +60,15 @@ use super::client_hello::{self, Scan};
 /// allocator serves it from its per-thread cache (the buffer is taken and
 /// given back around every wait), large enough for a typical small
 /// WebSocket message's record. A larger record is read whole once its
-/// header is in, and the size of the last record read is the next read's
-/// size, so bulk transfers read a record per call.
+/// header is in.
 const READ_MIN: usize = 1024;
+/// Bytes asked of the socket per read at most in a transfer: four full
+/// records. A read that got all it asked for left more in the socket, most
+/// likely, so the next one asks twice as much, up to this; one that got
+/// less halves it. A bulk upload takes four records per system call, not
+/// one (or two, the record's header first), and small messages go back to
+/// small reads.
+const READ_BULK: usize = 4 * RECORD_MAX;
 /// The most received bytes held at once: a handshake message of up to
 /// 64 KiB (rustls' own cap) joined in place, and a record after it.
 const RX_MAX: usize = 0xffff + 2 * RECORD_MAX;
@@ -88,9 +94,9 @@ pub struct TlsStream<IO> {
     /// Encrypted bytes to write, from `tx_pos` on.
     tx: Vec<u8>,
     tx_pos: usize,
-    /// The size of the last record that took more than one read (a hint
-    /// for the next read, halved at every use).
-    read_hint: u16,
+    /// Bytes the next read asks for ([`READ_MIN`] to [`READ_BULK`]): grown
+    /// by reads that got all they asked for, shrunk by those that did not.
+    read_hint: u32,
     /// The reader's waker while it waits on the socket.
     read_waker: Option<Waker>,
     /// The peer ended its side (close_notify, or TCP end between records).
@@ -424,26 +430,17 @@ impl<IO> TlsStream<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
-    /// Reads more TLS bytes from the socket into `rx`: enough for the
-    /// record at its front, at least [`READ_CHUNK`]. `Ok(0)` is the TCP end.
+    /// Reads more TLS bytes from the socket into `rx`: at least the rest of
+    /// the record `rx` ends in (a large record takes one read, not four),
+    /// and as much as [`Self::read_hint`] says a transfer is sending.
+    /// `Ok(0)` is the TCP end.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         let have = self.rx.len();
-        // Enough for the record `rx` ends in, so a large record takes one
-        // read, not four.
-        let pending = match last_record_missing(&self.rx) {
-            Some(missing) => {
-                self.read_hint = u16::try_from(missing + have).unwrap_or(u16::MAX);
-                missing
-            }
-            None => {
-                // Halved at every use: after a bulk transfer, small
-                // messages go back to small reads.
-                let hint = usize::from(self.read_hint);
-                self.read_hint /= 2;
-                hint
-            }
-        };
-        let want = pending.max(READ_MIN).min(RX_MAX.saturating_sub(have));
+        let hint = self.read_hint as usize;
+        let want = last_record_missing(&self.rx)
+            .map_or(hint, |missing| missing.max(hint))
+            .max(READ_MIN)
+            .min(RX_MAX.saturating_sub(have));
         if want == 0 {
             let e = Failed::Io(io::ErrorKind::InvalidData, "TLS message too large".into());
             return Poll::Ready(Err(self.fail(e)));
@@ -451,7 +448,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         // Into the spare capacity, unzeroed (tokio-util does the
         // bookkeeping of what the read initialized).
         self.rx.reserve_exact(want);
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rx)
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.rx
+        ))?;
+        self.read_hint = next_read_hint(want, n);
+        Poll::Ready(Ok(n))
     }
 
     /// Writes `tx` out; `Ready(Ok)` once it is all on the socket.
@@ -518,6 +521,20 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
 /// Drops the `n` bytes rustls consumed from the front of `rx`.
 fn discard_front(rx: &mut Vec<u8>, n: usize) {
     rx.drain(..n.min(rx.len()));
+}
+
+/// The next read's size after a read of `want` bytes got `got`: twice as
+/// much when it got all (the socket likely holds more), half as much when
+/// it got less, never below what it got; within [`READ_MIN`] and
+/// [`READ_BULK`].
+fn next_read_hint(want: usize, got: usize) -> u32 {
+    let next = if got >= want {
+        want.saturating_mul(2)
+    } else {
+        (want / 2).max(got)
+    };
+    // Both bounds are far below u32::MAX.
+    next.clamp(READ_MIN, READ_BULK) as u32
 }
 
 /// When `rx` ends inside a record: how many bytes that record still
@@ -791,6 +808,96 @@ mod tests {
                 assert_eq!(s.buffered_capacity(), 0, "idle after {len} bytes: {s:?}");
             }
         }
+    }
+
+    /// A socket that counts the reads that returned bytes.
+    struct CountReads {
+        io: DuplexStream,
+        reads: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl AsyncRead for CountReads {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            let r = Pin::new(&mut self.io).poll_read(cx, buf);
+            if buf.filled().len() > before {
+                self.reads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            r
+        }
+    }
+
+    impl AsyncWrite for CountReads {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, data)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A transfer that keeps the socket full is read several records per
+    /// system call; a small message after it still arrives whole, and the
+    /// stream holds no buffer once it waits again.
+    #[tokio::test]
+    async fn a_full_socket_is_read_several_records_at_a_time() {
+        let (tls, ca) = server();
+        let (a, b) = duplex(4 << 20);
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = CountReads {
+            io: a,
+            reads: reads.clone(),
+        };
+        let connector =
+            tokio_rustls::TlsConnector::from(client_config(&ca, &[&rustls::version::TLS13]));
+        let name = ServerName::try_from("plc-1.gw.example").unwrap();
+        let (s, c) = tokio::join!(tls.accept(counted), connector.connect(name, b));
+        let (mut s, mut c) = (s.unwrap(), c.unwrap());
+        let big = pattern(1 << 20, 7);
+        c.write_all(&big).await.unwrap();
+        c.flush().await.unwrap();
+        let before = reads.load(std::sync::atomic::Ordering::Relaxed);
+        let mut got = vec![0u8; big.len()];
+        s.read_exact(&mut got).await.unwrap();
+        assert!(got == big);
+        let bulk_reads = reads.load(std::sync::atomic::Ordering::Relaxed) - before;
+        // 64 records of 16 KiB: a read per record (or two) took 64 to 128
+        // reads; four records per read after the first few, about 22.
+        assert!(bulk_reads <= 32, "{bulk_reads} reads for 64 records");
+        c.write_all(b"small after bulk").await.unwrap();
+        c.flush().await.unwrap();
+        let mut small = [0u8; 16];
+        s.read_exact(&mut small).await.unwrap();
+        assert_eq!(&small, b"small after bulk");
+        let mut one = [0u8; 1];
+        let wait = tokio::time::timeout(Duration::from_millis(5), s.read(&mut one));
+        assert!(wait.await.is_err(), "nothing more was sent");
+        assert_eq!(s.buffered_capacity(), 0, "{s:?}");
+    }
+
+    /// The read size grows while reads fill and falls back when they do not.
+    #[test]
+    fn read_sizes_follow_what_the_socket_held() {
+        assert_eq!(next_read_hint(READ_MIN, READ_MIN) as usize, 2 * READ_MIN);
+        assert_eq!(next_read_hint(READ_BULK, READ_BULK) as usize, READ_BULK);
+        assert_eq!(next_read_hint(40_000, 40_000) as usize, READ_BULK);
+        assert_eq!(next_read_hint(40_000, 30_000), 30_000);
+        assert_eq!(next_read_hint(40_000, 100), 20_000);
+        assert_eq!(next_read_hint(READ_MIN, 100) as usize, READ_MIN);
+        // A read may get more than it asked (the buffer's spare room).
+        assert_eq!(next_read_hint(2_000, 9_000), 4_000);
     }
 
     /// Whether nothing arrives at `c` for a moment.
