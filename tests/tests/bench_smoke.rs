@@ -2,7 +2,8 @@
 //! gateway alone (link mode, link mode with every connection on one device,
 //! and direct mode where this build serves it),
 //! every workload once, and its report has numbers for each; `link-bench`
-//! with 2 MiB each way through the device link. No figure is checked
+//! with 2 MiB each way through the device link; `kx-bench` for a few
+//! exchanges of each X25519 implementation. No figure is checked
 //! against a speed: the benchmarks' numbers go to BENCHMARKS.md.
 //!
 //! The gateway binary is `target/<profile>/gateway`: `cargo test
@@ -170,6 +171,39 @@ fn the_link_benchmark_measures_both_directions() {
         !bad.status.success() && stderr.contains("expected auto or chacha20-poly1305"),
         "{stderr}"
     );
+}
+
+/// `kx-bench` times both X25519 implementations and prints their median;
+/// zero rounds or exchanges are refused.
+#[test]
+fn the_key_exchange_benchmark_times_both_implementations() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_kx-bench"));
+    let run = Command::new(&bench)
+        .args(["--rounds=1", "--count=50"])
+        .output()
+        .expect("run kx-bench");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "kx-bench failed:\n{stdout}\n{stderr}");
+    let median = stdout
+        .lines()
+        .find(|l| l.starts_with("median of 1: ring "))
+        .unwrap_or_else(|| panic!("no median line:\n{stdout}"));
+    assert!(
+        median.contains(" µs, AWS-LC ") && median.ends_with("×)"),
+        "{median}"
+    );
+    for bad in ["--rounds=0", "--count=0"] {
+        let run = Command::new(&bench)
+            .arg(bad)
+            .output()
+            .expect("run kx-bench");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains(bad.split('=').next().unwrap_or(bad)),
+            "{bad}: {stderr}"
+        );
+    }
 }
 
 /// The Markdown table row `row` of `report` has a number in `column`

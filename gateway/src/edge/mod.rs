@@ -17,6 +17,7 @@ pub mod client_hello;
 pub mod framing;
 pub mod guard;
 pub mod http;
+pub mod kx;
 pub mod listener;
 pub mod quic;
 pub mod tls;

@@ -68,9 +68,18 @@ impl TlsError {
 /// portable code: about a tenth of a full handshake's CPU (perf, see
 /// BENCHMARKS.md "Handshake CPU"). Every record is cheaper too (10 AES
 /// rounds, not 14). AES-256-GCM and ChaCha20-Poly1305 stay on offer.
+/// X25519, the key exchange browsers choose, runs on AWS-LC
+/// ([`super::kx`]): half of ring's time for the largest item of a
+/// handshake.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::ring::cipher_suite as cs;
     let mut p = rustls::crypto::ring::default_provider();
+    // X25519 on AWS-LC (super::kx), then ring's NIST groups, as ring orders them.
+    p.kx_groups = vec![
+        super::kx::X25519,
+        rustls::crypto::ring::kx_group::SECP256R1,
+        rustls::crypto::ring::kx_group::SECP384R1,
+    ];
     p.cipher_suites = vec![
         cs::TLS13_AES_128_GCM_SHA256,
         cs::TLS13_AES_256_GCM_SHA384,
