@@ -1008,3 +1008,37 @@ fn http3_defaults_values_and_errors_with_their_lines() {
     assert!(text.contains("conn_window"), "{text}");
     assert!(text.contains("idle_timeout"), "{text}");
 }
+
+/// A device link's session window smaller than its stream window is
+/// refused at the session window's line (or the stream window's, when only
+/// that one is set above the default session window); equal ones load.
+#[test]
+fn link_stream_windows_must_fit_the_session_window() {
+    let dir = TempDir::new("link-windows");
+    // MINIMAL has 8 lines, then a blank one and `[link]` on line 10.
+    let link = |body: &str| format!("{MINIMAL}\n[link]\n{body}");
+    let e = dir
+        .load(&link("stream_window = \"2MiB\"\nconn_window = \"1MiB\"\n"))
+        .unwrap_err();
+    let lines: Vec<usize> = positions(&e).into_iter().map(|(l, _)| l).collect();
+    assert_eq!(lines, [12], "{e}");
+    assert!(
+        e.to_string()
+            .contains("conn_window (1048576 bytes) is smaller than stream_window (2097152 bytes)"),
+        "{e}"
+    );
+    // The default session window is 4 MiB.
+    let e = dir.load(&link("stream_window = \"8MiB\"\n")).unwrap_err();
+    let lines: Vec<usize> = positions(&e).into_iter().map(|(l, _)| l).collect();
+    assert_eq!(lines, [11], "{e}");
+    let c = dir
+        .load(&link("stream_window = \"2MiB\"\nconn_window = \"2MiB\"\n"))
+        .unwrap();
+    assert_eq!(
+        (
+            c.link.session.params.stream_window,
+            c.link.session.params.conn_window
+        ),
+        (2 << 20, 2 << 20)
+    );
+}

@@ -391,7 +391,7 @@ pub struct LinkSection {
     pub max_streams: Option<Spanned<i64>>,
     /// Credit per stream from device to gateway, 1 byte to 2 GiB - 1. Default 1 MiB.
     pub stream_window: Option<Spanned<Size>>,
-    /// Credit for a whole session, 1 byte to 2 GiB - 1. Default 4 MiB.
+    /// Credit for a whole session, `stream_window` to 2 GiB - 1. Default 4 MiB.
     pub conn_window: Option<Spanned<Size>>,
     /// Unauthenticated handshakes in progress at once, 1 to 1000000. Default 4096.
     pub max_handshakes: Option<Spanned<i64>>,

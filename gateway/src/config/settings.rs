@@ -623,6 +623,18 @@ pub(crate) fn link(
             window,
         ) as u32,
     };
+    // proto takes any pair, but a stream could never use credit beyond the
+    // session's: a stream window above the session window is a mistake.
+    if params.conn_window < params.stream_window {
+        let at = raw.conn_window.as_ref().or(raw.stream_window.as_ref());
+        ctx.error(
+            at.map(Spanned::span),
+            ErrorKind::Conflict(format!(
+                "conn_window ({} bytes) is smaller than stream_window ({} bytes): no stream could use its whole window",
+                params.conn_window, params.stream_window
+            )),
+        );
+    }
     let keepalive = ctx.duration(raw.keepalive.as_ref(), d.keepalive);
     let idle_timeout = ctx.duration(raw.idle_timeout.as_ref(), d.idle_timeout);
     if keepalive >= idle_timeout {
