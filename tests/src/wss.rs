@@ -29,11 +29,7 @@ pub fn tls_config(ca_pem: &str) -> Arc<ClientConfig> {
         let _ = roots.add(c);
     }
     let mut provider = rustls::crypto::ring::default_provider();
-    provider.kx_groups = vec![
-        gateway::edge::kx::X25519,
-        rustls::crypto::ring::kx_group::SECP256R1,
-        rustls::crypto::ring::kx_group::SECP384R1,
-    ];
+    provider.kx_groups = gateway::edge::kx::groups();
     let mut cfg = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_safe_default_protocol_versions()
         .unwrap_or_else(|e| unreachable!("ring supports the defaults: {e}"))

@@ -21,6 +21,17 @@ use rustls::{Error, NamedGroup, PeerMisbehaved};
 /// X25519 (RFC 7748) on AWS-LC, for a rustls provider's `kx_groups`.
 pub static X25519: &dyn SupportedKxGroup = &X25519Group;
 
+/// The key exchange groups of the gateway's TLS, in its order: X25519 on
+/// AWS-LC, then ring's P-256 and P-384 (ring's own order). A client built
+/// for the gateway (the load generator) offers the same.
+pub fn groups() -> Vec<&'static dyn SupportedKxGroup> {
+    vec![
+        X25519,
+        rustls::crypto::ring::kx_group::SECP256R1,
+        rustls::crypto::ring::kx_group::SECP384R1,
+    ]
+}
+
 /// The size of an X25519 public key and shared secret.
 const LEN: usize = 32;
 

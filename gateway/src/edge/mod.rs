@@ -8,6 +8,7 @@
 //! - [`framing`]: HTTP/1.1 request framing followed, to refuse Content-Length with Transfer-Encoding.
 //! - [`tls`]: rustls acceptor: ALPN, resumption, SNI, reload, handshake deadline, local CA.
 //! - [`tls_stream`]: the TLS stream (rustls' unbuffered API under buffers freed while idle).
+//! - [`kx`]: X25519 on AWS-LC, the key exchange groups the TLS offers.
 //! - [`client_hello`]: the SNI read from the ClientHello (the unbuffered API does not expose it).
 //! - [`http`]: the accept loop: TLS, then hyper (HTTP/1.1 and HTTP/2) into the bridge.
 //! - [`quic`]: HTTP/3 over QUIC (quinn, h3) on the TLS listeners' ports, into the same bridge.

@@ -74,12 +74,7 @@ impl TlsError {
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::ring::cipher_suite as cs;
     let mut p = rustls::crypto::ring::default_provider();
-    // X25519 on AWS-LC (super::kx), then ring's NIST groups, as ring orders them.
-    p.kx_groups = vec![
-        super::kx::X25519,
-        rustls::crypto::ring::kx_group::SECP256R1,
-        rustls::crypto::ring::kx_group::SECP384R1,
-    ];
+    p.kx_groups = super::kx::groups();
     p.cipher_suites = vec![
         cs::TLS13_AES_128_GCM_SHA256,
         cs::TLS13_AES_256_GCM_SHA384,

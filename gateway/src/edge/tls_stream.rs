@@ -810,6 +810,21 @@ mod tests {
         }
     }
 
+    /// The handshake's key exchange is the gateway's X25519 on AWS-LC
+    /// (`super::super::kx`), not ring's, under both TLS versions.
+    #[tokio::test]
+    async fn the_key_exchange_is_x25519_on_aws_lc() {
+        for versions in [
+            &[&rustls::version::TLS13][..],
+            &[&rustls::version::TLS12][..],
+        ] {
+            let (s, _c) = pair(versions, 64 * 1024).await;
+            let group = s.conn.negotiated_key_exchange_group().unwrap();
+            assert_eq!(group.name(), rustls::NamedGroup::X25519);
+            assert_eq!(format!("{group:?}"), "X25519Group", "ring's group was used");
+        }
+    }
+
     /// A socket that counts the reads that returned bytes.
     struct CountReads {
         io: DuplexStream,
