@@ -1,11 +1,12 @@
 //! X25519 key exchange for the browser side's TLS, on AWS-LC.
 //!
-//! Every TLS 1.3 handshake a browser makes, full or resumed (`psk_dhe_ke`),
-//! costs the server one X25519 key generation and one shared-secret
-//! computation. In ring's code (fiat-crypto's field arithmetic) the pair
-//! was about a third of the gateway's CPU per full handshake; AWS-LC's
-//! (s2n-bignum's formally verified assembly) takes half of ring's time for
-//! it (45 µs → 23 µs on the benchmark machine, BENCHMARKS.md "X25519 on
+//! Every handshake a browser makes (TLS 1.2's ECDHE, TLS 1.3's full and
+//! resumed `psk_dhe_ke` ones) costs the server one X25519 key generation
+//! and one shared-secret computation. In ring's code (fiat-crypto's field
+//! arithmetic) the pair was about a third of the gateway's CPU per full
+//! handshake; AWS-LC's (s2n-bignum's formally verified assembly) takes
+//! half of ring's time for it (45 µs → 23 µs on the benchmark machine,
+//! `kx-bench`; BENCHMARKS.md "Several TLS records per read; X25519 on
 //! AWS-LC"). Everything else in the provider stays ring's: record
 //! ciphers, signatures, the key schedule, the other groups.
 //!
