@@ -144,6 +144,50 @@ async fn the_exposition_counts_what_happened() {
     gw.stop().await;
 }
 
+/// A device session keeps its record buffers while it works and gives
+/// them back once it has been idle for a moment (`PARK_AFTER`, 20 ms):
+/// `gateway_link_sessions_holding_buffers` reads 1 right after a request
+/// and its answer, then 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_device_sessions_give_their_buffers_back() {
+    let mut gw = Gw::start("", &[Dev("plc-1", "")]).await;
+    let metrics = serve_metrics(&mut gw);
+    let _d = gw.echo("plc-1", &[], link_config(4096, 8192, 1024)).await;
+    let held = "gateway_link_sessions_holding_buffers";
+    let mut c = gw.client(2, "plc-1.gw.example.com").await;
+    // A scrape slower than the parking delay would miss the moment, so a
+    // few tries; with buffers parked at every wait, none would see it.
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let (head, _) = c
+            .fetch(
+                get(2, "plc-1.gw.example.com", "/status/204")
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(head.status, 204);
+        seen.push(value(&scrape(metrics).await, held));
+        if seen.last() == Some(&1.0) {
+            break;
+        }
+    }
+    assert_eq!(seen.last(), Some(&1.0), "right after a request: {seen:?}");
+    let mut now = 1.0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        now = value(&scrape(metrics).await, held);
+        if now == 0.0 {
+            break;
+        }
+    }
+    assert_eq!(
+        now, 0.0,
+        "the idle session still holds its buffers after 5 s"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rtt_is_measured_per_device() {
     // The gateway pings on its own keepalive: make it quick. (The

@@ -54,6 +54,9 @@ pub struct HubStats {
     pub records_sent: AtomicU64,
     /// Records read from devices, all sessions.
     pub records_received: AtomicU64,
+    /// Sessions holding their record buffers now (busy, or idle for less
+    /// than the parking delay; two `max_record` buffers each).
+    pub buffers_held: AtomicU64,
     /// Round-trip times measured by link pings, all devices.
     pub rtt: Histogram,
     /// Per-device counters.
@@ -91,6 +94,7 @@ impl HubStats {
             stall_resets: AtomicU64::new(0),
             records_sent: AtomicU64::new(0),
             records_received: AtomicU64::new(0),
+            buffers_held: AtomicU64::new(0),
             rtt: Histogram::with_opts(opts)
                 .unwrap_or_else(|e| unreachable!("constant histogram options: {e}")),
             devices: DeviceSeries::new(max_device_series),

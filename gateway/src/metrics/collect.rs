@@ -241,6 +241,11 @@ const LINK_RECORDS_RECEIVED: Family = counter(
     &[],
     "Records read from devices, all sessions.",
 );
+const LINK_BUFFERS_HELD: Family = gauge(
+    "gateway_link_sessions_holding_buffers",
+    &[],
+    "Device sessions holding their record buffers (two of [link] max_record bytes each): busy ones, and idle ones until they give them back (20 ms after their last record, at most 320 ms after a long busy spell).",
+);
 const DEVICE_ONLINE: Family = gauge(
     "gateway_device_online",
     &["device"],
@@ -312,6 +317,8 @@ pub const FAMILIES: &[Family] = &[
     WS_SESSIONS,
     WS_OPEN,
     WS_MESSAGES,
+    WS_REFUSED,
+    WS_DEVICE_ERRORS,
     NORMALIZE,
     DEVICES_REGISTERED,
     DEVICES_ONLINE,
@@ -320,12 +327,17 @@ pub const FAMILIES: &[Family] = &[
     LINK_REJECTIONS,
     LINK_HANDSHAKES_REFUSED,
     LINK_HANDSHAKES,
+    LINK_HANDSHAKES_WAITED,
+    LINK_HANDSHAKES_WAITING,
     LINK_DEVICE_STREAMS_REFUSED,
     LINK_PROTOCOL_ERRORS,
     LINK_REPLACED,
     LINK_REVOKED,
     CREDIT_STALLS,
     STALL_RESETS,
+    LINK_RECORDS_SENT,
+    LINK_RECORDS_RECEIVED,
+    LINK_BUFFERS_HELD,
     DEVICE_ONLINE,
     DEVICE_RTT,
     DEVICE_RECEIVED,
@@ -600,6 +612,7 @@ impl Gateway {
         out.one(&STALL_RESETS, load(&s.stall_resets));
         out.one(&LINK_RECORDS_SENT, load(&s.records_sent));
         out.one(&LINK_RECORDS_RECEIVED, load(&s.records_received));
+        out.one(&LINK_BUFFERS_HELD, load(&s.buffers_held));
 
         let (own, other) = s.devices.snapshot();
         let mut online_now = Vec::with_capacity(own.len());
@@ -677,6 +690,43 @@ impl Collector for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every family the collector exports is in [`FAMILIES`], whose
+    /// descriptions it registers and whose names the tests check.
+    #[test]
+    fn every_exported_family_is_listed() {
+        let hub = crate::link::Hub::new(
+            proto::SecretKey::from_bytes([7; 32]),
+            crate::link::Registry::new([]),
+            crate::link::LinkSettings::default(),
+        );
+        let bridge = Bridge::new(
+            hub,
+            crate::config::Devices::default(),
+            "gw.example.com".into(),
+            crate::config::Http::default(),
+            crate::config::WebSocket::default(),
+        );
+        let overload =
+            crate::edge::admission::Overload::new(&crate::config::settings::Limits::default());
+        let gateway = Gateway::new(
+            bridge,
+            Arc::new(EdgeStats::new(overload)),
+            Arc::new(Reloads::new()),
+        );
+        let exported = gateway.collect();
+        assert!(
+            exported.len() >= FAMILIES.len() - 1,
+            "only RTT may be missing"
+        );
+        for f in &exported {
+            assert!(
+                FAMILIES.iter().any(|l| l.name == f.name()),
+                "{} is exported but not in FAMILIES",
+                f.name()
+            );
+        }
+    }
 
     #[test]
     fn names_follow_the_conventions() {
