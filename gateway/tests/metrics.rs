@@ -155,25 +155,44 @@ async fn the_exposition_counts_what_happened() {
 /// and its answer, then 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_device_sessions_give_their_buffers_back() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
     let mut gw = Gw::start("", &[Dev("plc-1", "")]).await;
     let metrics = serve_metrics(&mut gw);
     let _d = gw.echo("plc-1", &[], link_config(4096, 8192, 1024)).await;
     let held = "gateway_link_sessions_holding_buffers";
-    let mut c = gw.client(2, "plc-1.gw.example.com").await;
-    // A scrape slower than the parking delay would miss the moment, so a
-    // few tries; with buffers parked at every wait, none would see it.
-    let mut seen = Vec::new();
-    for _ in 0..5 {
-        assert_eq!(
-            status(&mut c, "plc-1.gw.example.com", "/status/204").await,
-            204
-        );
-        seen.push(value(&scrape(metrics).await, held));
-        if seen.last() == Some(&1.0) {
-            break;
+    let host = "plc-1.gw.example.com";
+    let origin = format!("https://{host}:{}", gw.addr.port());
+    let (mut ws, _) = gw.ws(2, host, "/ws", &[("origin", &origin)]).await.unwrap();
+    // A message every 2 ms while the gauge is scraped: a session with a
+    // stream open that sees records keeps its buffers.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talker = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                ws.send(Message::text("tick")).await.unwrap();
+                let echo = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+                assert_eq!(echo.unwrap().unwrap().unwrap(), Message::text("tick"));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            ws
         }
-    }
-    assert_eq!(seen.last(), Some(&1.0), "right after a request: {seen:?}");
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let busy: Vec<f64> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(value(&scrape(metrics).await, held));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        v
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ws = talker.await.unwrap();
+    assert_eq!(busy, [1.0; 5], "while messages flow");
+    // Quiet, its WebSocket still open: parked after a short while.
     let mut now = 1.0;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -184,7 +203,61 @@ async fn idle_device_sessions_give_their_buffers_back() {
     }
     assert_eq!(
         now, 0.0,
-        "the idle session still holds its buffers after 5 s"
+        "the quiet session still holds its buffers after 5 s"
+    );
+    // And it takes them again for the next message.
+    ws.send(Message::text("again")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("again"));
+    gw.stop().await;
+}
+
+/// A session that woke only for keepalives parks its buffers at its next
+/// wait, with or without an open stream, so between keepalives it holds
+/// none: a ping and its pong cost two wake-ups of the session, and no
+/// parking check after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_between_keepalives_holds_no_buffers() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let gw = Gw::start(
+        "keepalive = \"100ms\"\nidle_timeout = \"5s\"\n",
+        &[Dev("plc-1", "")],
+    )
+    .await;
+    let _d = gw.echo("plc-1", &[], link_config(4096, 8192, 1024)).await;
+    let held = "gateway_link_sessions_holding_buffers";
+    let pings = "gateway_link_rtt_seconds_count";
+    // Two seconds, about 20 keepalives: with buffers kept until a parking
+    // check (20 ms, then 40 ms after the pong), about 60 % of samples would
+    // see them held.
+    let holding = || async {
+        let first = gw.metric(pings);
+        let mut n = 0;
+        for _ in 0..200 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            n += usize::from(gw.metric(held) > 0.0);
+        }
+        let keepalives = gw.metric(pings) - first;
+        assert!(keepalives >= 5.0, "only {keepalives} keepalives in 2 s");
+        n
+    };
+    let n = holding().await;
+    assert!(n <= 40, "no stream: held in {n} of 200 samples");
+    // An open WebSocket that has gone quiet: the same, once its last
+    // message's buffers are parked.
+    let host = "plc-1.gw.example.com";
+    let origin = format!("https://{host}:{}", gw.addr.port());
+    let (mut ws, _) = gw.ws(2, host, "/ws", &[("origin", &origin)]).await.unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let n = holding().await;
+    assert!(n <= 40, "a quiet WebSocket: held in {n} of 200 samples");
+    ws.send(Message::text("still there")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still there")
     );
     gw.stop().await;
 }

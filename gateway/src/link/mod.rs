@@ -40,9 +40,12 @@
 //! machine, 656 bytes with its handshake state freed once open, its timer
 //! and its readiness wait), its command inbox and its entry in the hub:
 //! record buffers, AES-GCM key objects and the stream table go back to a
-//! pool once it has been idle for 20 ms (a busy session keeps them between
-//! records and checks less often, parking at most 320 ms after its last; `gateway_link_sessions_holding_buffers` counts those that hold
-//! them), its stream state exists only while it has streams, devices announcing the
+//! pool at its next wait if no stream data moved since it took them
+//! (keepalives, the handshake), otherwise once it has been idle for 20 ms (a
+//! busy session keeps them between records and checks less often, parking
+//! at most 320 ms after its last; `gateway_link_sessions_holding_buffers`
+//! counts those that hold them), its stream state exists only while it
+//! has streams, devices announcing the
 //! same services share the list, and shutdown reaches it through its
 //! inbox (about 3.2 KB of gateway RSS per idle device in all; BENCHMARKS.md).
 

@@ -411,7 +411,9 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             return;
         }
     };
-    hub.stats.buffers_held.fetch_add(1, Ordering::Relaxed);
+    // Counts the session among those holding their buffers until it
+    // parks them or its task ends, however it ends.
+    let mut parking = Parking::new(&hub.stats.buffers_held);
     let (cmd_tx, mut cmd_rx) = inbox();
     let cmd_tx = CmdSender(cmd_tx);
     let mut streams = LazyStreams::default();
@@ -424,10 +426,9 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
     let timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(timer);
     let mut batching = Batching::default();
-    let mut parking = Parking::default();
 
     loop {
-        unpark(&mut s, record, slots, &hub.stats.buffers_held);
+        unpark(&mut s, record, slots, &mut parking);
         if !draining && hub.is_shutting_down() {
             // The drain: GOAWAY now (a session still in its handshake
             // ends), closed at the drain deadline.
@@ -440,8 +441,16 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
         if unsent.is_empty() {
             for _ in 0..TRANSMIT_BURST {
                 match transmit(&mut s, streams.get(), &sock, &mut unsent) {
-                    Transmit::Full => more = true,
-                    Transmit::Sent | Transmit::Nothing | Transmit::Blocked => {
+                    Transmit::Full => {
+                        more = true;
+                        parking.busy();
+                    }
+                    Transmit::Sent => {
+                        more = false;
+                        parking.busy();
+                        break;
+                    }
+                    Transmit::Nothing | Transmit::Blocked => {
                         more = false;
                         break;
                     }
@@ -458,15 +467,17 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
         if s.is_closed() && unsent.is_empty() {
             break;
         }
-        // Nothing in flight: the record buffers go back to the pool once
-        // the session has stayed idle for a while (`Parking`; almost
-        // always, for an idle device), and the stream state if there is
-        // none.
-        if parking.take_due() {
-            park(&mut s, &hub.stats.buffers_held);
-        }
+        // Nothing in flight: the record buffers go back to the pool (and
+        // the stream table if no stream is open) at once if no stream data
+        // moved since they were taken (a handshake, keepalives), otherwise
+        // once the session has stayed idle for a while (`Parking`).
+        let due = parking.take_due();
         if !s.is_parked() && s.buffers_idle() {
-            parking.idle(tokio::time::Instant::now);
+            if due || !parking.streamed(payload_moved(&s)) {
+                park(&mut s, &mut parking);
+            } else {
+                parking.idle(tokio::time::Instant::now);
+            }
         }
         // One timer for the session's life, for proto's deadline, the
         // drain's or the parking check, whichever comes first; moved only
@@ -533,7 +544,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
         if woke.readable.is_some() || woke.writable.is_some() || woke.commands.is_some() {
             parking.busy();
         }
-        unpark(&mut s, record, slots, &hub.stats.buffers_held);
+        unpark(&mut s, record, slots, &mut parking);
         if let Some(ok) = woke.readable {
             let eof = !ok || receive(&mut s, &sock, &hub, &cmd_tx, streams.get(), &mut state);
             if eof {
@@ -582,11 +593,9 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
     }
     let streams = streams.get();
     streams.flush_held(&mut s);
-    park(&mut s, &hub.stats.buffers_held);
-    if !s.is_parked() {
-        // Buffers still in use at the end go with the session.
-        hub.stats.buffers_held.fetch_sub(1, Ordering::Relaxed);
-    }
+    // Buffers still in use at the end go with the session (and `parking`
+    // stops counting it when dropped).
+    park(&mut s, &mut parking);
     state.report(&s, &hub);
     for (_, tx) in streams.to_bridge.drain() {
         let _ = tx.send(StreamEvent::Closed);
@@ -789,15 +798,20 @@ impl Batching {
     }
 }
 
-/// How long a session's record buffers stay idle before they are parked.
+/// How long the record buffers of a session that moves stream data stay
+/// idle before they are parked.
 ///
 /// Parking gives back 32 KiB of buffers and, under AES-256-GCM, ring's two
 /// key objects (the AES key schedule and the GHASH table, about 530 bytes
 /// each). Making those again costs more than a small record they serve:
 /// done at every wait, parking and the key schedules were about 2.6 % of
 /// the gateway's CPU in the echo with a device per browser, where each
-/// session waits between every message and its answer. A session that saw
-/// a record within this time keeps them.
+/// session waits between every message and its answer. A session that
+/// moved stream data and saw a record within this time keeps them. One
+/// that took them back for the link's own traffic only (a keepalive, the
+/// handshake) parks them at its next wait: ping and pong cost two
+/// wake-ups, not four, and a fleet whose keepalives come at once (devices
+/// that connected together) never holds a buffer each.
 const PARK_AFTER: Duration = Duration::from_millis(20);
 
 /// The longest period between two parking checks of a busy session.
@@ -805,18 +819,19 @@ const PARK_AFTER: Duration = Duration::from_millis(20);
 /// Each check is a wake-up of the session, so a session that stays busy
 /// checks less and less often (20, 40, 80, then every 160 ms): 100 busy
 /// sessions cost about 600 wake-ups a second, not 5,000. One that has gone
-/// quiet parks at most twice this long after its last record; a device
-/// that wakes for a ping now and then parks `PARK_AFTER` after it.
+/// quiet parks at most twice this long after its last record.
 const PARK_CHECK_MAX: Duration = Duration::from_millis(160);
 
-/// When a session parks its idle record buffers (see [`PARK_AFTER`]).
+/// When a session parks its idle record buffers (see [`PARK_AFTER`]), and
+/// the count of sessions holding theirs.
 ///
 /// One deadline, armed when the session first waits with idle buffers and
 /// moved only when it comes: a busy session reads the clock once per
-/// check, not once per turn, and its timer moves as seldom. It adds 24
-/// bytes to every session's task, idle ones included.
-#[derive(Default)]
-struct Parking {
+/// check, not once per turn, and its timer moves as seldom. The session is
+/// counted in `gauge` while it holds its buffers, and no longer once this
+/// is dropped, however its task ends. It adds 32 bytes to every session's
+/// task, idle ones included.
+struct Parking<'g> {
     /// When to look again whether the session has been idle.
     check_at: Option<tokio::time::Instant>,
     /// The period of the next check: `PARK_AFTER` doubled this many times
@@ -826,9 +841,60 @@ struct Parking {
     busy: bool,
     /// The session was idle for a whole period: park before the next wait.
     due: bool,
+    /// Whether the session holds its buffers (is counted in `gauge`).
+    held: bool,
+    /// Stream payload bytes moved, both ways, when it took them (the low
+    /// 32 bits: equal again only after exactly 4 GiB, which parks early).
+    payload_mark: u32,
+    /// `gateway_link_sessions_holding_buffers`.
+    gauge: &'g AtomicU64,
 }
 
-impl Parking {
+impl<'g> Parking<'g> {
+    /// For a session that has just made its buffers: counted in `gauge`.
+    fn new(gauge: &'g AtomicU64) -> Self {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Self {
+            check_at: None,
+            widened: 0,
+            busy: false,
+            due: false,
+            held: true,
+            payload_mark: 0,
+            gauge,
+        }
+    }
+
+    /// Whether stream data moved since the session took its buffers
+    /// (`payload`: [`payload_moved`] now): if not, it woke for the link's
+    /// own traffic (a handshake, a keepalive) and parks at its next wait.
+    fn streamed(&self, payload: u32) -> bool {
+        payload != self.payload_mark
+    }
+
+    /// The session took its buffers back (`payload`: [`payload_moved`]
+    /// now): counted again.
+    fn taken(&mut self, payload: u32) {
+        self.payload_mark = payload;
+        if !self.held {
+            self.held = true;
+            self.gauge.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The session parked its buffers (or its task ends): no longer
+    /// counted, and no check pending.
+    fn parked(&mut self) {
+        if self.held {
+            self.held = false;
+            self.gauge.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.check_at = None;
+        self.widened = 0;
+        self.busy = false;
+        self.due = false;
+    }
+
     /// The period of the next check.
     fn period(&self) -> Duration {
         (PARK_AFTER * (1u32 << self.widened)).min(PARK_CHECK_MAX)
@@ -876,6 +942,18 @@ impl Parking {
     }
 }
 
+/// Stream payload bytes a session moved both ways (the low 32 bits).
+fn payload_moved(s: &GwSession) -> u32 {
+    let st = s.stats();
+    st.payload_sent.wrapping_add(st.payload_received) as u32
+}
+
+impl Drop for Parking<'_> {
+    fn drop(&mut self) {
+        self.parked();
+    }
+}
+
 /// What was ready when the session woke.
 #[derive(Default)]
 struct Woke {
@@ -899,13 +977,14 @@ impl Woke {
 //
 // A session holds a receive and a transmit buffer of `max_record` bytes
 // (16 KiB each by default) only while it is busy: from the first byte of a
-// record until it has been idle for `PARK_AFTER` or, after a long busy
-// spell, up to twice `PARK_CHECK_MAX` (never while part of a record is in
-// them or frames are staged to go out). Then it parks them in
-// its worker thread's pool (`Session::park_buffers`), with its AES-GCM key
-// objects and its stream table when no stream is open (32 slots of 72
-// bytes by default), so an idle device session, which sees a ping every
-// 15 s, holds none of them. The pools are per
+// record until its next wait if no stream data moved since it took them
+// (keepalives), and otherwise until it has been idle for `PARK_AFTER` or,
+// after a long busy spell, up to twice `PARK_CHECK_MAX` (never while part
+// of a record is in them or frames are staged to go out). Then it parks them in its worker thread's pool
+// (`Session::park_buffers`), with its AES-GCM key objects and its stream
+// table when no stream is open (32 slots of 72 bytes by default), so an
+// idle device session, which sees a ping every 15 s, holds none of them
+// from the pong to the next ping. The pools are per
 // thread (no lock) and bounded; a task that moved to another thread takes
 // from and gives to that thread's pools. Record buffers are not cleared
 // between sessions (proto writes every byte before it reads it); stream
@@ -940,16 +1019,16 @@ fn pool_give<T>(pool: &'static Pool<T>, v: Vec<T>) {
     });
 }
 
-/// Parks `s`'s record buffers, and its stream table if no stream is open.
-/// `held` counts the sessions holding their buffers.
-fn park(s: &mut GwSession, held: &AtomicU64) {
+/// Parks `s`'s record buffers, and its stream table if no stream is open;
+/// `parking` stops counting it.
+fn park(s: &mut GwSession, parking: &mut Parking<'_>) {
     if s.is_parked() || !s.buffers_idle() {
         return;
     }
     let Ok((rx, tx)) = s.park_buffers(Vec::new(), Vec::new()) else {
         return;
     };
-    held.fetch_sub(1, Ordering::Relaxed);
+    parking.parked();
     pool_give(&RECORD_POOL, rx);
     pool_give(&RECORD_POOL, tx);
     if !s.has_open_streams() {
@@ -962,21 +1041,24 @@ fn park(s: &mut GwSession, held: &AtomicU64) {
 }
 
 /// Gives `s` its buffers back if it parked them: records of `record`
-/// bytes and, if it gave up its table, one of `slots` free slots.
-fn unpark(s: &mut GwSession, record: usize, slots: usize, held: &AtomicU64) {
+/// bytes and, if it gave up its table, one of `slots` free slots;
+/// `parking` counts it again.
+fn unpark(s: &mut GwSession, record: usize, slots: usize, parking: &mut Parking<'_>) {
     if !s.is_parked() {
         return;
     }
-    held.fetch_add(1, Ordering::Relaxed);
     if s.stream_table_mut().is_empty() {
         *s.stream_table_mut() = pool_take(&TABLE_POOL, slots, StreamSlot::default());
     }
     let rx = pool_take(&RECORD_POOL, record, 0);
     let tx = pool_take(&RECORD_POOL, record, 0);
-    if let Err((rx, tx)) = s.unpark_buffers(rx, tx) {
-        // Not reached: `record` is the session's own max_record.
-        pool_give(&RECORD_POOL, rx);
-        pool_give(&RECORD_POOL, tx);
+    match s.unpark_buffers(rx, tx) {
+        Ok(_) => parking.taken(payload_moved(s)),
+        Err((rx, tx)) => {
+            // Not reached: `record` is the session's own max_record.
+            pool_give(&RECORD_POOL, rx);
+            pool_give(&RECORD_POOL, tx);
+        }
     }
 }
 
@@ -1290,7 +1372,7 @@ mod tests {
     /// What an idle device session costs is mostly its task: the future
     /// (the session state machine inline, 656 bytes with its handshake
     /// state boxed, the timer, the parking check and the poll of its
-    /// wake-ups; 1,464 bytes in all, 1,480 in a debug build) plus the command inbox. Record
+    /// wake-ups; 1,472 bytes in all, 1,488 in a debug build) plus the command inbox. Record
     /// buffers are pooled, the stream table and the stream state exist
     /// only while needed; this keeps a large buffer (or the handshake)
     /// from moving into the future unnoticed. (`--nocapture` prints the
@@ -1306,7 +1388,7 @@ mod tests {
         let fut = run_session(c, addr, hub, permit);
         let (task, session) = (size_of_val(&fut), size_of::<GwSession>());
         eprintln!("session future {task} bytes, session {session} bytes");
-        assert!(task <= 1488, "the session future grew to {task} bytes");
+        assert!(task <= 1504, "the session future grew to {task} bytes");
         assert!(session <= 704, "the session grew to {session} bytes");
     }
 
@@ -1410,7 +1492,8 @@ mod tests {
     fn buffers_park_only_after_a_whole_idle_period() {
         let t0 = tokio::time::Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
-        let mut p = Parking::default();
+        let gauge = AtomicU64::new(0);
+        let mut p = Parking::new(&gauge);
         let mut clock_reads = 0;
         let mut checks = Vec::new();
         // A message every millisecond for a second, waiting idle between;
@@ -1448,13 +1531,13 @@ mod tests {
         assert_eq!(p.check_at, Some(again + PARK_AFTER));
     }
 
-    /// Buffers that still hold part of a record are never parked: the
-    /// check waits another period. A session woken only by its timer (a
-    /// ping, no record) parks `PARK_AFTER` after it went idle.
+    /// A check that finds part of a record in the buffers does not make
+    /// parking due: it waits another, longer period.
     #[test]
     fn buffers_in_use_are_not_parked() {
         let t0 = tokio::time::Instant::now();
-        let mut p = Parking::default();
+        let gauge = AtomicU64::new(0);
+        let mut p = Parking::new(&gauge);
         p.idle(|| t0);
         let at = p.check_at.unwrap();
         assert_eq!(at, t0 + PARK_AFTER);
@@ -1464,6 +1547,47 @@ mod tests {
         assert_eq!(p.check_at, Some(next));
         p.check(next, true);
         assert!(p.take_due());
+    }
+
+    /// The gauge counts a session while it holds its buffers: once however
+    /// often it is told, and not after its task ends (a panic included).
+    /// Parking clears a pending check: a parked session has no timer. A
+    /// session that took its buffers back parks at its next wait until
+    /// stream data moves.
+    #[test]
+    fn the_gauge_counts_sessions_holding_buffers() {
+        let gauge = AtomicU64::new(0);
+        let t0 = tokio::time::Instant::now();
+        {
+            let mut p = Parking::new(&gauge);
+            assert_eq!(gauge.load(Ordering::Relaxed), 1);
+            assert!(!p.streamed(0), "a new session has moved no data");
+            p.idle(|| t0);
+            p.busy();
+            p.parked();
+            p.parked();
+            assert_eq!(gauge.load(Ordering::Relaxed), 0);
+            assert_eq!(p.check_at, None);
+            assert!(!p.busy);
+            p.taken(700);
+            p.taken(700);
+            assert_eq!(gauge.load(Ordering::Relaxed), 1);
+            assert!(!p.streamed(700), "a keepalive moves no stream data");
+            assert!(p.streamed(764));
+            p.idle(|| t0);
+            assert_eq!(p.check_at, Some(t0 + PARK_AFTER), "the short period again");
+        }
+        assert_eq!(gauge.load(Ordering::Relaxed), 0, "dropped while holding");
+        let held = std::panic::catch_unwind(|| {
+            let _p = Parking::new(&gauge);
+            panic!("a session task's bug");
+        });
+        assert!(held.is_err());
+        assert_eq!(gauge.load(Ordering::Relaxed), 0, "unwound while holding");
+        let mut parked = Parking::new(&gauge);
+        parked.parked();
+        drop(parked);
+        assert_eq!(gauge.load(Ordering::Relaxed), 0, "dropped while parked");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use device_fw::host::fleet;
 use e2e::acceptor::Acceptor;
-use e2e::procs::{Proc, free_port, loadavg, metric, rss_kib, sibling, wait_listening};
+use e2e::procs::{Proc, cpu_ns, free_port, loadavg, metric, rss_kib, sibling, wait_listening};
 use e2e::setup::BenchDir;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
@@ -219,7 +219,12 @@ fn against_gateway(count: usize, processes: usize, settle: usize) -> Result<(), 
         secs(up[2]),
         started.elapsed().as_secs_f64()
     );
+    // The settle window: the fleet idle, only keepalives on its links.
+    let (cpu0, t0) = (cpu_ns(gw.pid()), Instant::now());
     std::thread::sleep(Duration::from_secs(settle as u64));
+    let idle_cpu = cpu_ns(gw.pid()).zip(cpu0).map_or(-1.0, |(b, a)| {
+        b.saturating_sub(a) as f64 / 1e6 / t0.elapsed().as_secs_f64()
+    });
     let rss = rss_kib(gw.pid()).unwrap_or(0);
     let online = metric(metrics, "gateway_devices_online").unwrap_or(0.0);
     let per_session = rss.saturating_sub(base) as f64 * 1024.0 / count.max(1) as f64;
@@ -229,6 +234,10 @@ fn against_gateway(count: usize, processes: usize, settle: usize) -> Result<(), 
     println!(
         "                   (100,000 sessions at this rate: {:.0} MiB)",
         per_session * 100_000.0 / 1_048_576.0
+    );
+    println!(
+        "gateway CPU idle   {idle_cpu:.2} ms per second over {settle} s with {online} sessions ({:.2} µs per session per second; keepalives every 15 s)",
+        idle_cpu * 1000.0 / online.max(1.0)
     );
 
     // The reconnect storm.
@@ -246,7 +255,7 @@ fn against_gateway(count: usize, processes: usize, settle: usize) -> Result<(), 
         secs(back[2]),
     );
     println!(
-        "RESULT test=fleet devices={count} processes={} bytes_per_session={per_session:.0} online_s={:.2} back_50_s={:.2} back_90_s={:.2} back_100_s={:.2} back_all={}",
+        "RESULT test=fleet devices={count} processes={} bytes_per_session={per_session:.0} idle_cpu_ms_per_s={idle_cpu:.3} online_s={:.2} back_50_s={:.2} back_90_s={:.2} back_100_s={:.2} back_all={}",
         groups.len(),
         up[2].map_or(-1.0, |d| d.as_secs_f64()),
         back[0].map_or(-1.0, |d| d.as_secs_f64()),
