@@ -24,7 +24,13 @@
 //!
 //! In the spirit of Envoy's overload manager: [`Overload::run`] samples
 //! the process's resident memory (`VmRSS` from `/proc/self/status`) and its
-//! open file descriptors (`/proc/self/fd`) twice a second. Past either
+//! open file descriptors (`/proc/self/fd`) twice a second. Counting the
+//! descriptors costs about 0.6 µs each (the kernel makes a directory entry
+//! for every one), 6 ms with 10,000 idle device sessions, so they are
+//! counted only when they could be near the threshold: the last count plus
+//! the sockets opened since ([`socket_opened`], every accept and connect)
+//! bounds them, and a bound below 90 % of the threshold needs no count
+//! (one every [`FD_RECOUNT`] all the same, for other files). Past either
 //! threshold the gateway enters overload: new browser connections are
 //! refused first (they are the cheapest to retry and the least important
 //! to keep), while device sessions and open browser connections and
@@ -366,6 +372,40 @@ impl Admission {
 /// How often [`Overload::run`] samples the process.
 pub const OVERLOAD_SAMPLE: Duration = Duration::from_millis(500);
 
+/// The longest time between two counts of the open descriptors.
+pub const FD_RECOUNT: Duration = Duration::from_secs(10);
+
+/// Descriptors other than sockets (files, pipes) that may open between
+/// two counts: the margin of the bound.
+const FD_SLACK: u64 = 64;
+
+/// Sockets this process accepted or connected since it started.
+static SOCKETS_OPENED: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one socket accepted or connected (for the descriptor bound of
+/// [`Overload::run`]).
+pub fn socket_opened() {
+    SOCKETS_OPENED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The last count of open descriptors, and [`SOCKETS_OPENED`] then.
+#[derive(Clone, Copy, Debug)]
+struct FdCount {
+    fds: u64,
+    opened: u64,
+    at: tokio::time::Instant,
+}
+
+impl FdCount {
+    /// Whether the descriptors must be counted again at `now`, with
+    /// `opened` sockets opened so far: the count is old, or it plus the
+    /// sockets opened since could reach `calm` (90 % of the threshold).
+    fn stale(&self, opened: u64, now: tokio::time::Instant, calm: u64) -> bool {
+        let bound = self.fds + opened.saturating_sub(self.opened) + FD_SLACK;
+        now.duration_since(self.at) >= FD_RECOUNT || bound >= calm
+    }
+}
+
 /// The overload state and its thresholds.
 #[derive(Debug)]
 pub struct Overload {
@@ -392,16 +432,28 @@ pub struct Usage {
 impl Usage {
     /// Reads this process's usage from `/proc` (zero where unreadable).
     pub fn sample() -> Self {
-        let rss = std::fs::read_to_string("/proc/self/status")
+        Self {
+            rss: Self::rss(),
+            fds: Self::open_files(),
+        }
+    }
+
+    /// Resident memory, bytes (`VmRSS`; zero where unreadable).
+    pub fn rss() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {
                 let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
                 let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
                 Some(kib * 1024)
             })
-            .unwrap_or(0);
-        let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-        Self { rss, fds }
+            .unwrap_or(0)
+    }
+
+    /// Open descriptors (zero where unreadable): one directory entry of
+    /// `/proc/self/fd` each, so the cost grows with the count.
+    pub fn open_files() -> u64 {
+        std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
     }
 }
 
@@ -454,15 +506,33 @@ impl Overload {
         now
     }
 
-    /// Samples the process every [`OVERLOAD_SAMPLE`] until the task is dropped.
+    /// Samples the process every [`OVERLOAD_SAMPLE`] until the task is
+    /// dropped: memory every time, descriptors when the last count is stale
+    /// ([`FdCount::stale`]; otherwise that count stands).
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(OVERLOAD_SAMPLE);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let calm = self.open_files / 10 * 9;
+        let mut last: Option<FdCount> = None;
         loop {
             tick.tick().await;
-            let u = tokio::task::spawn_blocking(Usage::sample)
-                .await
-                .unwrap_or(Usage { rss: 0, fds: 0 });
+            let now = tokio::time::Instant::now();
+            let opened = SOCKETS_OPENED.load(Ordering::Relaxed);
+            let count = last.is_none_or(|c| c.stale(opened, now, calm));
+            let kept = last.map_or(0, |c| c.fds);
+            let u = tokio::task::spawn_blocking(move || Usage {
+                rss: Usage::rss(),
+                fds: if count { Usage::open_files() } else { kept },
+            })
+            .await
+            .unwrap_or(Usage { rss: 0, fds: 0 });
+            if count {
+                last = Some(FdCount {
+                    fds: u.fds,
+                    opened,
+                    at: now,
+                });
+            }
             self.update(u);
         }
     }
@@ -565,5 +635,35 @@ mod tests {
         assert_eq!(o.transitions.load(Ordering::Relaxed), 2);
         assert!(a.admit("192.0.2.1".parse().unwrap()).is_ok());
         assert!(Usage::sample().rss > 0);
+        assert!(Usage::open_files() > 0);
+    }
+
+    /// Descriptors are counted again when the last count is old or when it
+    /// plus the sockets opened since could reach 90 % of the threshold;
+    /// otherwise the count stands (an idle fleet's thousands of sessions
+    /// are not listed twice a second).
+    #[test]
+    fn descriptors_are_counted_when_they_could_be_near_the_threshold() {
+        let at = tokio::time::Instant::now();
+        let c = FdCount {
+            fds: 10_000,
+            opened: 500,
+            at,
+        };
+        let calm = 16_000 / 10 * 9;
+        let soon = at + OVERLOAD_SAMPLE;
+        assert!(!c.stale(500, soon, calm), "nothing opened since");
+        assert!(!c.stale(500 + 4_000, soon, calm), "still below 14,400");
+        assert!(
+            c.stale(500 + 4_400 - FD_SLACK, soon, calm),
+            "could be at 14,400"
+        );
+        assert!(c.stale(500, at + FD_RECOUNT, calm), "old");
+        assert!(!c.stale(500, at + FD_RECOUNT - OVERLOAD_SAMPLE, calm));
+        let near = FdCount { fds: 14_400, ..c };
+        assert!(
+            near.stale(500, soon, calm),
+            "at the calm level: every sample"
+        );
     }
 }

@@ -243,6 +243,7 @@ pub async fn serve(edge: Edge, shared: Arc<Shared>, mut shutdown: watch::Receive
             () = stopping(&mut shutdown) => return,
         };
         stats.accepted.fetch_add(1, Ordering::Relaxed);
+        super::admission::socket_opened();
         let permit = match shared.admission.admit(peer.ip()) {
             Ok(p) => p,
             Err(why) => {

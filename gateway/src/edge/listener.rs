@@ -111,6 +111,7 @@ pub fn mss(stream: &TcpStream) -> io::Result<u32> {
 /// reached across tunnels).
 pub async fn connect(addr: SocketAddr, opts: &SocketOptions) -> io::Result<TcpStream> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    super::admission::socket_opened();
     socket.set_tcp_mss(opts.mss)?;
     socket.set_tcp_nodelay(true)?;
     socket.set_tcp_keepalive(&keepalive(opts.keepalive))?;

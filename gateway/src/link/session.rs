@@ -313,6 +313,7 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((sock, peer)) => {
+                    crate::edge::admission::socket_opened();
                     let refusal = match hub.handshakes.acquire(peer.ip()) {
                         Ok(permit) => {
                             start_session(sock, peer, hub.clone(), permit);

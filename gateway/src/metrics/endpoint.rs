@@ -43,6 +43,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
             },
             () = stopping(&mut stop) => return,
         };
+        crate::edge::admission::socket_opened();
         let metrics = metrics.clone();
         let service = service_fn(move |req| {
             let metrics = metrics.clone();
