@@ -28,8 +28,49 @@ fn keepalive_measures_rtt() {
         }
         sim.flush();
     }
-    assert_eq!(rtts, vec![80, 80], "both sides measured the round trip");
+    assert_eq!(
+        rtts,
+        vec![80],
+        "the gateway measured the round trip; the device, pinged, sent no PING"
+    );
     assert_eq!(sim.gateway.rtt().map(|d| d.as_millis()), Some(80));
+}
+
+/// On equal keepalives only the gateway pings a quiet link: the device,
+/// hearing the gateway's PINGs, sends none, so the link carries one PING
+/// and one PONG per period, not two of each. A device that hears nothing
+/// for 1.25 × its keepalive (here: a gateway pinging every 60 s) pings by
+/// itself, and both stay up.
+#[test]
+fn a_device_pings_only_when_the_gateway_is_quiet() {
+    for (gateway_keepalive, device_pings) in [(15, 0..=0), (60, 12..=17)] {
+        let gateway = Config {
+            keepalive: std::time::Duration::from_secs(gateway_keepalive),
+            idle_timeout: std::time::Duration::from_secs(180),
+            ..Config::GATEWAY
+        };
+        let mut sim = Sim::new(24, Config::DEVICE, gateway);
+        sim.connect();
+        let rtts = |evs: &[Ev]| evs.iter().filter(|e| matches!(e, Ev::Rtt(_))).count();
+        let (mut by_device, mut by_gateway) = (0, 0);
+        // Five minutes in steps of 100 ms.
+        for _ in 0..3_000 {
+            sim.advance(100);
+            let (de, ge) = sim.settle();
+            by_device += rtts(&de);
+            by_gateway += rtts(&ge);
+        }
+        assert!(sim.device.is_established() && sim.gateway.is_established());
+        let periods = (300 / gateway_keepalive) as usize;
+        assert!(
+            (periods - 1..=periods).contains(&by_gateway),
+            "gateway keepalive {gateway_keepalive} s: {by_gateway} PINGs"
+        );
+        assert!(
+            device_pings.contains(&by_device),
+            "gateway keepalive {gateway_keepalive} s: the device sent {by_device} PINGs"
+        );
+    }
 }
 
 #[test]

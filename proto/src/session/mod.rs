@@ -982,6 +982,21 @@ where
         self.phase = Phase::Closed;
     }
 
+    /// When the next keepalive PING is due (SPEC §8.2). The gateway pings
+    /// every `keepalive`, for its RTT and the peer's idle timer; the device
+    /// only once it has heard nothing for a quarter longer, so a gateway's
+    /// PINGs (or any other traffic) keep it quiet: a quiet session carries
+    /// one PING and one PONG per period, not two of each.
+    fn ping_at(&self) -> Instant {
+        match self.role {
+            Role::Gateway => self.next_ping,
+            Role::Device => {
+                let k = self.config.keepalive;
+                self.next_ping.max(self.last_rx.saturating_add(k + k / 4))
+            }
+        }
+    }
+
     /// When the session next needs `handle_timeout`.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
@@ -990,7 +1005,7 @@ where
                 let mut t = self
                     .last_rx
                     .saturating_add(self.config.idle_timeout)
-                    .min(self.next_ping);
+                    .min(self.ping_at());
                 if let Some(stall) = self.config.stall_timeout {
                     for s in self.streams.as_ref() {
                         if let (false, Some(since)) = (s.is_free(), s.blocked_since) {
@@ -1015,7 +1030,7 @@ where
                     self.end(CloseReason::IdleTimeout, Code::IDLE_TIMEOUT);
                     return;
                 }
-                if now >= self.next_ping {
+                if now >= self.ping_at() {
                     if self.ping_out.is_none() {
                         self.ping_due = true;
                     }
