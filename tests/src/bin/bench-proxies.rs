@@ -70,6 +70,11 @@ struct Args {
     /// Core for the load generator and the upstreams.
     #[arg(long, default_value_t = 1)]
     load_core: usize,
+    /// Message rate of the paced echo (default: half of nginx's median
+    /// peak, or of the first target's without nginx). A fixed rate
+    /// compares runs that do not measure nginx.
+    #[arg(long)]
+    rate: Option<f64>,
     /// Let the cores idle during the half-load echo (by default a
     /// spinning thread at SCHED_IDLE on each core keeps them awake there:
     /// an idle vCPU here takes milliseconds to wake).
@@ -563,14 +568,24 @@ impl Bench {
         if self.work("rate") {
             // Half of nginx's peak (or of the first target's without nginx).
             let peak_of = |name: &str| self.median(name, "echo64", "msg_per_s");
-            let peak = peak_of("nginx")
-                .or_else(|| targets.first().and_then(|t| peak_of(t.name)))
-                .unwrap_or(2000.0);
-            let rate = format!("--rate={:.0}", peak / 2.0);
+            let (rate, why) = match self.args.rate {
+                Some(r) => (r, "given by --rate"),
+                None => match peak_of("nginx") {
+                    Some(p) => (p / 2.0, "half of nginx's median peak"),
+                    None => (
+                        targets
+                            .first()
+                            .and_then(|t| peak_of(t.name))
+                            .unwrap_or(2000.0)
+                            / 2.0,
+                        "half of the first target's median peak (nginx not measured)",
+                    ),
+                },
+            };
             self.notes.push(format!(
-                "echo at half load: {:.0} msg/s over 100 connections, half of nginx's median peak.",
-                peak / 2.0
+                "echo at half load: {rate:.0} msg/s over 100 connections, {why}."
             ));
+            let rate = format!("--rate={rate:.0}");
             // The cores kept from idling for these rounds only (see
             // `KeepAwake`): at partial load an idle vCPU's wake-up, not
             // the proxy, would set the latency.
