@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 const PROTOCOLS: [&str; 2] = ["dumb-increment-protocol", "lws-mirror-protocol"];
 
@@ -77,10 +77,13 @@ async fn handle(seen: Arc<Seen>, mut req: Request<Incoming>) -> Result<Out, hype
         let key = header("sec-websocket-key").unwrap_or_default();
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
         let upgrade = hyper::upgrade::on(&mut req);
+        // `/small-frames`: frames of at most 256 KiB, as a small server takes.
+        let cfg = (target == "/small-frames")
+            .then(|| WebSocketConfig::default().max_frame_size(Some(256 << 10)));
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(upgrade.await.unwrap());
             let mut ws =
-                tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+                tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, cfg).await;
             while let Some(Ok(m)) = ws.next().await {
                 match m {
                     // Frames that break RFC 6455, written raw: text that is
@@ -504,5 +507,65 @@ async fn a_raw_service_exposed_as_a_websocket_carries_bytes() {
         .fetch(get(1, &host("modbus"), "/modbus").body(empty()).unwrap())
         .await;
     assert_eq!(p.status, 426);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn large_binary_messages_go_on_in_parts() {
+    let (addr, _seen) = server(None).await;
+    let gw = Gw::start(
+        "[websocket]\nmax_message = \"2MiB\"\nmax_frame = \"2MiB\"\n",
+        &[
+            Dev(
+                "meter",
+                &format!("upstream = {{ direct = {{ address = \"{addr}\" }} }}\n{NORMALIZE}"),
+            ),
+            Dev("plc", ""),
+        ],
+    )
+    .await;
+    let _dev = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
+    let big: Vec<u8> = (0..(1u32 << 20) + 3).map(|i| (i % 251) as u8).collect();
+
+    // Direct: the upstream takes frames of at most 256 KiB (as an
+    // embedded server with a small receive buffer would); the browser's
+    // 1 MiB frame reaches it in parts, and its 1 MiB answer comes back
+    // whole.
+    let o = format!("https://{}:{}", host("meter"), gw.addr.port());
+    let (mut ws, _) = gw
+        .ws(
+            1,
+            &host("meter"),
+            "/small-frames",
+            &[
+                ("origin", &o),
+                ("sec-websocket-protocol", "dumb-increment-protocol"),
+            ],
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        ws.send(Message::binary(big.clone())).await.unwrap();
+        let m = ws.next().await.unwrap().unwrap();
+        assert!(m == Message::binary(big.clone()), "direct: message differs");
+    }
+    ws.send(Message::text("after")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("echo:after")
+    );
+
+    // Link: the same message through a device's echo, counted once.
+    let o = format!("https://{}:{}", host("plc"), gw.addr.port());
+    let (mut ws, _) = gw
+        .ws(1, &host("plc"), "/ws", &[("origin", &o)])
+        .await
+        .unwrap();
+    let series = "gateway_websocket_messages_total{direction=\"to_device\"}";
+    let before = gw.metric(series);
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    let m = ws.next().await.unwrap().unwrap();
+    assert!(m == Message::binary(big.clone()), "link: message differs");
+    assert_eq!(gw.metric(series), before + 1.0);
     gw.stop().await;
 }

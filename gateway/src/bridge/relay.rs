@@ -1,7 +1,8 @@
 //! WebSocket to WebSocket: the browser's socket (terminated here, server
 //! role, with the gateway's limits) and an HTTP/1.1 upstream's socket
-//! (raw services, direct upstreams; client role, frames masked), whole
-//! messages relayed each way, close frames passed on as sent. Both are
+//! (raw services, direct upstreams; client role, frames masked), messages
+//! relayed each way (text whole, binary in parts as it arrives), close
+//! frames passed on as sent. Both are
 //! [`super::wsconn::WsConn`]s, so an idle pair holds no buffer.
 //!
 //! Both directions run in the one task of the socket pair (an idle pair
@@ -32,7 +33,7 @@ use super::gate::LiveGuard;
 use super::page::full;
 use super::stats::BridgeStats;
 use super::ws::{Handshake, limits};
-use super::wsconn::{Incoming, OP_BINARY, OP_TEXT, Role, WsConn, close_payload};
+use super::wsconn::{Incoming, OP_BINARY, OP_CONT, OP_TEXT, Role, WsConn, close_payload};
 use super::{Body, Bridge};
 
 /// How long a closing handshake may take once one side has closed.
@@ -85,8 +86,8 @@ pub(super) fn spawn(
                 }
             };
             let lim = limits(&bridge);
-            let browser = WsConn::new(TokioIo::new(b), Role::Server, lim);
-            let upstream = WsConn::new(TokioIo::new(u), Role::Client, lim);
+            let browser = WsConn::new(TokioIo::new(b), Role::Server, lim).in_parts();
+            let upstream = WsConn::new(TokioIo::new(u), Role::Client, lim).in_parts();
             bridge
                 .stats
                 .ws_opened
@@ -120,12 +121,28 @@ enum End {
 /// One direction: `from`'s messages into `to`, and what `to` owes besides
 /// (pongs, queued frames: [`WsConn::drive`]).
 /// (The only writer of `to` while it runs.)
+///
+/// A large binary message goes on in frames as its parts arrive (RFC 6455
+/// §5.4 lets an intermediary refragment when no extension is agreed, and
+/// none ever is here): the relay holds at most a part of it, and the
+/// receiver has its first bytes while the sender is still sending.
 async fn pump(from: &Conn, to: &Conn) -> End {
+    // A message whose first frames went out.
+    let mut midway = false;
     loop {
         tokio::select! {
             m = from.recv() => {
                 let sent = match m {
                     Ok(Incoming::Text(m)) => to.send_owned(OP_TEXT, m).await,
+                    Ok(Incoming::Part(p)) => {
+                        let op = if midway { OP_CONT } else { OP_BINARY };
+                        midway = true;
+                        to.send_owned_fragment(op, p, false).await
+                    }
+                    Ok(Incoming::Binary(m)) if midway => {
+                        midway = false;
+                        to.send_owned_fragment(OP_CONT, m, true).await
+                    }
                     Ok(Incoming::Binary(m)) => to.send_owned(OP_BINARY, m).await,
                     Ok(Incoming::Ping | Incoming::Pong) => Ok(()),
                     Ok(Incoming::Close(p)) => {

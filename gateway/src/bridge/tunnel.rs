@@ -37,7 +37,7 @@ pub(super) fn spawn(
         async move {
             let (_guard, revoked) = live;
             let Ok(io) = browser.await else { return };
-            let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge));
+            let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge)).in_parts();
             bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
             bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
             run(&conn, stream, &revoked, &bridge.stats).await;
@@ -136,7 +136,7 @@ where
     let mut device_gone = false;
     let end = loop {
         match conn.recv().await {
-            Ok(Incoming::Binary(data) | Incoming::Text(data)) => {
+            Ok(Incoming::Binary(data) | Incoming::Part(data) | Incoming::Text(data)) => {
                 // Once the device side is gone, what the browser still
                 // sends is read and dropped until its close.
                 if !device_gone && to.send(MsgKind::Bytes, data, false, false).await.is_err() {

@@ -356,9 +356,12 @@ async fn up<S>(
     };
     let mut device_gone = false;
     loop {
-        let (msg, data) = match conn.recv().await {
-            Ok(Incoming::Text(t)) => (MsgKind::Text, t),
-            Ok(Incoming::Binary(b)) => (MsgKind::Binary, b),
+        // This bridge reads messages whole (its connection is not made
+        // `in_parts`); a part would go on as a DATA frame without END_MSG.
+        let (msg, data, end_msg) = match conn.recv().await {
+            Ok(Incoming::Text(t)) => (MsgKind::Text, t, true),
+            Ok(Incoming::Binary(b)) => (MsgKind::Binary, b, true),
+            Ok(Incoming::Part(b)) => (MsgKind::Binary, b, false),
             Ok(Incoming::Ping | Incoming::Pong) => {
                 seen.touch();
                 continue;
@@ -399,7 +402,7 @@ async fn up<S>(
         if device_gone {
             continue;
         }
-        if to.send(msg, data, true, false).await.is_err() {
+        if to.send(msg, data, end_msg, false).await.is_err() {
             // The device side ended; the down loop closes the browser. Keep
             // reading (and dropping) what the browser still sends until its
             // close: closing a socket with unread data would reset it, and
@@ -407,7 +410,9 @@ async fn up<S>(
             device_gone = true;
             continue;
         }
-        bridge.stats.ws_messages_up.fetch_add(1, Ordering::Relaxed);
+        if end_msg {
+            bridge.stats.ws_messages_up.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
