@@ -477,7 +477,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
             if due || !parking.streamed(payload_moved(&s)) {
                 park(&mut s, &mut parking);
             } else {
-                parking.idle(tokio::time::Instant::now);
+                parking.idle(tokio::time::Instant::now, payload_moved(&s));
             }
         }
         // One timer for the session's life, for proto's deadline, the
@@ -582,7 +582,7 @@ async fn run_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: P
                 s.close(Code::SHUTDOWN);
                 drain_deadline = None;
             }
-            parking.check(now, s.buffers_idle());
+            parking.check(now, s.buffers_idle(), payload_moved(&s));
             s.handle_timeout(clock());
         }
         handle_events(&mut s, &hub, &cmd_tx, streams.get(), &mut state);
@@ -830,7 +830,7 @@ const PARK_CHECK_MAX: Duration = Duration::from_millis(160);
 /// moved only when it comes: a busy session reads the clock once per
 /// check, not once per turn, and its timer moves as seldom. The session is
 /// counted in `gauge` while it holds its buffers, and no longer once this
-/// is dropped, however its task ends. It adds 32 bytes to every session's
+/// is dropped, however its task ends. It adds 40 bytes to every session's
 /// task, idle ones included.
 struct Parking<'g> {
     /// When to look again whether the session has been idle.
@@ -840,6 +840,9 @@ struct Parking<'g> {
     widened: u8,
     /// Whether the session woke for work since `check_at` was armed.
     busy: bool,
+    /// Stream payload moved ([`payload_moved`]) when `check_at` was armed:
+    /// a period whose wake-ups moved none (keepalives) counts as idle.
+    check_mark: u32,
     /// The session was idle for a whole period: park before the next wait.
     due: bool,
     /// Whether the session holds its buffers (is counted in `gauge`).
@@ -859,6 +862,7 @@ impl<'g> Parking<'g> {
             check_at: None,
             widened: 0,
             busy: false,
+            check_mark: 0,
             due: false,
             held: true,
             payload_mark: 0,
@@ -901,12 +905,14 @@ impl<'g> Parking<'g> {
         (PARK_AFTER * (1u32 << self.widened)).min(PARK_CHECK_MAX)
     }
 
-    /// The session is about to wait with idle, unparked buffers: arms the
-    /// check if it is not armed.
-    fn idle(&mut self, now: impl FnOnce() -> tokio::time::Instant) {
+    /// The session is about to wait with idle, unparked buffers
+    /// (`payload`: [`payload_moved`] now): arms the check if it is not
+    /// armed.
+    fn idle(&mut self, now: impl FnOnce() -> tokio::time::Instant, payload: u32) {
         if self.check_at.is_none() {
             self.check_at = Some(now() + self.period());
             self.busy = false;
+            self.check_mark = payload;
         }
     }
 
@@ -916,20 +922,24 @@ impl<'g> Parking<'g> {
     }
 
     /// The session's timer fired at `now`; `idle`: its buffers hold
-    /// nothing. Parking is due if the check has come and the session did
-    /// no work since it was armed; otherwise the check is armed again, a
-    /// longer period ahead.
-    fn check(&mut self, now: tokio::time::Instant, idle: bool) {
+    /// nothing; `payload`: [`payload_moved`] now. Parking is due if the
+    /// check has come and the session did no work since it was armed;
+    /// otherwise the check is armed again, a longer period ahead. Wake-ups
+    /// that moved no stream data are not work: with keepalives shorter
+    /// than the widest period, every period would hold one, and a quiet
+    /// session would keep its buffers for good.
+    fn check(&mut self, now: tokio::time::Instant, idle: bool, payload: u32) {
         let Some(at) = self.check_at else { return };
         if now < at {
             return;
         }
-        if self.busy || !idle {
+        if (self.busy && payload != self.check_mark) || !idle {
             if self.period() < PARK_CHECK_MAX {
                 self.widened += 1;
             }
             self.check_at = Some(now + self.period());
             self.busy = false;
+            self.check_mark = payload;
         } else {
             self.check_at = None;
             self.widened = 0;
@@ -1500,14 +1510,17 @@ mod tests {
         // A message every millisecond for a second, waiting idle between;
         // the timer fires at each check.
         for n in 0..1000u64 {
-            p.idle(|| {
-                clock_reads += 1;
-                ms(n)
-            });
+            p.idle(
+                || {
+                    clock_reads += 1;
+                    ms(n)
+                },
+                n as u32,
+            );
             if p.check_at.is_some_and(|at| at <= ms(n)) {
                 checks.push(n);
             }
-            p.check(ms(n), true);
+            p.check(ms(n), true, n as u32);
             assert!(!p.take_due(), "parked while busy at {n} ms");
             p.busy();
         }
@@ -1517,19 +1530,52 @@ mod tests {
         // armed), the one after finds a whole idle period.
         let armed = p.check_at.unwrap();
         assert_eq!(armed, ms(1100));
-        p.check(armed, true);
+        p.check(armed, true, 1000);
         assert!(!p.take_due());
         let again = p.check_at.unwrap();
         assert_eq!(again, armed + PARK_CHECK_MAX);
-        p.check(again - Duration::from_millis(1), true);
+        p.check(again - Duration::from_millis(1), true, 1000);
         assert!(!p.take_due(), "not before the check is due");
-        p.check(again, true);
+        p.check(again, true, 1000);
         assert!(p.take_due());
         assert!(!p.take_due(), "due once");
         assert_eq!(p.check_at, None, "no timer for a parked session");
         // The next burst starts from the short period again.
-        p.idle(|| again);
+        p.idle(|| again, 1000);
         assert_eq!(p.check_at, Some(again + PARK_AFTER));
+    }
+
+    /// Wake-ups that move no stream data (keepalives) do not hold off
+    /// parking, even when one falls in every period: a session whose
+    /// checks had widened to 160 ms, with a keepalive every 100 ms,
+    /// parks at its next check.
+    #[test]
+    fn keepalives_do_not_keep_a_session_busy() {
+        let t0 = tokio::time::Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let gauge = AtomicU64::new(0);
+        let mut p = Parking::new(&gauge);
+        // Busy with stream data until the checks are 160 ms apart.
+        for n in 0..300u64 {
+            p.idle(|| ms(n), n as u32);
+            p.check(ms(n), true, n as u32);
+            p.busy();
+        }
+        assert_eq!(p.period(), PARK_CHECK_MAX);
+        // Then only keepalives: wake-ups, no stream data.
+        let mut parked_at = None;
+        for n in 300..1000u64 {
+            if n % 100 == 0 {
+                p.busy();
+            }
+            p.check(ms(n), true, 299);
+            if p.take_due() {
+                parked_at = Some(n);
+                break;
+            }
+        }
+        let at = parked_at.expect("never parked between keepalives");
+        assert!(at <= 300 + 2 * 160, "parked at {at} ms");
     }
 
     /// A check that finds part of a record in the buffers does not make
@@ -1539,14 +1585,14 @@ mod tests {
         let t0 = tokio::time::Instant::now();
         let gauge = AtomicU64::new(0);
         let mut p = Parking::new(&gauge);
-        p.idle(|| t0);
+        p.idle(|| t0, 0);
         let at = p.check_at.unwrap();
         assert_eq!(at, t0 + PARK_AFTER);
-        p.check(at, false);
+        p.check(at, false, 0);
         assert!(!p.take_due());
         let next = at + 2 * PARK_AFTER;
         assert_eq!(p.check_at, Some(next));
-        p.check(next, true);
+        p.check(next, true, 0);
         assert!(p.take_due());
     }
 
@@ -1563,7 +1609,7 @@ mod tests {
             let mut p = Parking::new(&gauge);
             assert_eq!(gauge.load(Ordering::Relaxed), 1);
             assert!(!p.streamed(0), "a new session has moved no data");
-            p.idle(|| t0);
+            p.idle(|| t0, 0);
             p.busy();
             p.parked();
             p.parked();
@@ -1575,7 +1621,7 @@ mod tests {
             assert_eq!(gauge.load(Ordering::Relaxed), 1);
             assert!(!p.streamed(700), "a keepalive moves no stream data");
             assert!(p.streamed(764));
-            p.idle(|| t0);
+            p.idle(|| t0, 764);
             assert_eq!(p.check_at, Some(t0 + PARK_AFTER), "the short period again");
         }
         assert_eq!(gauge.load(Ordering::Relaxed), 0, "dropped while holding");
