@@ -331,7 +331,7 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("not started: the configuration has errors");
     };
     tracing::info!("configuration: {}", config.summary());
-    runtime()?.block_on(serve(config))
+    runtime(config.gateway.threads)?.block_on(serve(config))
 }
 
 fn demo(args: &DemoArgs) -> anyhow::Result<()> {
@@ -345,14 +345,38 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             anyhow::bail!("{name} {port} is also given as {other}");
         }
     }
-    runtime()?.block_on(serve_demo(args))
+    runtime(0)?.block_on(serve_demo(args))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+/// The async runtime for `[gateway] threads` (0: one thread per CPU this
+/// process may run on). One thread runs tokio's current-thread scheduler:
+/// the tasks, the I/O driver and the timers all on this thread, with no
+/// work-stealing queues and no wake-ups handed between threads (a browser
+/// task waking its device session is a push onto a local queue). With
+/// more, the multi-thread scheduler with that many workers.
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        n => n,
+    };
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    let rt = rt.context("cannot start the async runtime")?;
+    let (plural, scheduler) = if threads == 1 {
+        ("", "current-thread")
+    } else {
+        ("s", "multi-thread")
+    };
+    tracing::info!("runtime: {threads} thread{plural} ({scheduler} scheduler)");
+    Ok(rt)
 }
 
 /// Serves `config` until SIGTERM, reloading on SIGHUP.

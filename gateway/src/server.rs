@@ -497,6 +497,10 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
         old.gateway.drain_timeout != new.gateway.drain_timeout,
         "[gateway] drain_timeout",
     );
+    check(
+        old.gateway.threads != new.gateway.threads,
+        "[gateway] threads",
+    );
     check(old.http != new.http, "[http]");
     check(old.http3 != new.http3, "[http3]");
     check(old.gateway.limits != new.gateway.limits, "[gateway.limits]");

@@ -226,8 +226,15 @@ struct Running {
 
 impl Running {
     fn start(args: &[&str]) -> Self {
+        Self::start_with(BIN, &[], args)
+    }
+
+    /// `program` with `before` and then `args` (`program` runs the gateway
+    /// in its own process, as `taskset` does).
+    fn start_with(program: &str, before: &[&str], args: &[&str]) -> Self {
         use std::io::BufRead as _;
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(program)
+            .args(before)
             .args(args)
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::piped())
@@ -303,7 +310,28 @@ fn run_serves_until_sigterm_and_exits_zero() {
     gw.wait_line("device link listening");
     let line = gw.wait_line("browsers listening");
     assert!(line.contains("127.0.0.1:"), "{line}");
+    // One worker per CPU by default.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let line = gw.wait_line("runtime:");
+    assert!(line.contains(&format!("runtime: {cpus} thread")), "{line}");
     assert_eq!(gw.stop(), Some(0));
+
+    // `[gateway] threads`: one runs the current-thread scheduler.
+    let good = std::fs::read_to_string(&file).unwrap();
+    for (n, says) in [
+        (1, "runtime: 1 thread (current-thread scheduler)"),
+        (3, "runtime: 3 threads (multi-thread scheduler)"),
+    ] {
+        dir.write(
+            "gateway.toml",
+            &good.replace("[gateway]\n", &format!("[gateway]\nthreads = {n}\n")),
+        );
+        let gw = Running::start(&["run", "--config", file.to_str().unwrap()]);
+        gw.wait_line(says);
+        gw.wait_line("browsers listening");
+        assert_eq!(gw.stop(), Some(0));
+    }
+    dir.write("gateway.toml", &good);
 
     // A bad configuration stops `run` before it binds anything, with exit code 1.
     dir.write("gateway.toml", "[gateway]\ndomain = \"x\"\n");
@@ -368,6 +396,13 @@ fn demo_serves_its_device_and_reuses_its_files() {
     gw.wait_line("device online");
     assert_eq!(gw.stop(), Some(0));
     assert_eq!(std::fs::read_to_string(data.join("ca.pem")).unwrap(), ca);
+
+    // Allowed one CPU, the gateway runs on one thread, and serves: the
+    // demo device's session comes up over the link.
+    let gw = Running::start_with("taskset", &["-c", "0", BIN], &args);
+    gw.wait_line("runtime: 1 thread (current-thread scheduler)");
+    gw.wait_line("device online");
+    assert_eq!(gw.stop(), Some(0));
 
     let out = gateway(&["demo", "--https-port", "7000"]);
     assert_eq!(out.status.code(), Some(1));

@@ -75,6 +75,7 @@ fn a_minimal_file_gets_every_default() {
     assert_eq!(c.gateway.key.expose().public_key(), public);
     assert_eq!(c.gateway.devices_file, None);
     assert_eq!(c.gateway.drain_timeout, Duration::from_secs(10));
+    assert_eq!(c.gateway.threads, 0);
     assert_eq!(c.listeners.len(), 1);
     let l = c.listeners[0];
     assert_eq!(l.address, "127.0.0.1:0".parse().unwrap());
@@ -130,6 +131,7 @@ data_dir = "."
 key_file = "gateway.key"
 public_port = 443
 drain_timeout = "30s"
+threads = 2
 
 [[listen]]
 address = "[::]:8443"
@@ -224,6 +226,7 @@ fn a_full_file_types_every_value() {
     assert_eq!(c.gateway.domain, "gw.example.com");
     assert_eq!(c.gateway.public_port, Some(443));
     assert_eq!(c.gateway.drain_timeout, Duration::from_secs(30));
+    assert_eq!(c.gateway.threads, 2);
     assert_eq!(c.listeners[0].address, "[::]:8443".parse().unwrap());
     assert_eq!(
         c.listeners[0].socket,
@@ -1041,4 +1044,23 @@ fn link_stream_windows_must_fit_the_session_window() {
         ),
         (2 << 20, 2 << 20)
     );
+}
+
+#[test]
+fn runtime_threads_are_bounded() {
+    let dir = TempDir::new("threads");
+    for (bad, why) in [
+        ("5000", "threads = 5000 is out of range 0..=1024"),
+        ("-1", "threads = -1 is out of range 0..=1024"),
+        ("\"two\"", "invalid type: string \"two\", expected i64"),
+    ] {
+        let text = MINIMAL.replace("[gateway]\n", &format!("[gateway]\nthreads = {bad}\n"));
+        let e = only(dir.load(&text).unwrap_err());
+        assert_eq!(e.at.position.map(|p| p.line), Some(2), "{e}");
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let c = dir
+        .load(&MINIMAL.replace("[gateway]\n", "[gateway]\nthreads = 1\n"))
+        .unwrap();
+    assert_eq!(c.gateway.threads, 1);
 }

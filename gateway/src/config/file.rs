@@ -199,6 +199,13 @@ pub struct GatewaySection {
     /// How long a graceful shutdown (SIGTERM) waits for in-flight requests
     /// and device sessions before closing them. Default `"10s"`.
     pub drain_timeout: Option<Spanned<String>>,
+    /// Threads that run connections and device sessions, 0 to 1024; 0 is
+    /// one per CPU the gateway may run on (its CPU affinity, as `taskset`
+    /// or a container sets it). With one (also the default on a one-CPU
+    /// machine) everything runs on tokio's current-thread scheduler, which
+    /// hands no wake-ups between threads. Takes effect on restart.
+    /// Default 0.
+    pub threads: Option<Spanned<i64>>,
     /// `[gateway.limits]`: connection caps, overload protection and the
     /// browser timeouts that guard against slow clients.
     #[serde(default)]

@@ -26,6 +26,7 @@
 //! devices_file = "devices.toml"  # optional, more [[device]] entries
 //! # public_port = 443            # when a port mapping sits in front
 //! # drain_timeout = "10s"
+//! # threads = 0                  # 0: one per CPU; 1: the current-thread scheduler
 //!
 //! [[listen]]                     # one or more
 //! address = "[::]:443"

@@ -38,6 +38,8 @@ pub struct Gateway {
     pub devices_file: Option<PathBuf>,
     /// Graceful shutdown deadline. Default 10 s.
     pub drain_timeout: Duration,
+    /// Runtime threads; 0 (the default) is one per CPU available.
+    pub threads: usize,
     /// `[gateway.limits]`: connection caps, overload, slow-client timers.
     pub limits: Limits,
 }
@@ -422,6 +424,7 @@ pub(crate) fn gateway(
         .as_ref()
         .map(|f| data_dir.join(f.get_ref()));
     let drain_timeout = ctx.duration(raw.drain_timeout.as_ref(), DEFAULT_DRAIN_TIMEOUT);
+    let threads = ctx.int("threads", raw.threads.as_ref(), 0, 0..=1024) as usize;
     let limits = limits(ctx, &raw.limits);
     let key = match keys::read_key_file(&key_file) {
         Ok(k) => Some(k),
@@ -454,6 +457,7 @@ pub(crate) fn gateway(
         key,
         devices_file,
         drain_timeout,
+        threads,
         limits,
     })
 }
