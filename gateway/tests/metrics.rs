@@ -142,6 +142,11 @@ async fn the_exposition_counts_what_happened() {
         "gateway_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     )));
+    // This test's runtime: two workers.
+    assert_eq!(
+        value(&text, "gateway_runtime_threads{scheduler=\"multi_thread\"}"),
+        2.0
+    );
 
     assert_eq!(external::get(metrics, "/healthz").await.0, 200);
     assert_eq!(external::get(metrics, "/readyz").await.0, 200);

@@ -65,6 +65,11 @@ const BUILD_INFO: Family = gauge(
     &["version"],
     "Always 1; the version of the running gateway.",
 );
+const RUNTIME_THREADS: Family = gauge(
+    "gateway_runtime_threads",
+    &["scheduler"],
+    "Threads that run the gateway's tasks ([gateway] threads), by tokio scheduler: current_thread (one thread) or multi_thread.",
+);
 const TLS_HANDSHAKES: Family = counter(
     "gateway_tls_handshakes_total",
     &["result"],
@@ -300,6 +305,7 @@ const RELOAD_TIME: Family = gauge(
 /// Every family [`Gateway`] exports.
 pub const FAMILIES: &[Family] = &[
     BUILD_INFO,
+    RUNTIME_THREADS,
     TLS_HANDSHAKES,
     CONNECTIONS_ACCEPTED,
     CONNECTIONS_OPEN,
@@ -679,6 +685,18 @@ impl Collector for Gateway {
             &BUILD_INFO,
             vec![sample(&BUILD_INFO, &[env!("CARGO_PKG_VERSION")], 1.0)],
         );
+        // The runtime this scrape runs on (none outside one: not exported).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let scheduler = match rt.runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::CurrentThread => "current_thread",
+                _ => "multi_thread",
+            };
+            let threads = rt.metrics().num_workers() as f64;
+            out.family(
+                &RUNTIME_THREADS,
+                vec![sample(&RUNTIME_THREADS, &[scheduler], threads)],
+            );
+        }
         self.edge(&mut out);
         self.bridge(&mut out);
         self.link(&mut out);
@@ -714,11 +732,22 @@ mod tests {
             Arc::new(EdgeStats::new(overload)),
             Arc::new(Reloads::new()),
         );
-        let exported = gateway.collect();
+        // Scraped on a runtime, as the endpoint is: one thread here.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let exported = rt.block_on(async { gateway.collect() });
         assert!(
             exported.len() >= FAMILIES.len() - 1,
             "only RTT may be missing"
         );
+        let threads = exported
+            .iter()
+            .find(|f| f.name() == "gateway_runtime_threads")
+            .expect("gateway_runtime_threads");
+        let m = &threads.get_metric()[0];
+        assert_eq!(m.get_label()[0].value(), "current_thread");
+        assert_eq!(m.get_gauge().get_value(), 1.0);
         for f in &exported {
             assert!(
                 FAMILIES.iter().any(|l| l.name == f.name()),
