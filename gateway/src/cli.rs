@@ -359,22 +359,18 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
         n => n,
     };
-    let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    let (mut builder, scheduler, plural) = if threads == 1 {
+        let b = tokio::runtime::Builder::new_current_thread();
+        (b, "current-thread", "")
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        (b, "multi-thread", "s")
     };
-    let rt = rt.context("cannot start the async runtime")?;
-    let (plural, scheduler) = if threads == 1 {
-        ("", "current-thread")
-    } else {
-        ("s", "multi-thread")
-    };
+    let rt = builder
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
     tracing::info!("runtime: {threads} thread{plural} ({scheduler} scheduler)");
     Ok(rt)
 }

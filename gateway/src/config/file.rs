@@ -200,8 +200,8 @@ pub struct GatewaySection {
     /// and device sessions before closing them. Default `"10s"`.
     pub drain_timeout: Option<Spanned<String>>,
     /// Threads that run connections and device sessions, 0 to 1024; 0 is
-    /// one per CPU the gateway may run on (its CPU affinity, as `taskset`
-    /// or a container sets it). With one (also the default on a one-CPU
+    /// one per CPU the gateway may use (its CPU affinity, as `taskset`
+    /// sets it, and its cgroup CPU quota, as a container's limit sets it). With one (also the default on a one-CPU
     /// machine) everything runs on tokio's current-thread scheduler, which
     /// hands no wake-ups between threads. Takes effect on restart.
     /// Default 0.
