@@ -16,7 +16,11 @@
 //! AES-256-GCM ([`AesGcm`], feature `ring`): the record cipher two hosts
 //! with AES instructions negotiate (SPEC.md §3.3, §4.2). With AES-NI and
 //! carry-less multiply it costs the gateway about a third of what
-//! ChaCha20-Poly1305 does per byte. Devices never offer it: on a Cortex-M33
+//! ChaCha20-Poly1305 does per byte. It runs on ring, or on AWS-LC with
+//! feature `aws-lc` (the gateway's): AWS-LC's AES-GCM uses 512-bit vector
+//! AES where the CPU has it, about twice ring's speed per byte on 16 KiB
+//! records there (BENCHMARKS.md, "AES-GCM on AWS-LC"), and the same
+//! elsewhere. Both make the same bytes (tested below). Devices never offer it: on a Cortex-M33
 //! without an AES unit it would be slower than ChaCha20 and not constant
 //! time. Both ciphers take the same 32-byte key and the same nonce layout.
 //!
@@ -179,17 +183,24 @@ impl Ring {
 #[cfg(feature = "ring")]
 pub(crate) const AES_GCM_BLOCK_LIMIT: u64 = 1 << 36;
 
-/// ring's AES-256-GCM (feature `ring`).
+/// The library AES-256-GCM runs on: AWS-LC with feature `aws-lc`, ring
+/// otherwise. The two have the same `aead` interface.
+#[cfg(feature = "aws-lc")]
+use aws_lc_rs::aead as aes_lib;
+#[cfg(all(feature = "ring", not(feature = "aws-lc")))]
+use ring::aead as aes_lib;
+
+/// AES-256-GCM (feature `ring`; on AWS-LC with feature `aws-lc`).
 ///
-/// ring's key object holds the AES key schedule and the GHASH table (about
-/// 530 bytes); unlike ChaCha20's it costs real work to make. It is made at
+/// The library's key object holds the AES key schedule and the GHASH table
+/// (about 530 bytes with ring); unlike ChaCha20's it costs real work to make. It is made at
 /// the first record and kept while the session is busy; [`AesGcm::release`]
 /// drops it when the session parks, so an idle session holds 32 bytes of
 /// key, as with ChaCha20-Poly1305.
 #[cfg(feature = "ring")]
 pub(crate) struct AesGcm {
     key: [u8; 32],
-    cached: Option<Box<ring::aead::LessSafeKey>>,
+    cached: Option<Box<aes_lib::LessSafeKey>>,
     /// Blocks processed so far, toward [`AES_GCM_BLOCK_LIMIT`].
     blocks: u64,
 }
@@ -226,13 +237,13 @@ impl AesGcm {
         }
     }
 
-    fn key(&mut self) -> &ring::aead::LessSafeKey {
+    fn key(&mut self) -> &aes_lib::LessSafeKey {
         let key = &self.key;
         self.cached.get_or_insert_with(|| {
             // A 32-byte key is the one length AES_256_GCM takes.
-            let key = ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, key)
+            let key = aes_lib::UnboundKey::new(&aes_lib::AES_256_GCM, key)
                 .unwrap_or_else(|_| unreachable!());
-            Box::new(ring::aead::LessSafeKey::new(key))
+            Box::new(aes_lib::LessSafeKey::new(key))
         })
     }
 
@@ -244,7 +255,14 @@ impl AesGcm {
         buf: &mut [u8],
     ) -> Result<[u8; TAG_LEN], AeadError> {
         self.spend(buf.len())?;
-        ring_seal(self.key(), n, ad, buf)
+        let nonce = aes_lib::Nonce::assume_unique_for_key(nonce_bytes(n));
+        let tag = self
+            .key()
+            .seal_in_place_separate_tag(nonce, aes_lib::Aad::from(ad), buf)
+            .map_err(|_| AeadError)?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
     }
 
     /// Decrypts `buf` in place under nonce `n` if `tag` authenticates it.
@@ -256,10 +274,18 @@ impl AesGcm {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), AeadError> {
         self.spend(buf.len())?;
-        ring_open(self.key(), n, ad, buf, tag)
+        let nonce = aes_lib::Nonce::assume_unique_for_key(nonce_bytes(n));
+        let ad = aes_lib::Aad::from(ad);
+        #[cfg(feature = "aws-lc")]
+        let opened = self.key().open_in_place_separate_tag(nonce, ad, tag, buf);
+        #[cfg(not(feature = "aws-lc"))]
+        let opened =
+            self.key()
+                .open_in_place_separate_tag(nonce, ad, aes_lib::Tag::from(*tag), buf, 0..);
+        opened.map(|_| ()).map_err(|_| AeadError)
     }
 
-    /// Drops ring's key object until the next record.
+    /// Drops the library's key object until the next record.
     pub(crate) fn release(&mut self) {
         self.cached = None;
     }
@@ -413,6 +439,52 @@ mod tests {
         assert_eq!(block, [0; 16]);
         // Switching twice is refused: the key is already AES's.
         assert!(a.to_aes_gcm().is_none());
+    }
+
+    /// AWS-LC's AES-256-GCM (feature `aws-lc`) makes ring's bytes and opens
+    /// ring's records: a gateway on either talks to a device on either.
+    #[cfg(feature = "aws-lc")]
+    #[test]
+    fn aws_lc_and_ring_aes_gcm_are_wire_compatible() {
+        use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+        let (key, ad, data) = sample();
+        let ring = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).unwrap());
+        let mut ours = AesGcm::new(&key);
+        for len in [0, 1, 15, 16, 17, 63, 64, 65, 255, 1000, 16 * 1024, MAX] {
+            let data = &data[..len];
+            for n in [0, 1, 0x0102_0304_0506_0708, u64::MAX - 1] {
+                for ad in [&ad[..], &[][..]] {
+                    let (mut a, mut b) = ([0u8; MAX], [0u8; MAX]);
+                    let (a, b) = (&mut a[..len], &mut b[..len]);
+                    a.copy_from_slice(data);
+                    b.copy_from_slice(data);
+                    let ta = ours.seal(n, ad, a).unwrap();
+                    let nonce = || Nonce::assume_unique_for_key(nonce_bytes(n));
+                    let tb = ring
+                        .seal_in_place_separate_tag(nonce(), Aad::from(ad), b)
+                        .unwrap();
+                    assert_eq!((&*a, &ta[..]), (&*b, tb.as_ref()), "len {len} nonce {n}");
+                    // Each opens the other's record; a flipped bit fails.
+                    ring.open_in_place_separate_tag(nonce(), Aad::from(ad), tb, a, 0..)
+                        .unwrap();
+                    assert_eq!(&*a, data);
+                    ours.open(n, ad, b, &ta).unwrap();
+                    assert_eq!(&*b, data);
+                    let tc = ring
+                        .seal_in_place_separate_tag(nonce(), Aad::from(ad), a)
+                        .unwrap();
+                    if let Some(first) = a.first_mut() {
+                        *first ^= 1;
+                    }
+                    let mut tag = [0u8; TAG_LEN];
+                    tag.copy_from_slice(tc.as_ref());
+                    if len == 0 {
+                        tag[0] ^= 1;
+                    }
+                    assert_eq!(ours.open(n, ad, a, &tag), Err(AeadError));
+                }
+            }
+        }
     }
 
     /// A key stops at its block limit, counting each record's blocks plus

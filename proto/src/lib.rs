@@ -27,8 +27,9 @@
 //! - [`noise`]: Noise IK over X25519, ChaCha20-Poly1305 and BLAKE2s, both roles.
 //! - [`session`]: the session state machine for either role, with its streams.
 //! - `aead`: ChaCha20-Poly1305, RustCrypto's (default, what devices run) or
-//!   ring's (feature `ring`, hosts; same bytes on the wire), and ring's
-//!   AES-256-GCM (feature `ring`), the record cipher hosts may negotiate.
+//!   ring's (feature `ring`, hosts; same bytes on the wire), and
+//!   AES-256-GCM (feature `ring`; on AWS-LC with feature `aws-lc`, ring's
+//!   otherwise), the record cipher hosts may negotiate.
 //! - [`backoff`]: the reconnect policy devices follow.
 //! - [`keys`], [`code`], [`time`], [`varint`]: small shared types.
 

@@ -9,6 +9,7 @@
 //! - [`tls`]: rustls acceptor: ALPN, resumption, SNI, reload, handshake deadline, local CA.
 //! - [`tls_stream`]: the TLS stream (rustls' unbuffered API under buffers freed while idle).
 //! - [`kx`]: X25519 on AWS-LC, the key exchange groups the TLS offers.
+//! - [`gcm`]: TLS 1.3 AES-GCM records on AWS-LC.
 //! - [`client_hello`]: the SNI read from the ClientHello (the unbuffered API does not expose it).
 //! - [`http`]: the accept loop: TLS, then hyper (HTTP/1.1 and HTTP/2) into the bridge.
 //! - [`quic`]: HTTP/3 over QUIC (quinn, h3) on the TLS listeners' ports, into the same bridge.
@@ -16,6 +17,7 @@
 pub mod admission;
 pub mod client_hello;
 pub mod framing;
+pub mod gcm;
 pub mod guard;
 pub mod http;
 pub mod kx;

@@ -810,6 +810,69 @@ mod tests {
         }
     }
 
+    /// TLS 1.3's AES-GCM suites record on AWS-LC (`super::super::gcm`), and
+    /// a ring client (what the records must interoperate with) reads and
+    /// writes through them: records of one byte, full ones and many.
+    #[tokio::test]
+    async fn aes_gcm_records_are_aws_lc_and_a_ring_client_reads_them() {
+        use rustls::crypto::ring::cipher_suite as ring_suites;
+        for (ring, ours) in [
+            (
+                ring_suites::TLS13_AES_128_GCM_SHA256,
+                &*crate::edge::gcm::TLS13_AES_128_GCM_SHA256,
+            ),
+            (
+                ring_suites::TLS13_AES_256_GCM_SHA384,
+                &*crate::edge::gcm::TLS13_AES_256_GCM_SHA384,
+            ),
+        ] {
+            let (tls, ca) = server();
+            let mut roots = RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.ca_pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let mut provider = rustls::crypto::ring::default_provider();
+            provider.cipher_suites = vec![ring];
+            let cfg = ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let (a, b) = duplex(64 * 1024);
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+            let name = ServerName::try_from("PLC-1.gw.example").unwrap();
+            let (s, c) = tokio::join!(tls.accept(a), connector.connect(name, b));
+            let (mut s, mut c) = (s.unwrap(), c.unwrap());
+            let negotiated = s.negotiated_cipher_suite().unwrap();
+            assert_eq!(negotiated.suite(), ring.suite());
+            let aead = negotiated.tls13().unwrap().aead_alg;
+            assert!(
+                std::ptr::addr_eq(aead, ours.tls13().unwrap().aead_alg),
+                "ring's records"
+            );
+            for (i, len) in [1usize, 16_384, 100_000].into_iter().enumerate() {
+                let (up, down) = (pattern(len, i as u8), pattern(len, 50 + i as u8));
+                let (mut got_up, mut got_down) = (vec![0; len], vec![0; len]);
+                let server = async {
+                    s.read_exact(&mut got_up).await.unwrap();
+                    s.write_all(&down).await.unwrap();
+                    s.flush().await.unwrap();
+                };
+                let client = async {
+                    c.write_all(&up).await.unwrap();
+                    c.flush().await.unwrap();
+                    c.read_exact(&mut got_down).await.unwrap();
+                };
+                tokio::join!(server, client);
+                assert!(
+                    got_up == up && got_down == down,
+                    "{len} bytes, {:?}",
+                    ring.suite()
+                );
+            }
+        }
+    }
+
     /// The handshake's key exchange is the gateway's X25519 on AWS-LC
     /// (`super::super::kx`), not ring's, under both TLS versions.
     #[tokio::test]
