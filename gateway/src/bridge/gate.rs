@@ -32,6 +32,10 @@ pub(super) struct LiveSockets {
     map: Mutex<HashMap<u64, Live>>,
 }
 
+/// A live socket's entry among the live ones and the signal that its
+/// access was revoked (what [`LiveSockets::register`] gives).
+pub(super) type LiveEntry = (LiveGuard, Arc<Notify>);
+
 /// Unregisters a WebSocket when dropped.
 pub(super) struct LiveGuard {
     bridge: Arc<Bridge>,
@@ -54,7 +58,7 @@ impl LiveSockets {
         bridge: &Arc<Bridge>,
         principal: Option<Principal>,
         device: &str,
-    ) -> (LiveGuard, Arc<Notify>) {
+    ) -> LiveEntry {
         let id = bridge.live.next.fetch_add(1, Ordering::Relaxed);
         let stop = Arc::new(Notify::new());
         bridge

@@ -19,6 +19,7 @@
 //! lost closes the browser with 1011; access revoked by a reload, 1008.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tracing::{Instrument as _, debug};
 
-use super::gate::LiveGuard;
+use super::gate::LiveEntry;
 use super::page::full;
 use super::stats::BridgeStats;
 use super::ws::{Handshake, limits};
@@ -67,43 +68,51 @@ pub(super) fn spawn(
     bridge: Arc<Bridge>,
     browser: OnUpgrade,
     upstream: OnUpgrade,
-    live: (LiveGuard, Arc<Notify>),
+    live: LiveEntry,
     device: &str,
 ) {
     let span = tracing::info_span!("websocket", device = %device, upstream = "http1");
-    tokio::spawn(
-        async move {
-            let (_guard, revoked) = live;
-            let (b, u) = match tokio::join!(browser, upstream) {
-                (Ok(b), Ok(u)) => (b, u),
-                (b, u) => {
-                    debug!(
-                        browser = b.is_ok(),
-                        upstream = u.is_ok(),
-                        "an upgrade did not complete"
-                    );
-                    return;
-                }
-            };
-            let lim = limits(&bridge);
-            let browser = WsConn::new(TokioIo::new(b), Role::Server, lim).in_parts();
-            let upstream = WsConn::new(TokioIo::new(u), Role::Client, lim).in_parts();
-            bridge
-                .stats
-                .ws_opened
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            bridge
-                .stats
-                .ws_open
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            relay(&browser, &upstream, &revoked, &bridge.stats).await;
-            bridge
-                .stats
-                .ws_open
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        }
-        .instrument(span),
-    );
+    tokio::spawn(task(bridge, browser, upstream, live).instrument(span));
+}
+
+/// The relay's task: both upgrades, then both directions. Captured once
+/// and used where it lies, as the link bridge's task is (`super::ws`): this
+/// future is most of what an idle relayed socket costs.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
+fn task(
+    bridge: Arc<Bridge>,
+    browser: OnUpgrade,
+    upstream: OnUpgrade,
+    live: LiveEntry,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        // The pair is captured whole: its guard keeps the socket among the
+        // live ones (for revocation) until the task ends. (Naming only the
+        // signal would capture only that field and drop the guard now.)
+        let live = &live;
+        let (b, u) = match tokio::join!(browser, upstream) {
+            (Ok(b), Ok(u)) => (b, u),
+            (b, u) => {
+                debug!(
+                    browser = b.is_ok(),
+                    upstream = u.is_ok(),
+                    "an upgrade did not complete"
+                );
+                return;
+            }
+        };
+        let lim = limits(&bridge);
+        let browser = WsConn::new(TokioIo::new(b), Role::Server, lim).in_parts();
+        let upstream = WsConn::new(TokioIo::new(u), Role::Client, lim).in_parts();
+        let stats = &bridge.stats;
+        stats.ws_opened.fetch_add(1, Ordering::Relaxed);
+        stats.ws_open.fetch_add(1, Ordering::Relaxed);
+        relay(&browser, &upstream, &live.1, stats).await;
+        stats.ws_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What ended one direction.
@@ -126,44 +135,50 @@ enum End {
 /// §5.4 lets an intermediary refragment when no extension is agreed, and
 /// none ever is here): the relay holds at most a part of it, and the
 /// receiver has its first bytes while the sender is still sending.
-async fn pump(from: &Conn, to: &Conn) -> End {
-    // A message whose first frames went out.
-    let mut midway = false;
-    loop {
-        tokio::select! {
-            m = from.recv() => {
-                let sent = match m {
-                    Ok(Incoming::Text(m)) => to.send_owned(OP_TEXT, m).await,
-                    Ok(Incoming::Part(p)) => {
-                        let op = if midway { OP_CONT } else { OP_BINARY };
-                        midway = true;
-                        to.send_owned_fragment(op, p, false).await
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
+fn pump(from: &Conn, to: &Conn) -> impl Future<Output = End> {
+    async move {
+        // A message whose first frames went out.
+        let mut midway = false;
+        loop {
+            tokio::select! {
+                m = from.recv() => {
+                    let sent = match m {
+                        Ok(Incoming::Text(m)) => to.send_owned(OP_TEXT, m).await,
+                        Ok(Incoming::Part(p)) => {
+                            let op = if midway { OP_CONT } else { OP_BINARY };
+                            midway = true;
+                            to.send_owned_fragment(op, p, false).await
+                        }
+                        Ok(Incoming::Binary(m)) if midway => {
+                            midway = false;
+                            to.send_owned_fragment(OP_CONT, m, true).await
+                        }
+                        Ok(Incoming::Binary(m)) => to.send_owned(OP_BINARY, m).await,
+                        Ok(Incoming::Ping | Incoming::Pong) => Ok(()),
+                        Ok(Incoming::Close(p)) => {
+                            let _ = to.send_close(&p).await;
+                            return End::Closed(p);
+                        }
+                        Err(e) => {
+                            debug!("WebSocket relay: {e}");
+                            return match e.close() {
+                                Some((code, reason)) => End::Failed(code, reason),
+                                None => End::Lost,
+                            };
+                        }
+                    };
+                    if sent.is_err() {
+                        return End::SinkLost;
                     }
-                    Ok(Incoming::Binary(m)) if midway => {
-                        midway = false;
-                        to.send_owned_fragment(OP_CONT, m, true).await
-                    }
-                    Ok(Incoming::Binary(m)) => to.send_owned(OP_BINARY, m).await,
-                    Ok(Incoming::Ping | Incoming::Pong) => Ok(()),
-                    Ok(Incoming::Close(p)) => {
-                        let _ = to.send_close(&p).await;
-                        return End::Closed(p);
-                    }
-                    Err(e) => {
-                        debug!("WebSocket relay: {e}");
-                        return match e.close() {
-                            Some((code, reason)) => End::Failed(code, reason),
-                            None => End::Lost,
-                        };
-                    }
-                };
-                if sent.is_err() {
-                    return End::SinkLost;
                 }
-            }
-            r = to.drive() => {
-                if r.is_err() {
-                    return End::SinkLost;
+                r = to.drive() => {
+                    if r.is_err() {
+                        return End::SinkLost;
+                    }
                 }
             }
         }
@@ -172,79 +187,87 @@ async fn pump(from: &Conn, to: &Conn) -> End {
 
 /// Both directions in this one task (two tasks of their own cost a task
 /// allocation each for every idle socket), then the closing handshakes.
-async fn relay(browser: &Conn, upstream: &Conn, revoked: &Notify, stats: &BridgeStats) {
-    let first = {
-        let up = pump(browser, upstream);
-        let down = pump(upstream, browser);
-        tokio::pin!(up, down);
-        let first = tokio::select! {
-            r = &mut up => Some((true, r)),
-            r = &mut down => Some((false, r)),
-            () = revoked.notified() => None,
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
+fn relay(
+    browser: &Conn,
+    upstream: &Conn,
+    revoked: &Notify,
+    stats: &BridgeStats,
+) -> impl Future<Output = ()> {
+    async move {
+        let first = {
+            let up = pump(browser, upstream);
+            let down = pump(upstream, browser);
+            tokio::pin!(up, down);
+            let first = tokio::select! {
+                r = &mut up => Some((true, r)),
+                r = &mut down => Some((false, r)),
+                () = revoked.notified() => None,
+            };
+            if let Some((from_browser, End::Closed(_))) = &first {
+                // Wait for the other side's close to come through.
+                let other = if *from_browser { &mut down } else { &mut up };
+                let _ = tokio::time::timeout(CLOSE_GRACE, other).await;
+            }
+            first
+            // The pumps end here; a frame one had begun to write stays with its
+            // connection and goes out before the next.
         };
-        if let Some((from_browser, End::Closed(_))) = &first {
-            // Wait for the other side's close to come through.
-            if *from_browser {
-                let _ = tokio::time::timeout(CLOSE_GRACE, &mut down).await;
-            } else {
-                let _ = tokio::time::timeout(CLOSE_GRACE, &mut up).await;
-            }
-        }
-        first
-        // The pumps end here; a frame one had begun to write stays with its
-        // connection and goes out before the next.
-    };
-    let (to_browser, to_upstream) = match first {
-        None => (
-            Some(close_payload(1008, "access revoked")),
-            Some(close_payload(1001, "going away")),
-        ),
-        Some((from_browser, end)) => {
-            let failed_other = if from_browser {
-                close_payload(1001, "browser gone")
-            } else {
-                close_payload(1011, "upstream connection lost")
-            };
-            let (to_source, to_other) = match end {
-                // The source gets an answer with its code if the other side
-                // gave none in time.
-                End::Closed(p) => (Some(p[..p.len().min(2)].to_vec()), None),
-                End::Failed(code, reason) => {
-                    if from_browser {
-                        stats.count_ws_refusal(code);
-                    } else {
-                        stats.count_ws_device_error(code);
+        let (to_browser, to_upstream) = match first {
+            None => (
+                Some(close_payload(1008, "access revoked")),
+                Some(close_payload(1001, "going away")),
+            ),
+            Some((from_browser, end)) => {
+                let failed_other = if from_browser {
+                    close_payload(1001, "browser gone")
+                } else {
+                    close_payload(1011, "upstream connection lost")
+                };
+                let (to_source, to_other) = match end {
+                    // The source gets an answer with its code if the other side
+                    // gave none in time.
+                    End::Closed(p) => (Some(p[..p.len().min(2)].to_vec()), None),
+                    End::Failed(code, reason) => {
+                        if from_browser {
+                            stats.count_ws_refusal(code);
+                        } else {
+                            stats.count_ws_device_error(code);
+                        }
+                        let other = if from_browser {
+                            close_payload(1001, "going away")
+                        } else {
+                            close_payload(1011, "upstream broke the protocol")
+                        };
+                        (Some(close_payload(code, reason)), Some(other))
                     }
-                    let other = if from_browser {
-                        close_payload(1001, "going away")
-                    } else {
-                        close_payload(1011, "upstream broke the protocol")
-                    };
-                    (Some(close_payload(code, reason)), Some(other))
+                    End::Lost => (None, Some(failed_other)),
+                    End::SinkLost => {
+                        let source = if from_browser {
+                            close_payload(1011, "upstream connection lost")
+                        } else {
+                            close_payload(1001, "browser gone")
+                        };
+                        (Some(source), None)
+                    }
+                };
+                if from_browser {
+                    (to_source, to_other)
+                } else {
+                    (to_other, to_source)
                 }
-                End::Lost => (None, Some(failed_other)),
-                End::SinkLost => {
-                    let source = if from_browser {
-                        close_payload(1011, "upstream connection lost")
-                    } else {
-                        close_payload(1001, "browser gone")
-                    };
-                    (Some(source), None)
-                }
-            };
-            if from_browser {
-                (to_source, to_other)
-            } else {
-                (to_other, to_source)
             }
-        }
-    };
-    let grace = tokio::time::sleep(CLOSE_GRACE);
-    tokio::pin!(grace);
-    for (conn, close) in [(browser, to_browser), (upstream, to_upstream)] {
-        tokio::select! {
-            () = finish(conn, close) => {}
-            () = &mut grace => {}
+        };
+        let grace = tokio::time::sleep(CLOSE_GRACE);
+        tokio::pin!(grace);
+        for (conn, close) in [(browser, to_browser), (upstream, to_upstream)] {
+            tokio::select! {
+                () = finish(conn, close) => {}
+                () = &mut grace => {}
+            }
         }
     }
 }
@@ -257,4 +280,19 @@ async fn finish(conn: &Conn, close: Option<Vec<u8>>) {
         let _ = conn.send_close(&p).await;
     }
     let _ = conn.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle relayed socket's task is this future (in tokio's task cell,
+    /// with the span); see `ws::tests::the_websocket_task_stays_small`.
+    #[test]
+    fn the_relay_task_stays_small() {
+        let f: fn(Arc<Bridge>, OnUpgrade, OnUpgrade, LiveEntry) -> _ = task;
+        let size = super::super::returned_size(f);
+        eprintln!("relay task future: {size} bytes");
+        assert!(size <= 1_832, "the relay task grew to {size} bytes");
+    }
 }

@@ -850,9 +850,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     /// after any owed pong. Returns once the frame is written, or queued
     /// with at most `write_buffer` bytes still unwritten ([`Self::drive`]
     /// writes the rest).
-    pub(super) async fn send(&self, op: u8, payload: &[u8]) -> io::Result<()> {
-        self.write(op, true, payload, self.limits.write_buffer)
-            .await
+    pub(super) fn send(&self, op: u8, payload: &[u8]) -> impl Future<Output = io::Result<()>> {
+        self.write_frame(
+            op,
+            true,
+            payload,
+            Mask::Fresh,
+            self.limits.write_buffer,
+            true,
+        )
     }
 
     /// Sends one frame of a data message: `op` is the message's opcode for
@@ -865,13 +871,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
     /// here) sends it with the next one in one system call, or on its own
     /// once its buffer fills. The next write flushes; [`Self::drive`] does
     /// not, unless a pong is owed.
-    pub(super) async fn send_fragment(
+    pub(super) fn send_fragment(
         &self,
         op: u8,
         payload: &[u8],
         fin: bool,
         flush: bool,
-    ) -> io::Result<()> {
+    ) -> impl Future<Output = io::Result<()>> {
         self.write_frame(
             op,
             fin,
@@ -880,14 +886,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
             self.limits.write_buffer,
             flush,
         )
-        .await
     }
 
     /// Sends a close frame (its payload from [`close_payload`], or empty)
     /// after what is queued, and returns once all of it is written and
     /// flushed; nothing is sent after it. A second close is not sent.
-    pub(super) async fn send_close(&self, payload: &[u8]) -> io::Result<()> {
-        self.write(OP_CLOSE, true, payload, 0).await
+    pub(super) fn send_close(&self, payload: &[u8]) -> impl Future<Output = io::Result<()>> {
+        self.write_frame(OP_CLOSE, true, payload, Mask::Fresh, 0, true)
     }
 
     /// Whether a close frame went out.
@@ -897,11 +902,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
 
     fn mask(&self) -> Option<[u8; 4]> {
         (self.role == Role::Client).then(rand::random)
-    }
-
-    async fn write(&self, op: u8, fin: bool, payload: &[u8], queue: usize) -> io::Result<()> {
-        self.write_frame(op, fin, payload, Mask::Fresh, queue, true)
-            .await
     }
 
     /// Sends a whole message as [`Self::send`] does, taking the payload:
@@ -933,7 +933,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         }
     }
 
-    async fn write_frame(
+    /// Writes one frame after any owed pong (what the `send` functions do).
+    ///
+    /// A function that returns its future rather than an `async fn` (here,
+    /// in the `send` functions over it, and in the bridges' halves): an
+    /// `async fn` keeps its arguments twice in its future, and these
+    /// futures are part of every socket's task.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
+    fn write_frame(
         &self,
         op: u8,
         fin: bool,
@@ -941,62 +951,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
         mask: Mask,
         queue: usize,
         flush: bool,
-    ) -> io::Result<()> {
-        // A large payload that needs no masking here is written from the
-        // caller's buffer; only the frame's head and its first bytes (one
-        // full TLS record with the head) go through `out`.
-        let (direct, key) = match mask {
-            Mask::Done(key) => (true, Some(key)),
-            Mask::Fresh => (
-                self.role == Role::Server && payload.len() >= DIRECT_MIN,
-                None,
-            ),
-        };
-        let first = DIRECT_FIRST - if key.is_some() { 4 } else { 0 };
-        let (copied, rest) = if direct {
-            payload.split_at(first.min(payload.len()))
-        } else {
-            (payload, &[][..])
-        };
-        {
-            let mut g = self.lock();
-            let inner = &mut *g;
-            if inner.close_sent {
-                return Err(io::ErrorKind::NotConnected.into());
-            }
-            let more = inner.pong.as_ref().map_or(0, |p| 6 + p.len()) + 14 + copied.len();
-            if inner.out.is_empty() {
-                inner.out = Vec::with_capacity(more);
+    ) -> impl Future<Output = io::Result<()>> {
+        async move {
+            // A large payload that needs no masking here is written from the
+            // caller's buffer; only the frame's head and its first bytes (one
+            // full TLS record with the head) go through `out`.
+            let (direct, key) = match mask {
+                Mask::Done(key) => (true, Some(key)),
+                Mask::Fresh => (
+                    self.role == Role::Server && payload.len() >= DIRECT_MIN,
+                    None,
+                ),
+            };
+            let first = DIRECT_FIRST - if key.is_some() { 4 } else { 0 };
+            let (copied, rest) = if direct {
+                payload.split_at(first.min(payload.len()))
             } else {
-                inner.out.reserve(more);
-            }
-            if let Some(p) = inner.pong.take() {
-                encode(&mut inner.out, OP_PONG, &p, self.mask());
-            }
-            if direct {
-                encode_head(&mut inner.out, op, fin, payload.len(), key.is_some());
-                if let Some(k) = key {
-                    inner.out.extend_from_slice(&k);
+                (payload, &[][..])
+            };
+            {
+                let mut g = self.lock();
+                let inner = &mut *g;
+                if inner.close_sent {
+                    return Err(io::ErrorKind::NotConnected.into());
                 }
-                inner.out.extend_from_slice(copied);
-            } else {
-                encode_frame(&mut inner.out, op, fin, payload, self.mask());
+                let more = inner.pong.as_ref().map_or(0, |p| 6 + p.len()) + 14 + copied.len();
+                if inner.out.is_empty() {
+                    inner.out = Vec::with_capacity(more);
+                } else {
+                    inner.out.reserve(more);
+                }
+                if let Some(p) = inner.pong.take() {
+                    encode(&mut inner.out, OP_PONG, &p, self.mask());
+                }
+                if direct {
+                    encode_head(&mut inner.out, op, fin, payload.len(), key.is_some());
+                    if let Some(k) = key {
+                        inner.out.extend_from_slice(&k);
+                    }
+                    inner.out.extend_from_slice(copied);
+                } else {
+                    encode_frame(&mut inner.out, op, fin, payload, self.mask());
+                }
+                inner.flushed = false;
+                inner.hold = false;
+                if op == OP_CLOSE {
+                    inner.close_sent = true;
+                }
             }
-            inner.flushed = false;
-            inner.hold = false;
-            if op == OP_CLOSE {
-                inner.close_sent = true;
+            if rest.is_empty() {
+                return poll_fn(|cx| self.lock().poll_out(cx, queue, flush)).await;
             }
+            let mut rest = Unwritten {
+                conn: self,
+                rest,
+                at: 0,
+            };
+            poll_fn(|cx| rest.poll_write(cx, queue, flush)).await
         }
-        if rest.is_empty() {
-            return poll_fn(|cx| self.lock().poll_out(cx, queue, flush)).await;
-        }
-        let mut rest = Unwritten {
-            conn: self,
-            rest,
-            at: 0,
-        };
-        poll_fn(|cx| rest.poll_write(cx, queue, flush)).await
     }
 
     /// Ends the connection's sending side (TLS close_notify, then FIN).
