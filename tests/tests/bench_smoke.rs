@@ -3,7 +3,8 @@
 //! and direct mode where this build serves it),
 //! every workload once, and its report has numbers for each; `link-bench`
 //! with 2 MiB each way through the device link; `kx-bench` for a few
-//! exchanges of each X25519 implementation. No figure is checked
+//! exchanges of each X25519 implementation; `record-bench` for a MiB of
+//! records through each AES-GCM implementation. No figure is checked
 //! against a speed: the benchmarks' numbers go to BENCHMARKS.md.
 //!
 //! The gateway binary is `target/<profile>/gateway`: `cargo test
@@ -198,6 +199,45 @@ fn the_key_exchange_benchmark_times_both_implementations() {
             .arg(bad)
             .output()
             .expect("run kx-bench");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(
+            !run.status.success() && stderr.contains(bad.split('=').next().unwrap_or(bad)),
+            "{bad}: {stderr}"
+        );
+    }
+}
+
+/// `record-bench` seals and opens records of both sizes through both
+/// implementations and prints a median per size; zero rounds, zero MiB or
+/// more than 4 GiB are refused.
+#[test]
+fn the_record_benchmark_times_both_implementations() {
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_record-bench"));
+    let run = Command::new(&bench)
+        .args(["--rounds=1", "--mib=1"])
+        .output()
+        .expect("run record-bench");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "record-bench failed:\n{stdout}\n{stderr}"
+    );
+    for size in ["16384 B", "64 B"] {
+        let median = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{size}, median of 1: seal + open ring ")))
+            .unwrap_or_else(|| panic!("no median line for {size}:\n{stdout}"));
+        assert!(
+            median.contains(" ns, AWS-LC ") && median.ends_with("×)"),
+            "{median}"
+        );
+    }
+    for bad in ["--rounds=0", "--mib=0", "--mib=4097"] {
+        let run = Command::new(&bench)
+            .arg(bad)
+            .output()
+            .expect("run record-bench");
         let stderr = String::from_utf8_lossy(&run.stderr);
         assert!(
             !run.status.success() && stderr.contains(bad.split('=').next().unwrap_or(bad)),

@@ -15,10 +15,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::Bridge;
-use super::gate::LiveGuard;
+use super::gate::LiveEntry;
 use super::stats::BridgeStats;
 use super::ws::{CLOSE_GRACE, limits};
 use super::wsconn::{Incoming, OP_BINARY, Role, WsConn, close_payload};
@@ -29,22 +30,36 @@ pub(super) fn spawn(
     bridge: Arc<Bridge>,
     browser: OnUpgrade,
     stream: DeviceStream,
-    live: (LiveGuard, Arc<Notify>),
+    live: LiveEntry,
     device: &str,
 ) {
     let span = tracing::info_span!("websocket", device = %device, upstream = "raw");
-    tokio::spawn(
-        async move {
-            let (_guard, revoked) = live;
-            let Ok(io) = browser.await else { return };
-            let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge)).in_parts();
-            bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
-            bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
-            run(&conn, stream, &revoked, &bridge.stats).await;
-            bridge.stats.ws_open.fetch_sub(1, Ordering::Relaxed);
-        }
-        .instrument(span),
-    );
+    tokio::spawn(task(bridge, browser, stream, live).instrument(span));
+}
+
+/// The tunnel's task: the browser's upgrade, then both directions. Captured
+/// once and used where it lies, as the link bridge's task is (`super::ws`).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
+fn task(
+    bridge: Arc<Bridge>,
+    browser: OnUpgrade,
+    stream: DeviceStream,
+    live: LiveEntry,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        // The pair is captured whole: its guard keeps the socket among the
+        // live ones until the task ends.
+        let live = &live;
+        let Ok(io) = browser.await else { return };
+        let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge)).in_parts();
+        bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
+        bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
+        run(&conn, stream, &live.1, &bridge.stats).await;
+        bridge.stats.ws_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How the browser's side ended.
@@ -58,73 +73,78 @@ enum UpEnd {
 }
 
 /// Both directions, in one task, then the closing handshake.
-async fn run<S>(conn: &WsConn<S>, mut stream: DeviceStream, revoked: &Notify, stats: &BridgeStats)
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn keeps its arguments twice in its future"
+)]
+fn run<S>(
+    conn: &WsConn<S>,
+    mut stream: DeviceStream,
+    revoked: &Notify,
+    stats: &BridgeStats,
+) -> impl Future<Output = ()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let up = up(conn, stream.sender());
-    tokio::pin!(up);
-    let mut up_done = false;
-    let revoked = revoked.notified();
-    tokio::pin!(revoked);
-    let close = loop {
-        tokio::select! {
-            ev = stream.recv() => match ev {
-                Some(StreamEvent::Data { msg: MsgKind::Bytes, data, fin, .. }) => {
-                    if !data.is_empty() && conn.send(OP_BINARY, &data).await.is_err() {
+    async move {
+        let up = up(conn, stream.sender());
+        tokio::pin!(up);
+        let mut up_done = false;
+        let revoked = revoked.notified();
+        tokio::pin!(revoked);
+        let close = loop {
+            tokio::select! {
+                ev = stream.recv() => match ev {
+                    Some(StreamEvent::Data { msg: MsgKind::Bytes, data, fin, .. }) => {
+                        if !data.is_empty() && conn.send(OP_BINARY, &data).await.is_err() {
+                            break None;
+                        }
+                        if fin {
+                            break Some(close_payload(1000, "device closed the service"));
+                        }
+                    }
+                    Some(StreamEvent::Data { .. }) => {
+                        stream.reset(Code::PROTOCOL);
+                        break Some(close_payload(1011, "device broke the stream"));
+                    }
+                    Some(StreamEvent::Reset(_) | StreamEvent::Closed) | None => {
+                        break Some(close_payload(1011, "device link lost"));
+                    }
+                },
+                end = &mut up, if !up_done => {
+                    up_done = true;
+                    match end {
+                        // Answered with its code (RFC 6455 §5.5.1).
+                        UpEnd::Closed(p) => break Some(p[..p.len().min(2)].to_vec()),
+                        UpEnd::Failed(code, reason) => {
+                            stats.count_ws_refusal(code);
+                            break Some(close_payload(code, reason));
+                        }
+                        UpEnd::Gone => break None,
+                    }
+                }
+                r = conn.drive() => {
+                    if r.is_err() {
                         break None;
                     }
-                    if fin {
-                        break Some(close_payload(1000, "device closed the service"));
-                    }
                 }
-                Some(StreamEvent::Data { .. }) => {
-                    stream.reset(Code::PROTOCOL);
-                    break Some(close_payload(1011, "device broke the stream"));
-                }
-                Some(StreamEvent::Reset(_) | StreamEvent::Closed) | None => {
-                    break Some(close_payload(1011, "device link lost"));
-                }
-            },
-            end = &mut up, if !up_done => {
-                up_done = true;
-                match end {
-                    // Answered with its code (RFC 6455 §5.5.1).
-                    UpEnd::Closed(p) => break Some(p[..p.len().min(2)].to_vec()),
-                    UpEnd::Failed(code, reason) => {
-                        stats.count_ws_refusal(code);
-                        break Some(close_payload(code, reason));
-                    }
-                    UpEnd::Gone => break None,
+                () = &mut revoked => {
+                    stream.reset(Code::CANCEL);
+                    break Some(close_payload(1008, "access revoked"));
                 }
             }
-            r = conn.drive() => {
-                if r.is_err() {
-                    break None;
-                }
-            }
-            () = &mut revoked => {
-                stream.reset(Code::CANCEL);
-                break Some(close_payload(1008, "access revoked"));
+        };
+        // One deadline for both waits (see `super::ws::session`).
+        let deadline = Instant::now() + CLOSE_GRACE;
+        if let Some(p) = close {
+            let _ = conn.send_close(&p).await;
+            // The browser's answer ends the up half.
+            if !up_done {
+                let _ = tokio::time::timeout_at(deadline, &mut up).await;
             }
         }
-    };
-    let grace = tokio::time::sleep(CLOSE_GRACE);
-    tokio::pin!(grace);
-    if let Some(p) = close {
-        let _ = conn.send_close(&p).await;
-        // The browser's answer ends the up half.
-        if !up_done {
-            tokio::select! {
-                _ = &mut up => {}
-                () = &mut grace => {}
-            }
-        }
-    }
-    drop(stream);
-    tokio::select! {
-        _ = conn.shutdown() => {}
-        () = &mut grace => {}
+        drop(stream);
+        let _ = tokio::time::timeout_at(deadline, conn.shutdown()).await;
     }
 }
 
@@ -157,4 +177,19 @@ where
         let _ = to.send(MsgKind::Bytes, Vec::new(), false, true).await;
     }
     end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle tunnelled socket's task is this future (in tokio's task
+    /// cell, with the span); see `ws::tests::the_websocket_task_stays_small`.
+    #[test]
+    fn the_tunnel_task_stays_small() {
+        let f: fn(Arc<Bridge>, OnUpgrade, DeviceStream, LiveEntry) -> _ = task;
+        let size = super::super::returned_size(f);
+        eprintln!("tunnel task future: {size} bytes");
+        assert!(size <= 1_152, "the tunnel task grew to {size} bytes");
+    }
 }
