@@ -759,6 +759,30 @@ mod tests {
             .collect()
     }
 
+    /// `len` bytes from the client, then `len` back from the server;
+    /// whether each side read what the other wrote.
+    async fn exchange(
+        s: &mut TlsStream<DuplexStream>,
+        c: &mut tokio_rustls::client::TlsStream<DuplexStream>,
+        len: usize,
+        seed: u8,
+    ) -> (bool, bool) {
+        let (up, down) = (pattern(len, seed), pattern(len, seed.wrapping_add(100)));
+        let (mut got_up, mut got_down) = (vec![0; len], vec![0; len]);
+        let server = async {
+            s.read_exact(&mut got_up).await.unwrap();
+            s.write_all(&down).await.unwrap();
+            s.flush().await.unwrap();
+        };
+        let client = async {
+            c.write_all(&up).await.unwrap();
+            c.flush().await.unwrap();
+            c.read_exact(&mut got_down).await.unwrap();
+        };
+        tokio::join!(server, client);
+        (got_up == up, got_down == down)
+    }
+
     #[tokio::test]
     async fn data_crosses_both_ways_and_an_idle_stream_holds_no_buffers() {
         for versions in [
@@ -785,22 +809,9 @@ mod tests {
                 .into_iter()
                 .enumerate()
             {
-                let up = pattern(len, i as u8);
-                let down = pattern(len, 100 + i as u8);
-                let (mut got_up, mut got_down) = (vec![0; len], vec![0; len]);
-                let server = async {
-                    s.read_exact(&mut got_up).await.unwrap();
-                    s.write_all(&down).await.unwrap();
-                    s.flush().await.unwrap();
-                };
-                let client = async {
-                    c.write_all(&up).await.unwrap();
-                    c.flush().await.unwrap();
-                    c.read_exact(&mut got_down).await.unwrap();
-                };
-                tokio::join!(server, client);
-                assert!(got_up == up, "{len} bytes up");
-                assert!(got_down == down, "{len} bytes down");
+                let (up, down) = exchange(&mut s, &mut c, len, i as u8).await;
+                assert!(up, "{len} bytes up");
+                assert!(down, "{len} bytes down");
                 // Waiting for the next message, it holds nothing.
                 let mut one = [0u8; 1];
                 let wait = tokio::time::timeout(Duration::from_millis(5), s.read(&mut one));
@@ -851,24 +862,8 @@ mod tests {
                 "ring's records"
             );
             for (i, len) in [1usize, 16_384, 100_000].into_iter().enumerate() {
-                let (up, down) = (pattern(len, i as u8), pattern(len, 50 + i as u8));
-                let (mut got_up, mut got_down) = (vec![0; len], vec![0; len]);
-                let server = async {
-                    s.read_exact(&mut got_up).await.unwrap();
-                    s.write_all(&down).await.unwrap();
-                    s.flush().await.unwrap();
-                };
-                let client = async {
-                    c.write_all(&up).await.unwrap();
-                    c.flush().await.unwrap();
-                    c.read_exact(&mut got_down).await.unwrap();
-                };
-                tokio::join!(server, client);
-                assert!(
-                    got_up == up && got_down == down,
-                    "{len} bytes, {:?}",
-                    ring.suite()
-                );
+                let (up, down) = exchange(&mut s, &mut c, len, i as u8).await;
+                assert!(up && down, "{len} bytes, {:?}", ring.suite());
             }
         }
     }
