@@ -130,6 +130,17 @@ async fn messages_pings_and_close_codes_over_h1_and_h2() {
     }
     let stats = &gw.server().bridge.stats;
     assert_eq!(stats.ws_opened.load(Ordering::Relaxed), 4);
+    // Each socket leaves the open gauge as its task ends.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while stats.ws_open.load(Ordering::Relaxed) != 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    assert!(
+        closed.await.is_ok(),
+        "ws_open stayed {}",
+        stats.ws_open.load(Ordering::Relaxed)
+    );
     gw.stop().await;
 }
 

@@ -32,14 +32,21 @@ pub(super) struct LiveSockets {
     map: Mutex<HashMap<u64, Live>>,
 }
 
-/// A live socket's entry among the live ones and the signal that its
-/// access was revoked (what [`LiveSockets::register`] gives).
-pub(super) type LiveEntry = (LiveGuard, Arc<Notify>);
-
-/// Unregisters a WebSocket when dropped.
+/// A WebSocket's place among the live ones: the signal that its access
+/// was revoked, and its unregistration when dropped. A socket's task keeps
+/// it whole for its life (a task that captured only the signal would drop
+/// the rest, and the socket would leave the registry at once).
 pub(super) struct LiveGuard {
     bridge: Arc<Bridge>,
     id: u64,
+    stop: Arc<Notify>,
+}
+
+impl LiveGuard {
+    /// Notified when a reload no longer allows this socket.
+    pub(super) fn revoked(&self) -> &Notify {
+        &self.stop
+    }
 }
 
 impl Drop for LiveGuard {
@@ -58,7 +65,7 @@ impl LiveSockets {
         bridge: &Arc<Bridge>,
         principal: Option<Principal>,
         device: &str,
-    ) -> LiveEntry {
+    ) -> LiveGuard {
         let id = bridge.live.next.fetch_add(1, Ordering::Relaxed);
         let stop = Arc::new(Notify::new());
         bridge
@@ -74,13 +81,11 @@ impl LiveSockets {
                     stop: stop.clone(),
                 },
             );
-        (
-            LiveGuard {
-                bridge: bridge.clone(),
-                id,
-            },
+        LiveGuard {
+            bridge: bridge.clone(),
+            id,
             stop,
-        )
+        }
     }
 }
 

@@ -19,7 +19,6 @@
 //! lost closes the browser with 1011; access revoked by a reload, 1008.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tracing::{Instrument as _, debug};
 
-use super::gate::LiveEntry;
+use super::gate::LiveGuard;
 use super::page::full;
 use super::stats::BridgeStats;
 use super::ws::{Handshake, limits};
@@ -68,7 +67,7 @@ pub(super) fn spawn(
     bridge: Arc<Bridge>,
     browser: OnUpgrade,
     upstream: OnUpgrade,
-    live: LiveEntry,
+    live: LiveGuard,
     device: &str,
 ) {
     let span = tracing::info_span!("websocket", device = %device, upstream = "http1");
@@ -86,13 +85,9 @@ fn task(
     bridge: Arc<Bridge>,
     browser: OnUpgrade,
     upstream: OnUpgrade,
-    live: LiveEntry,
+    live: LiveGuard,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
-        // The pair is captured whole: its guard keeps the socket among the
-        // live ones (for revocation) until the task ends. (Naming only the
-        // signal would capture only that field and drop the guard now.)
-        let live = &live;
         let (b, u) = match tokio::join!(browser, upstream) {
             (Ok(b), Ok(u)) => (b, u),
             (b, u) => {
@@ -108,10 +103,8 @@ fn task(
         let browser = WsConn::new(TokioIo::new(b), Role::Server, lim).in_parts();
         let upstream = WsConn::new(TokioIo::new(u), Role::Client, lim).in_parts();
         let stats = &bridge.stats;
-        stats.ws_opened.fetch_add(1, Ordering::Relaxed);
-        stats.ws_open.fetch_add(1, Ordering::Relaxed);
-        relay(&browser, &upstream, &live.1, stats).await;
-        stats.ws_open.fetch_sub(1, Ordering::Relaxed);
+        let _open = stats.ws_session();
+        relay(&browser, &upstream, live.revoked(), stats).await;
     }
 }
 
@@ -290,7 +283,7 @@ mod tests {
     /// with the span); see `ws::tests::the_websocket_task_stays_small`.
     #[test]
     fn the_relay_task_stays_small() {
-        let f: fn(Arc<Bridge>, OnUpgrade, OnUpgrade, LiveEntry) -> _ = task;
+        let f: fn(Arc<Bridge>, OnUpgrade, OnUpgrade, LiveGuard) -> _ = task;
         let size = super::super::returned_size(f);
         eprintln!("relay task future: {size} bytes");
         assert!(size <= 1_832, "the relay task grew to {size} bytes");

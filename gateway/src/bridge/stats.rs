@@ -101,6 +101,15 @@ fn refusal_index(code: u16) -> usize {
     }
 }
 
+/// An open WebSocket session in `ws_open` ([`BridgeStats::ws_session`]).
+pub struct OpenWebSocket<'a>(&'a AtomicU64);
+
+impl Drop for OpenWebSocket<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl BridgeStats {
     /// Status classes, as the `code` label of the request metrics, in the
     /// order of [`BridgeStats::responses`].
@@ -111,6 +120,14 @@ impl BridgeStats {
     /// that breaks RFC 6455 (1002), over a size limit (1009), text that is
     /// not UTF-8 (1007).
     pub const WS_REFUSALS: [&str; 3] = ["protocol", "too_big", "utf8"];
+
+    /// Counts a WebSocket session begun (`ws_opened`) and open (`ws_open`)
+    /// until the returned value is dropped, however its task ends.
+    pub fn ws_session(&self) -> OpenWebSocket<'_> {
+        self.ws_opened.fetch_add(1, Ordering::Relaxed);
+        self.ws_open.fetch_add(1, Ordering::Relaxed);
+        OpenWebSocket(&self.ws_open)
+    }
 
     /// Counts a browser WebSocket closed with `code` for what it sent.
     pub fn count_ws_refusal(&self, code: u16) {
@@ -148,5 +165,23 @@ mod tests {
         let h = s.durations.with_label_values(&["5xx"]);
         assert_eq!(h.get_sample_count(), 2);
         assert!((h.get_sample_sum() - 0.041).abs() < 1e-9);
+    }
+    /// A session counts as begun once and as open until its guard drops,
+    /// however its task ends (an unwinding or dropped task included).
+    #[test]
+    fn a_websocket_is_open_until_its_guard_drops() {
+        let s = BridgeStats::default();
+        let a = s.ws_session();
+        let b = s.ws_session();
+        assert_eq!(s.ws_open.load(Ordering::Relaxed), 2);
+        drop(a);
+        assert_eq!(s.ws_open.load(Ordering::Relaxed), 1);
+        let dropped_task = async move {
+            let _b = b;
+            std::future::pending::<()>().await;
+        };
+        drop(dropped_task);
+        assert_eq!(s.ws_open.load(Ordering::Relaxed), 0);
+        assert_eq!(s.ws_opened.load(Ordering::Relaxed), 2);
     }
 }

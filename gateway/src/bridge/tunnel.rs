@@ -9,7 +9,6 @@
 //! run in the socket's one task over [`super::wsconn::WsConn`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -19,7 +18,7 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use super::Bridge;
-use super::gate::LiveEntry;
+use super::gate::LiveGuard;
 use super::stats::BridgeStats;
 use super::ws::{CLOSE_GRACE, limits};
 use super::wsconn::{Incoming, OP_BINARY, Role, WsConn, close_payload};
@@ -30,7 +29,7 @@ pub(super) fn spawn(
     bridge: Arc<Bridge>,
     browser: OnUpgrade,
     stream: DeviceStream,
-    live: LiveEntry,
+    live: LiveGuard,
     device: &str,
 ) {
     let span = tracing::info_span!("websocket", device = %device, upstream = "raw");
@@ -47,18 +46,13 @@ fn task(
     bridge: Arc<Bridge>,
     browser: OnUpgrade,
     stream: DeviceStream,
-    live: LiveEntry,
+    live: LiveGuard,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
-        // The pair is captured whole: its guard keeps the socket among the
-        // live ones until the task ends.
-        let live = &live;
         let Ok(io) = browser.await else { return };
         let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge)).in_parts();
-        bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
-        bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
-        run(&conn, stream, &live.1, &bridge.stats).await;
-        bridge.stats.ws_open.fetch_sub(1, Ordering::Relaxed);
+        let _open = bridge.stats.ws_session();
+        run(&conn, stream, live.revoked(), &bridge.stats).await;
     }
 }
 
@@ -187,7 +181,7 @@ mod tests {
     /// cell, with the span); see `ws::tests::the_websocket_task_stays_small`.
     #[test]
     fn the_tunnel_task_stays_small() {
-        let f: fn(Arc<Bridge>, OnUpgrade, DeviceStream, LiveEntry) -> _ = task;
+        let f: fn(Arc<Bridge>, OnUpgrade, DeviceStream, LiveGuard) -> _ = task;
         let size = super::super::returned_size(f);
         eprintln!("tunnel task future: {size} bytes");
         assert!(size <= 1_152, "the tunnel task grew to {size} bytes");

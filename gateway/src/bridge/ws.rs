@@ -65,7 +65,7 @@ use tokio::time::Instant;
 use tracing::{Instrument as _, debug};
 
 use super::exchange::{download, link_lost, read_head};
-use super::gate::LiveEntry;
+use super::gate::LiveGuard;
 use super::page::{ErrorPage, full};
 use super::wsconn::{
     Incoming, Limits, OP_BINARY, OP_CONT, OP_PING, OP_TEXT, Role, WsConn, close_payload,
@@ -153,8 +153,8 @@ pub(super) struct Session {
     pub(super) upgrade: OnUpgrade,
     /// How long the device has to answer the upgrade.
     pub(super) timeout: Duration,
-    /// Its entry among the live sockets, and the signal that access was revoked.
-    pub(super) live: LiveEntry,
+    /// Its place among the live sockets, with the signal that access was revoked.
+    pub(super) live: LiveGuard,
 }
 
 /// Sends the upgrade to the device and, on its 101, answers the browser and
@@ -303,13 +303,9 @@ fn session(
     bridge: Arc<Bridge>,
     mut stream: DeviceStream,
     upgrade: OnUpgrade,
-    live: LiveEntry,
+    live: LiveGuard,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
-        // The pair is captured whole: its guard keeps the socket among the
-        // live ones (for revocation) until the task ends. (Naming only the
-        // signal would capture only that field and drop the guard now.)
-        let live = &live;
         let io = match upgrade.await {
             Ok(io) => io,
             Err(e) => {
@@ -320,15 +316,14 @@ fn session(
         let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge));
         let (ctl_tx, ctl_rx) = oneshot::channel();
         let seen = LastSeen::new();
-        bridge.stats.ws_opened.fetch_add(1, Ordering::Relaxed);
-        bridge.stats.ws_open.fetch_add(1, Ordering::Relaxed);
+        let _open = bridge.stats.ws_session();
         // Both halves run in this task (a task of its own for the up half
         // cost its allocation for every idle socket).
         let up = up(&bridge, &conn, stream.sender(), ctl_tx, &seen);
         tokio::pin!(up);
         let mut up_done = false;
         {
-            let down = down(&bridge, &mut stream, &conn, ctl_rx, &live.1, &seen);
+            let down = down(&bridge, &mut stream, &conn, ctl_rx, live.revoked(), &seen);
             tokio::pin!(down);
             loop {
                 tokio::select! {
@@ -348,7 +343,6 @@ fn session(
         drop(stream);
         // TLS close_notify and FIN (the server closes first, RFC 6455 §7.1.1).
         let _ = tokio::time::timeout_at(deadline, conn.shutdown()).await;
-        bridge.stats.ws_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -717,7 +711,7 @@ mod tests {
     /// nested three deep (BENCHMARKS.md, "A smaller WebSocket task").
     #[test]
     fn the_websocket_task_stays_small() {
-        let f: fn(Arc<Bridge>, DeviceStream, OnUpgrade, LiveEntry) -> _ = session;
+        let f: fn(Arc<Bridge>, DeviceStream, OnUpgrade, LiveGuard) -> _ = session;
         let size = super::super::returned_size(f);
         eprintln!("WebSocket task future: {size} bytes");
         assert!(size <= 1_368, "the WebSocket task grew to {size} bytes");
