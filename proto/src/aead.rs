@@ -18,9 +18,10 @@
 //! carry-less multiply it costs the gateway about a third of what
 //! ChaCha20-Poly1305 does per byte. It runs on ring, or on AWS-LC with
 //! feature `aws-lc` (the gateway's): AWS-LC's AES-GCM uses 512-bit vector
-//! AES where the CPU has it, about twice ring's speed per byte on 16 KiB
-//! records there (BENCHMARKS.md, "AES-GCM on AWS-LC"), and the same
-//! elsewhere. Both make the same bytes (tested below). Devices never offer it: on a Cortex-M33
+//! AES where the CPU has it: two thirds of ring's time for a 16 KiB
+//! record on the benchmark machine (BENCHMARKS.md, "AES-GCM on AWS-LC");
+//! CPUs without AVX-512 were not measured. Both make the same bytes
+//! (tested below; CI also tests ring alone). Devices never offer it: on a Cortex-M33
 //! without an AES unit it would be slower than ChaCha20 and not constant
 //! time. Both ciphers take the same 32-byte key and the same nonce layout.
 //!
