@@ -10,6 +10,7 @@
 //! - [`tls_stream`]: the TLS stream (rustls' unbuffered API under buffers freed while idle).
 //! - [`kx`]: X25519 on AWS-LC, the key exchange groups the TLS offers.
 //! - [`gcm`]: TLS 1.3 AES-GCM records on AWS-LC.
+//! - [`tickets`]: session tickets and the handshake's random values on AWS-LC.
 //! - [`client_hello`]: the SNI read from the ClientHello (the unbuffered API does not expose it).
 //! - [`http`]: the accept loop: TLS, then hyper (HTTP/1.1 and HTTP/2) into the bridge.
 //! - [`quic`]: HTTP/3 over QUIC (quinn, h3) on the TLS listeners' ports, into the same bridge.
@@ -23,5 +24,6 @@ pub mod http;
 pub mod kx;
 pub mod listener;
 pub mod quic;
+pub mod tickets;
 pub mod tls;
 pub mod tls_stream;

@@ -71,11 +71,14 @@ impl TlsError {
 /// X25519, the key exchange browsers choose, runs on AWS-LC
 /// ([`super::kx`]): half of ring's time for the largest item of a
 /// handshake. So do TLS 1.3's AES-GCM records ([`super::gcm`]): half of
-/// ring's time per byte where the CPU has 512-bit vector AES.
+/// ring's time per byte where the CPU has 512-bit vector AES. Random
+/// values come from AWS-LC's generator too ([`super::tickets`]): ring makes
+/// a system call for each, seven per full handshake.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     use rustls::crypto::ring::cipher_suite as cs;
     let mut p = rustls::crypto::ring::default_provider();
     p.kx_groups = super::kx::groups();
+    p.secure_random = super::tickets::RANDOM;
     p.cipher_suites = vec![
         *super::gcm::TLS13_AES_128_GCM_SHA256,
         *super::gcm::TLS13_AES_256_GCM_SHA384,
@@ -426,7 +429,7 @@ fn server_config(
     };
     let mut config = builder.with_cert_resolver(resolver);
     config.session_storage = ServerSessionMemoryCache::new(4096);
-    if let Ok(t) = rustls::crypto::ring::Ticketer::new() {
+    if let Ok(t) = super::tickets::ticketer() {
         config.ticketer = t;
     }
     config.send_tls13_tickets = 2;
@@ -516,6 +519,37 @@ impl LocalCa {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Random values come from AWS-LC's generator, not ring's system
+    /// calls, and the tickets of TCP's and QUIC's configurations open.
+    #[test]
+    fn randomness_and_tickets_are_the_gateways() {
+        let p = provider();
+        assert_eq!(
+            format!("{:?}", p.secure_random),
+            "Random",
+            "ring's generator"
+        );
+        let resolver = CertResolver::new(vec![
+            local_ca(&["gw.example".into()]).unwrap().pair().unwrap(),
+        ]);
+        let tcp = Tls::new(resolver.clone(), Duration::from_secs(5)).config;
+        let quic = quic_config(resolver, None).unwrap();
+        for config in [&*tcp, &quic] {
+            assert_eq!(
+                format!("{:?}", config.crypto_provider().secure_random),
+                "Random"
+            );
+            let t = &config.ticketer;
+            assert!(t.enabled());
+            let sealed = t.encrypt(b"state").unwrap();
+            assert_eq!(t.decrypt(&sealed).as_deref(), Some(&b"state"[..]));
+        }
+        assert_eq!(
+            quic.ticketer.decrypt(&tcp.ticketer.encrypt(b"x").unwrap()),
+            None
+        );
+    }
 
     #[test]
     fn a_name_is_covered_by_the_certificate_served_for_the_sni() {

@@ -26,12 +26,16 @@
 //! messages in place and remembers offsets into that buffer.
 //!
 //! Encrypted application data waits in `tx` until the caller flushes, a
-//! read finds it there, or `TX_HIGH` bytes are queued: a WebSocket frame
-//! written in pieces (its head and first record from a queue, the rest
-//! from the sender's buffer) leaves in one system call. Every writer here
-//! flushes once it has nothing more at hand, as `AsyncWrite` asks: hyper
-//! after a response's bytes, the WebSocket connection after a message, or
-//! after the last of several device chunks that were already queued.
+//! read is about to wait (or sees the end), or `TX_HIGH` bytes are queued:
+//! a WebSocket frame written in pieces (its head and first record from a
+//! queue, the rest from the sender's buffer) leaves in one system call.
+//! Every writer here flushes once it has nothing more at hand, as
+//! `AsyncWrite` asks: hyper after a response's bytes, the WebSocket
+//! connection after a message, or after the last of several device chunks
+//! that were already queued. The handshake's last bytes wait the same way:
+//! TLS 1.3's session tickets, made when the client's Finished arrives,
+//! leave with the first response (a browser sends its request right
+//! behind its Finished), one system call and one segment instead of two.
 //!
 //! A write can meet application data that arrived before the reader asked
 //! for it (rustls decrypts the next record whenever it is called). Those
@@ -471,6 +475,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         Poll::Ready(Ok(()))
     }
 
+    /// Before a reader waits or sees the end: what waits in `tx` (the
+    /// handshake's tickets, the answer to a key update, an alert, data a
+    /// writer queued) goes out as far as the socket takes it now; a full
+    /// socket is the writer's concern.
+    fn send_queued(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.tx_pos < self.tx.len()
+            && let Poll::Ready(Err(e)) = self.poll_flush_tx(cx)
+        {
+            return Err(e);
+        }
+        Ok(())
+    }
+
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             if !self.hello_scanned {
@@ -503,11 +520,19 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                     )));
                 }
             }
-            ready!(self.poll_flush_tx(cx))?;
             if self.hello_scanned && !self.conn.is_handshaking() {
+                // TLS 1.3 ends at the client's Finished, and what rustls
+                // queued then is the session tickets, which no client
+                // waits for: they leave with the first response, or when
+                // the first read has to wait. TLS 1.2's last flight is the
+                // server's Finished, which the client does wait for.
+                if self.conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+                    ready!(self.poll_flush_tx(cx))?;
+                }
                 self.release(true);
                 return Poll::Ready(Ok(()));
             }
+            ready!(self.poll_flush_tx(cx))?;
             if ready!(self.poll_fill(cx))? == 0 {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -571,20 +596,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 return Poll::Ready(Ok(()));
             }
             if this.read_done {
+                // The peer is done sending; it may still read what waits.
+                this.send_queued(cx)?;
                 return Poll::Ready(Ok(()));
             }
             if buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            // Bytes rustls queued while reading (a key update, an alert)
-            // go out when the socket takes them; a full socket is the
-            // writer's concern.
-            if this.tx_pos < this.tx.len()
-                && let Poll::Ready(Err(e)) = this.poll_flush_tx(cx)
-            {
-                return Poll::Ready(Err(e));
-            }
-            match this.pump(Want::Read(buf))? {
+            let pumped = match this.pump(Want::Read(buf)) {
+                Ok(p) => p,
+                Err(e) => {
+                    // The alert rustls queued, if the socket takes it now.
+                    let _ = this.send_queued(cx);
+                    return Poll::Ready(Err(e));
+                }
+            };
+            match pumped {
                 Pumped::Read => {
                     this.release(false);
                     return Poll::Ready(Ok(()));
@@ -600,6 +627,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
             }
             match this.poll_fill(cx) {
                 Poll::Pending => {
+                    this.send_queued(cx)?;
                     match &this.read_waker {
                         Some(w) if w.will_wake(cx.waker()) => {}
                         _ => this.read_waker = Some(cx.waker().clone()),
@@ -610,6 +638,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(0)) => {
                     this.read_done = true;
+                    this.send_queued(cx)?;
                     if this.rx.is_empty() {
                         // The TCP end between records: the end of the
                         // stream (HTTP and WebSocket frame their own ends).
@@ -652,9 +681,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         };
         // Out once a full batch is queued, or at the caller's flush (hyper
         // and the WebSocket connection flush once nothing more is at hand;
-        // a read sends what waits, too): a frame written in pieces (its head and
-        // first record, then the rest from the sender's buffer) leaves in
-        // one system call instead of one per piece.
+        // a read about to wait sends what waits, too): a frame written in
+        // pieces (its head and first record, then the rest from the
+        // sender's buffer) leaves in one system call instead of one per
+        // piece.
         if this.tx.len() - this.tx_pos >= TX_HIGH
             && let Poll::Ready(Err(e)) = this.poll_flush_tx(cx)
         {
@@ -803,8 +833,15 @@ mod tests {
                 ),
                 "{suite:?}"
             );
-            // Past the handshake nothing is buffered.
-            assert_eq!(s.buffered_capacity(), 0, "{s:?}");
+            // Past the handshake nothing is buffered but, under TLS 1.3,
+            // the tickets, which wait for the first response.
+            let tickets = s.tx.len() - s.tx_pos;
+            assert_eq!(s.buffered_capacity(), s.tx.capacity(), "{s:?}");
+            if versions[0] == &rustls::version::TLS13 {
+                assert!(tickets > 0, "{s:?}");
+            } else {
+                assert_eq!(tickets, 0, "{s:?}");
+            }
             for (i, len) in [1usize, 64, 16_384, 16_385, 100_000, 1 << 20]
                 .into_iter()
                 .enumerate()
@@ -883,13 +920,24 @@ mod tests {
         }
     }
 
-    /// A socket that counts the reads that returned bytes.
-    struct CountReads {
+    /// A socket that counts the reads that returned bytes, and the writes.
+    struct Counted {
         io: DuplexStream,
         reads: Arc<std::sync::atomic::AtomicUsize>,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
     }
 
-    impl AsyncRead for CountReads {
+    impl Counted {
+        fn new(io: DuplexStream) -> Self {
+            Self {
+                io,
+                reads: Arc::default(),
+                writes: Arc::default(),
+            }
+        }
+    }
+
+    impl AsyncRead for Counted {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
@@ -905,13 +953,20 @@ mod tests {
         }
     }
 
-    impl AsyncWrite for CountReads {
+    impl AsyncWrite for Counted {
         fn poll_write(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             data: &[u8],
         ) -> Poll<io::Result<usize>> {
-            Pin::new(&mut self.io).poll_write(cx, data)
+            let r = Pin::new(&mut self.io).poll_write(cx, data);
+            if let Poll::Ready(Ok(n)) = r
+                && n > 0
+            {
+                self.writes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            r
         }
         fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             Pin::new(&mut self.io).poll_flush(cx)
@@ -928,11 +983,8 @@ mod tests {
     async fn a_full_socket_is_read_several_records_at_a_time() {
         let (tls, ca) = server();
         let (a, b) = duplex(4 << 20);
-        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = CountReads {
-            io: a,
-            reads: reads.clone(),
-        };
+        let counted = Counted::new(a);
+        let reads = counted.reads.clone();
         let connector =
             tokio_rustls::TlsConnector::from(client_config(&ca, &[&rustls::version::TLS13]));
         let name = ServerName::try_from("plc-1.gw.example").unwrap();
@@ -958,6 +1010,85 @@ mod tests {
         let wait = tokio::time::timeout(Duration::from_millis(5), s.read(&mut one));
         assert!(wait.await.is_err(), "nothing more was sent");
         assert_eq!(s.buffered_capacity(), 0, "{s:?}");
+    }
+
+    /// TLS 1.3's tickets leave with the first response, in one write: a
+    /// handshake and a request/response cost the server two writes, not
+    /// three, and the client still resumes with the tickets. A client that
+    /// sends nothing gets them when the server's read waits.
+    #[tokio::test]
+    async fn the_tickets_leave_with_the_first_response() {
+        let (tls, ca) = server();
+        let mut cfg = (*client_config(&ca, &[&rustls::version::TLS13])).clone();
+        cfg.resumption = rustls::client::Resumption::in_memory_sessions(8);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let name = ServerName::try_from("plc-1.gw.example").unwrap();
+        for round in 0..2 {
+            let (a, b) = duplex(64 * 1024);
+            let counted = Counted::new(a);
+            let writes = counted.writes.clone();
+            let (s, c) = tokio::join!(tls.accept(counted), connector.connect(name.clone(), b));
+            let (mut s, mut c) = (s.unwrap(), c.unwrap());
+            let kind = c.get_ref().1.handshake_kind();
+            let want = [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed][round];
+            assert_eq!(kind, Some(want), "round {round}");
+            // The request is there when the server reads (a browser
+            // sends it right behind its Finished).
+            c.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            c.flush().await.unwrap();
+            let mut req = [0u8; 18];
+            s.read_exact(&mut req).await.unwrap();
+            s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            s.flush().await.unwrap();
+            let mut resp = [0u8; 27];
+            c.read_exact(&mut resp).await.unwrap();
+            assert_eq!(&resp[..12], b"HTTP/1.1 204");
+            // The server's flight, then the tickets with the response.
+            assert_eq!(writes.load(std::sync::atomic::Ordering::Relaxed), 2);
+        }
+        // A client that only listens: the server's read waits, and the
+        // tickets go before it does.
+        let (a, mut b) = duplex(64 * 1024);
+        let cfg = client_config(&ca, &[&rustls::version::TLS13]);
+        let mut conn = ClientConnection::new(cfg, name.clone()).unwrap();
+        let client = async {
+            let mut buf = vec![0u8; 32 * 1024];
+            while conn.is_handshaking() {
+                let mut out = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut out).unwrap();
+                }
+                b.write_all(&out).await.unwrap();
+                if conn.is_handshaking() {
+                    let n = b.read(&mut buf).await.unwrap();
+                    conn.read_tls(&mut &buf[..n]).unwrap();
+                    conn.process_new_packets().unwrap();
+                }
+            }
+            let mut out = Vec::new();
+            while conn.wants_write() {
+                conn.write_tls(&mut out).unwrap();
+            }
+            b.write_all(&out).await.unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(5), b.read(&mut buf))
+                .await
+                .expect("the tickets did not come")
+                .unwrap();
+            conn.read_tls(&mut &buf[..n]).unwrap();
+            conn.process_new_packets().unwrap();
+            n
+        };
+        let server = async {
+            let mut s = tls.accept(a).await.unwrap();
+            let mut one = [0u8; 1];
+            let wait = tokio::time::timeout(Duration::from_millis(300), s.read(&mut one));
+            assert!(wait.await.is_err(), "the client sent nothing");
+            assert_eq!(s.buffered_capacity(), 0, "{s:?}");
+        };
+        let (n, ()) = tokio::join!(client, server);
+        assert!(n > 0);
     }
 
     /// The read size grows while reads fill and falls back when they do not.
