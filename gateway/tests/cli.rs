@@ -368,7 +368,13 @@ fn demo_serves_its_device_and_reuses_its_files() {
         .and_then(|r| r.split_whitespace().next())
         .unwrap();
     assert!(password.len() >= 16, "{login}");
-    gw.wait_line("device online");
+    // The session's events carry its span (the session task does not enter
+    // it; its events name it as their parent): the device and its address.
+    let online = without_colours(&gw.wait_line("device online"));
+    assert!(
+        online.contains("device_link{peer=127.0.0.1:") && online.contains("device=\"demo\"}"),
+        "{online}"
+    );
     // Only the hash of the password is written down.
     let written = std::fs::read_to_string(data.join("gateway.toml")).unwrap();
     assert!(!written.contains(password));
@@ -547,4 +553,22 @@ fn the_fleet_example_is_accepted() {
     assert_eq!(c.auth.users.len(), 2);
     assert!(c.auth.users[0].devices.contains("sim-1"));
     assert_eq!(c.acme.unwrap().names, vec!["fleet.example.com".to_string()]);
+}
+
+/// `line` without its terminal colour codes (`ESC [ ... m`).
+fn without_colours(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -70,7 +70,8 @@ pub(super) fn spawn(
     live: LiveGuard,
     device: &str,
 ) {
-    let span = tracing::info_span!("websocket", device = %device, upstream = "http1");
+    // At debug level, as every event of the task is (see `super::ws`).
+    let span = tracing::debug_span!("websocket", device = %device, upstream = "http1");
     tokio::spawn(task(bridge, browser, upstream, live).instrument(span));
 }
 

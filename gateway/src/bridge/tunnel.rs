@@ -32,7 +32,8 @@ pub(super) fn spawn(
     live: LiveGuard,
     device: &str,
 ) {
-    let span = tracing::info_span!("websocket", device = %device, upstream = "raw");
+    // At debug level, as every event of the task is (see `super::ws`).
+    let span = tracing::debug_span!("websocket", device = %device, upstream = "raw");
     tokio::spawn(task(bridge, browser, stream, live).instrument(span));
 }
 

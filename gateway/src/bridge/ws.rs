@@ -232,7 +232,11 @@ pub(super) async fn bridge(
     {
         resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
-    let span = tracing::info_span!("websocket", device = %device);
+    // At debug level, as every event of the task is: a span entered and
+    // left on every poll costs about 5 % of the instructions per relayed
+    // message where it is enabled (BENCHMARKS.md, "Log spans off the
+    // message path").
+    let span = tracing::debug_span!("websocket", device = %device);
     tokio::spawn(session(bridge, stream, upgrade, live).instrument(span));
     Ok(resp)
 }

@@ -15,7 +15,7 @@ use proto::{
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, info_span, warn};
 
 use super::hub::{DeviceHandle, Hub, ServiceInfo};
 use super::inbox::{InboxSender, inbox};
@@ -79,7 +79,6 @@ struct Outgoing {
 }
 
 /// Who the session is and what it has reported to the metrics.
-#[derive(Default)]
 struct State {
     /// The device id and the key it authenticated with, from the key's
     /// acceptance until its HELLO (boxed: an open session holds neither).
@@ -92,6 +91,10 @@ struct State {
     counters: Option<Arc<DeviceCounters>>,
     /// proto's counters as last added to the metrics.
     reported: Reported,
+    /// The session's span (`device_link{peer, device}`): the parent of the
+    /// session's log events. The task does not enter it on every poll
+    /// ([`start_session`]).
+    span: tracing::Span,
 }
 
 /// The part of [`proto::Stats`] that goes to the metrics, as last added.
@@ -106,6 +109,17 @@ struct Reported {
 }
 
 impl State {
+    fn new(span: tracing::Span) -> Self {
+        Self {
+            authenticated: None,
+            registered: None,
+            reason: None,
+            counters: None,
+            reported: Reported::default(),
+            span,
+        }
+    }
+
     /// Adds what proto counted since the last call to the metrics. Bytes
     /// wait until the device is known, so its handshake counts too.
     fn report(&mut self, s: &GwSession, hub: &Hub) {
@@ -351,9 +365,16 @@ pub async fn serve(listener: TcpListener, hub: Arc<Hub>) {
 }
 
 /// Runs a session for a connection that has its place.
+///
+/// The session's span is the explicit parent of its log events rather
+/// than entered around every poll of the task (`Instrument`): at the
+/// default log level the span is enabled, and entering and leaving it
+/// through the subscriber on each of the two or three polls per relayed
+/// message cost about 5 % of the gateway's instructions per echo message
+/// (BENCHMARKS.md, "Log spans off the message path").
 fn start_session(sock: TcpStream, peer: SocketAddr, hub: Arc<Hub>, permit: Permit) {
     let span = info_span!("device_link", %peer, device = tracing::field::Empty);
-    tokio::spawn(run_session(sock, peer, hub, Some(permit)).instrument(span));
+    tokio::spawn(run_session(sock, peer, hub, Some(permit), span));
 }
 
 /// Resets a connection that got no place, and counts it.
@@ -388,23 +409,23 @@ async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
 /// fn` keeps its arguments twice), and what only the start needs (the
 /// settings' copy, the ephemeral key) is gone before the first wait; the
 /// handshake permit is held until the device is registered.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn keeps its arguments twice in its future"
-)]
 fn run_session(
     sock: TcpStream,
     peer: SocketAddr,
     hub: Arc<Hub>,
     mut permit: Option<Permit>,
+    span: tracing::Span,
 ) -> impl Future<Output = ()> + Send {
+    // Made here, so that the span is kept once (in `state`), not also as
+    // the block's capture.
+    let mut state = State::new(span);
     async move {
         let _ = sock.set_nodelay(true);
         let cfg = &hub.settings.session;
         let eph = {
             let mut eph = [0u8; 32];
             if getrandom::fill(&mut eph).is_err() {
-                warn!("no randomness for an ephemeral key; dropping {peer}");
+                warn!(parent: &state.span, "no randomness for an ephemeral key; dropping {peer}");
                 return;
             }
             SecretKey::from_bytes(eph)
@@ -420,7 +441,7 @@ fn run_session(
         {
             Ok(s) => s,
             Err(e) => {
-                warn!("device link misconfigured: {e}");
+                warn!(parent: &state.span, "device link misconfigured: {e}");
                 return;
             }
         };
@@ -430,7 +451,6 @@ fn run_session(
         let (cmd_tx, mut cmd_rx) = inbox();
         let cmd_tx = CmdSender(cmd_tx);
         let mut streams = LazyStreams::default();
-        let mut state = State::default();
         let mut drain_deadline: Option<tokio::time::Instant> = None;
         let mut draining = false;
         // Records go out through the worker thread's scratch buffer; only
@@ -439,6 +459,10 @@ fn run_session(
         let timer = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(timer);
         let mut batching = Batching::default();
+        // The sessions' clock, read once per turn (after its wait): the
+        // turn's records, input and timeouts all take that time (proto
+        // counts milliseconds; a turn lasts microseconds).
+        let mut now = clock();
 
         loop {
             unpark(&mut s, record, slots, &mut parking);
@@ -453,7 +477,7 @@ fn run_session(
             let mut more = false;
             if unsent.is_empty() {
                 for _ in 0..TRANSMIT_BURST {
-                    match transmit(&mut s, streams.get(), &sock, &mut unsent) {
+                    match transmit(&mut s, streams.get(), &sock, &mut unsent, now) {
                         Transmit::Full => {
                             more = true;
                             parking.busy();
@@ -536,6 +560,7 @@ fn run_session(
                 }
             })
             .await;
+            now = clock();
             if let Some(Some(queued)) = &mut woke.commands
                 && batching.wait()
             {
@@ -559,7 +584,8 @@ fn run_session(
             }
             unpark(&mut s, record, slots, &mut parking);
             if let Some(ok) = woke.readable {
-                let eof = !ok || receive(&mut s, &sock, &hub, &cmd_tx, streams.get(), &mut state);
+                let eof =
+                    !ok || receive(&mut s, &sock, &hub, &cmd_tx, streams.get(), &mut state, now);
                 if eof {
                     s.handle_eof();
                     handle_events(&mut s, &hub, &cmd_tx, streams.get(), &mut state);
@@ -589,13 +615,13 @@ fn run_session(
                 }
             }
             if woke.timer {
-                let now = tokio::time::Instant::now();
-                if drain_deadline.is_some_and(|d| now >= d) {
+                let at = tokio::time::Instant::now();
+                if drain_deadline.is_some_and(|d| at >= d) {
                     s.close(Code::SHUTDOWN);
                     drain_deadline = None;
                 }
-                parking.check(now, s.buffers_idle(), payload_moved(&s));
-                s.handle_timeout(clock());
+                parking.check(at, s.buffers_idle(), payload_moved(&s));
+                s.handle_timeout(now);
             }
             handle_events(&mut s, &hub, &cmd_tx, streams.get(), &mut state);
             streams.get().flush_held(&mut s);
@@ -617,20 +643,20 @@ fn run_session(
             g.close();
         }
         let online = state.registered.is_some();
-        if let Some((id, generation)) = state.registered {
-            hub.unregister(&id, generation);
+        if let Some((id, generation)) = &state.registered {
+            hub.unregister(id, *generation);
         }
         match (state.reason, online) {
             (Some(CloseReason::Local(Code::REFUSED)), false) => {}
             (Some(r), false) => {
                 hub.stats.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                debug!("device handshake failed: {r}");
+                debug!(parent: &state.span, "device handshake failed: {r}");
             }
             (Some(CloseReason::Error(e)), true) => {
                 hub.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = e.name(), "device session failed: {e}");
+                warn!(parent: &state.span, error = e.name(), "device session failed: {e}");
             }
-            (Some(r), true) => info!("device session ended: {r}"),
+            (Some(r), true) => info!(parent: &state.span, "device session ended: {r}"),
             (None, _) => {}
         }
     }
@@ -652,18 +678,18 @@ fn handle_events(
                 match registry.lookup(&device) {
                     None => {
                         hub.stats.refused_unknown.fetch_add(1, Ordering::Relaxed);
-                        info!(key = %device, "refused: unknown device key");
+                        info!(parent: &state.span, key = %device, "refused: unknown device key");
                         s.refuse();
                     }
                     Some(info) => match hub.admit_timestamp(&device, timestamp) {
                         Err(last) => {
                             hub.stats.refused_stale.fetch_add(1, Ordering::Relaxed);
-                            info!(device = %info.id, timestamp, last, "refused: stale handshake timestamp (replay or clock reset)");
+                            info!(parent: &state.span, device = %info.id, timestamp, last, "refused: stale handshake timestamp (replay or clock reset)");
                             s.reject(Status::StaleTimestamp, last);
                         }
                         Ok(()) => {
                             if s.accept().is_ok() {
-                                tracing::Span::current().record("device", info.id.as_str());
+                                state.span.record("device", info.id.as_str());
                                 state.authenticated = Some(Box::new((info.id.clone(), device)));
                             }
                         }
@@ -676,7 +702,7 @@ fn handle_events(
                     continue;
                 };
                 if h.device_id != id {
-                    warn!(claimed = h.device_id, registered = %id, "HELLO names another device; closing");
+                    warn!(parent: &state.span, claimed = h.device_id, registered = %id, "HELLO names another device; closing");
                     s.close(Code::REFUSED);
                     continue;
                 }
@@ -710,7 +736,7 @@ fn handle_events(
                 let counters = hub.stats.devices.counters(&claimed);
                 counters.connects.fetch_add(1, Ordering::Relaxed);
                 state.counters = Some(counters);
-                info!(cipher = cipher.name(), "device online");
+                info!(parent: &state.span, cipher = cipher.name(), "device online");
                 state.registered = Some((claimed, generation));
             }
             Event::Opened { stream, .. } => {
@@ -1112,19 +1138,19 @@ enum Transmit {
     Failed,
 }
 
-/// Makes as many records as the scratch buffer holds, handing queued sends
-/// to the session between them, and writes what the socket takes of them
-/// with one system call.
+/// Makes as many records as the scratch buffer holds (at the turn's time
+/// `now`), handing queued sends to the session between them, and writes
+/// what the socket takes of them with one system call.
 fn transmit(
     s: &mut GwSession,
     streams: &mut Streams,
     sock: &TcpStream,
     unsent: &mut Vec<u8>,
+    now: Instant,
 ) -> Transmit {
     IO_SCRATCH.with_borrow_mut(|buf| {
         let mut n = 0;
         let mut full = false;
-        let now = clock();
         loop {
             flush_outgoing(s, streams);
             // Another record only where a whole one fits: a smaller buffer
@@ -1157,8 +1183,8 @@ fn transmit(
     })
 }
 
-/// Reads what the socket has and feeds it to the session; true at end of
-/// stream or on an error.
+/// Reads what the socket has and feeds it to the session (received at the
+/// turn's time `now`); true at end of stream or on an error.
 fn receive(
     s: &mut GwSession,
     sock: &TcpStream,
@@ -1166,6 +1192,7 @@ fn receive(
     cmd_tx: &CmdSender,
     streams: &mut Streams,
     state: &mut State,
+    now: Instant,
 ) -> bool {
     IO_SCRATCH.with_borrow_mut(|buf| {
         let n = match read_some(sock, buf) {
@@ -1176,7 +1203,7 @@ fn receive(
         };
         let mut off = 0;
         loop {
-            let k = s.handle_input(clock(), &buf[off..n]);
+            let k = s.handle_input(now, &buf[off..n]);
             off += k;
             streams.read_left = n - off;
             let any = handle_events(s, hub, cmd_tx, streams, state);
@@ -1398,7 +1425,9 @@ mod tests {
     /// state boxed, the timer, the parking check and the poll of its
     /// wake-ups; 1,480 bytes in all before the arguments and the start's
     /// settings and ephemeral key stopped being kept in it, 1,312 in a
-    /// debug build since) plus the command inbox. Record
+    /// debug build since, 1,360 with the session's span, which was in the
+    /// task's `Instrumented` wrapper before: the task is 8 bytes larger)
+    /// plus the command inbox. Record
     /// buffers are pooled, the stream table and the stream state exist
     /// only while needed; this keeps a large buffer (or the handshake)
     /// from moving into the future unnoticed. (`--nocapture` prints the
@@ -1411,10 +1440,10 @@ mod tests {
         let settings = LinkSettings::default();
         let hub = Hub::new(SecretKey::from_bytes([7; 32]), Registry::new([]), settings);
         let permit = hub.handshakes.acquire(addr.ip()).unwrap();
-        let fut = run_session(c, addr, hub, Some(permit));
+        let fut = run_session(c, addr, hub, Some(permit), tracing::Span::none());
         let (task, session) = (size_of_val(&fut), size_of::<GwSession>());
         eprintln!("session future {task} bytes, session {session} bytes");
-        assert!(task <= 1_328, "the session future grew to {task} bytes");
+        assert!(task <= 1_368, "the session future grew to {task} bytes");
         assert!(session <= 704, "the session grew to {session} bytes");
     }
 
