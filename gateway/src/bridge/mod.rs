@@ -779,6 +779,23 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Spawns a browser WebSocket's task (`upstream`: "link", "http1" or
+/// "raw") under a `websocket{device, upstream}` span at debug level, as
+/// every event of those tasks is. A span is entered and left on every poll
+/// of its task, two or three per relayed message: enabled (an `info` span
+/// at the default log level), that cost about 5 % of the gateway's
+/// instructions per message (BENCHMARKS.md, "Log spans off the message
+/// path").
+fn spawn_websocket(
+    device: &str,
+    upstream: &'static str,
+    task: impl Future<Output = ()> + Send + 'static,
+) {
+    use tracing::Instrument as _;
+    let span = tracing::debug_span!("websocket", device = %device, upstream);
+    tokio::spawn(task.instrument(span));
+}
+
 /// Builds a response from a device's head.
 fn response_from_head(
     head: &proto::wire::ResponseHead<'_>,

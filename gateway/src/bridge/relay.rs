@@ -27,7 +27,7 @@ use http::{Response, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
-use tracing::{Instrument as _, debug};
+use tracing::debug;
 
 use super::gate::LiveGuard;
 use super::page::full;
@@ -70,9 +70,7 @@ pub(super) fn spawn(
     live: LiveGuard,
     device: &str,
 ) {
-    // At debug level, as every event of the task is (see `super::ws`).
-    let span = tracing::debug_span!("websocket", device = %device, upstream = "http1");
-    tokio::spawn(task(bridge, browser, upstream, live).instrument(span));
+    super::spawn_websocket(device, "http1", task(bridge, browser, upstream, live));
 }
 
 /// The relay's task: both upgrades, then both directions. Captured once

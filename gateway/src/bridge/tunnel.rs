@@ -15,7 +15,6 @@ use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tracing::Instrument as _;
 
 use super::Bridge;
 use super::gate::LiveGuard;
@@ -32,9 +31,7 @@ pub(super) fn spawn(
     live: LiveGuard,
     device: &str,
 ) {
-    // At debug level, as every event of the task is (see `super::ws`).
-    let span = tracing::debug_span!("websocket", device = %device, upstream = "raw");
-    tokio::spawn(task(bridge, browser, stream, live).instrument(span));
+    super::spawn_websocket(device, "raw", task(bridge, browser, stream, live));
 }
 
 /// The tunnel's task: the browser's upgrade, then both directions. Captured

@@ -62,7 +62,7 @@ use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
-use tracing::{Instrument as _, debug};
+use tracing::debug;
 
 use super::exchange::{download, link_lost, read_head};
 use super::gate::LiveGuard;
@@ -232,12 +232,7 @@ pub(super) async fn bridge(
     {
         resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
     }
-    // At debug level, as every event of the task is: a span entered and
-    // left on every poll costs about 5 % of the instructions per relayed
-    // message where it is enabled (BENCHMARKS.md, "Log spans off the
-    // message path").
-    let span = tracing::debug_span!("websocket", device = %device);
-    tokio::spawn(session(bridge, stream, upgrade, live).instrument(span));
+    super::spawn_websocket(&device, "link", session(bridge, stream, upgrade, live));
     Ok(resp)
 }
 
