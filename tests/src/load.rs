@@ -28,7 +28,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::procs::{cpu_ns, cpu_ticks, rss_kib, steal_ms};
-use crate::wss::{Latencies, connect};
+use crate::wss::{Latencies, connect, connect_h2};
 
 /// Where the load goes.
 #[derive(Clone, Debug)]
@@ -43,6 +43,9 @@ pub struct Target {
     pub tls: Arc<ClientConfig>,
     /// The target's processes, whose CPU time and RSS are measured.
     pub pids: Vec<u32>,
+    /// Open each WebSocket as an HTTP/2 stream (RFC 8441) on an HTTP/2
+    /// connection of its own; `tls` must offer `h2`.
+    pub http2: bool,
 }
 
 impl Target {
@@ -52,6 +55,11 @@ impl Target {
 
     fn origin(&self, i: usize) -> String {
         format!("https://{}:{}", self.host(i), self.addr.port())
+    }
+
+    /// The HTTP version the WebSockets open with.
+    fn http_version(&self) -> u8 {
+        if self.http2 { 2 } else { 1 }
     }
 
     /// CPU time of the target's processes so far, nanoseconds.
@@ -73,16 +81,13 @@ impl Target {
     }
 
     async fn open(&self, i: usize, source: Option<IpAddr>) -> Result<crate::wss::Wss, String> {
-        connect(
-            &self.tls,
-            self.addr,
-            source,
-            self.host(i),
-            &self.path,
-            &self.origin(i),
-        )
-        .await
-        .map_err(|e| e.0)
+        let (host, origin) = (self.host(i), self.origin(i));
+        let r = if self.http2 {
+            connect_h2(&self.tls, self.addr, source, host, &self.path, &origin).await
+        } else {
+            connect(&self.tls, self.addr, source, host, &self.path, &origin).await
+        };
+        r.map_err(|e| e.0)
     }
 }
 
@@ -365,6 +370,7 @@ pub async fn echo(t: &Target, o: &EchoOptions) -> Result<Report, String> {
     }
     let mut r = Report::default();
     r.put("test", "echo")
+        .put("http", t.http_version())
         .put("size", o.size)
         .put("connections", o.connections)
         .put("pipeline", o.pipeline)
@@ -473,6 +479,7 @@ pub async fn idle(t: &Target, o: &IdleOptions) -> Result<Report, String> {
     let per = (after.saturating_sub(before) * 1024) as f64 / n.max(1) as f64;
     let mut r = Report::default();
     r.put("test", "idle")
+        .put("http", t.http_version())
         .put("connections", n)
         .put("wanted", o.count)
         .put("open_s", format!("{:.1}", opened.as_secs_f64()))
@@ -617,6 +624,7 @@ pub async fn bulk(t: &Target, o: &BulkOptions) -> Result<Report, String> {
     let mb = msgs * o.size as f64 / 1e6;
     let mut r = Report::default();
     r.put("test", "bulk")
+        .put("http", t.http_version())
         .put("size", o.size)
         .put("pipeline", echo_opts.pipeline)
         .put("mb_per_s", format!("{mb:.1}"))

@@ -1,7 +1,8 @@
 //! The benchmark harnesses run: `bench-proxies` for a few seconds against the
 //! gateway alone (link mode, link mode with every connection on one device,
 //! and direct mode where this build serves it),
-//! every workload once, and its report has numbers for each; `link-bench`
+//! every workload once, and its report has numbers for each (and again
+//! with the WebSockets over HTTP/2); `link-bench`
 //! with 2 MiB each way through the device link; `kx-bench` for a few
 //! exchanges of each X25519 implementation; `record-bench` for a MiB of
 //! records through each AES-GCM implementation. No figure is checked
@@ -123,6 +124,50 @@ fn the_benchmark_harness_measures_the_gateway() {
         report.contains("both cores kept from idling") && !stderr.contains("keep-awake thread"),
         "cores not kept awake for the half-load echo:\n{report}\n{stderr}"
     );
+}
+
+/// With `--h2` the WebSockets open as HTTP/2 streams (RFC 8441 extended
+/// CONNECT, as browsers open them over a connection they hold): the echo,
+/// idle and bulk workloads measure the gateway that way, and say so.
+#[test]
+fn the_benchmark_harness_opens_websockets_over_http2() {
+    let gateway = e2e::procs::workspace_binary("gateway", &["-p", "gateway", "--bin", "gateway"]);
+    let dir = gateway.parent().expect("target/<profile>").to_path_buf();
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench-proxies"));
+    let out = std::env::temp_dir().join(format!("bench-smoke-h2-{}.md", std::process::id()));
+    let run = Command::new(&bench)
+        .args([
+            "--only=gw-link",
+            "--work=echo,idle,bulk",
+            "--rounds=1",
+            "--idle=100",
+            "--echo-seconds=1",
+            "--short-seconds=0.5",
+            "--devices=10",
+            "--h2",
+        ])
+        .arg("--bin-dir")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run bench-proxies");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "bench-proxies failed:\n{stderr}");
+    let report = std::fs::read_to_string(&out).expect("report");
+    let _ = std::fs::remove_file(&out);
+    for row in [
+        "WSS echo 64 B ×100, msg/s",
+        "RSS per idle WSS, bytes",
+        "bulk 64 KiB msgs, 1 conn, MB/s",
+    ] {
+        assert_figure(&report, row, 3, &stderr);
+    }
+    let results: Vec<&str> = stderr.lines().filter(|l| l.contains(" RESULT ")).collect();
+    assert!(results.len() >= 4, "too few results:\n{stderr}");
+    for r in results {
+        assert!(r.contains(" http=2 "), "not over HTTP/2: {r}");
+    }
 }
 
 /// `link-bench` moves a few MiB each way through the device link in-process

@@ -80,6 +80,10 @@ struct Args {
     /// an idle vCPU here takes milliseconds to wake).
     #[arg(long)]
     let_idle: bool,
+    /// WebSockets over HTTP/2 (RFC 8441) for the echo, idle and bulk
+    /// workloads: `loadgen --h2`. nginx does not proxy them.
+    #[arg(long)]
+    h2: bool,
     /// Write each half-load round's per-message trace here
     /// (`<target>-<round>.txt`: connection, send µs, latency µs per line).
     #[arg(long)]
@@ -466,6 +470,9 @@ impl Bench {
         );
         for p in pids {
             let _ = write!(cmd, " --pid={p}");
+        }
+        if self.args.h2 {
+            cmd.push_str(" --h2");
         }
         if let Some(h) = host {
             let _ = write!(cmd, " --host={h}");

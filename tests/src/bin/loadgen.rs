@@ -9,6 +9,7 @@
 //! loadgen … idle --count 9500 --sources 4     # RSS per idle WSS connection
 //! loadgen … handshake [--resume]              # TLS 1.3 handshakes/s and CPU per handshake
 //! loadgen … bulk --size 1048576               # one connection, MB/s
+//! loadgen --h2 … echo                         # WebSockets over HTTP/2 (RFC 8441)
 //! ```
 
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use clap::{Parser, Subcommand};
 use e2e::load::{
     BulkOptions, EchoOptions, HandshakeOptions, IdleOptions, Target, bulk, echo, handshakes, idle,
 };
-use e2e::wss::tls_config;
+use e2e::wss::{tls_config, with_h2};
 
 #[derive(Parser, Debug)]
 #[command(about = "Load generator for TLS WebSocket proxies (echo, idle, handshakes, bulk)")]
@@ -43,6 +44,12 @@ struct Args {
     /// The target's process ids (CPU time and RSS are summed); repeatable.
     #[arg(long)]
     pid: Vec<u32>,
+    /// Open each WebSocket as an HTTP/2 stream (RFC 8441 extended
+    /// CONNECT) on an HTTP/2 connection of its own, as a browser does over
+    /// a connection it already holds (the handshake workload then offers
+    /// only h2 in ALPN).
+    #[arg(long)]
+    h2: bool,
     /// A label copied into the RESULT line.
     #[arg(long, default_value = "target")]
     label: String,
@@ -129,8 +136,13 @@ async fn main() -> std::process::ExitCode {
         addr: args.addr,
         hosts,
         path: args.path.clone(),
-        tls: tls_config(&ca),
+        tls: if args.h2 {
+            with_h2(&tls_config(&ca))
+        } else {
+            tls_config(&ca)
+        },
         pids: args.pid.clone(),
+        http2: args.h2,
     };
     let secs = Duration::from_secs_f64;
     let r = match args.work {
