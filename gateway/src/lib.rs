@@ -9,6 +9,7 @@
 //! - `edge`: listeners (MSS clamp), TLS, the HTTP accept loop.
 //! - `acme`: certificates obtained and renewed from an ACME CA.
 //! - `auth`: users, sessions, tokens, login, audit.
+//! - `beside`: rare events (timers, signals) a busy task polls only once they wake.
 //! - `bridge`: routing, checks, and HTTP and WebSocket exchanges with devices.
 //! - `server`: a configuration turned into listeners and tasks.
 //! - `demo`: `gateway demo`: generated CA, key and configuration, and an in-process device.
@@ -20,6 +21,7 @@
 
 pub mod acme;
 pub mod auth;
+pub mod beside;
 pub mod bridge;
 pub mod cli;
 pub mod config;

@@ -403,6 +403,27 @@ fn demo_serves_its_device_and_reuses_its_files() {
     assert_eq!(gw.stop(), Some(0));
     assert_eq!(std::fs::read_to_string(data.join("ca.pem")).unwrap(), ca);
 
+    // A connection's events carry its span, which its task does not enter
+    // (they name it as their parent): here a handshake that fails on
+    // bytes that are not TLS, logged at debug level.
+    let gw = Running::start_with("env", &["RUST_LOG=gateway=debug", BIN], &args);
+    let open = gw.wait_line("Open:");
+    let port: u16 = open
+        .split("https://localhost:")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {open}"));
+    {
+        use std::io::{Read as _, Write as _};
+        let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let _ = tcp.read(&mut [0; 64]);
+    }
+    let failed = without_colours(&gw.wait_line("TLS handshake failed"));
+    assert!(failed.contains("conn{peer=127.0.0.1:"), "{failed}");
+    assert_eq!(gw.stop(), Some(0));
+
     // Allowed one CPU, the gateway runs on one thread, and serves: the
     // demo device's session comes up over the link.
     let gw = Running::start_with("taskset", &["-c", "0", BIN], &args);

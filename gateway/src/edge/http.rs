@@ -72,9 +72,12 @@
 //! | WebSocket pings, two unanswered close | 20 s | `[websocket] ping_interval` |
 //! | device-link handshake | 10 s | `[link] handshake_timeout` |
 
+use std::future::{Future as _, poll_fn};
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{HeaderValue, Method, header};
@@ -95,6 +98,7 @@ use super::framing::{Framing, Verdict};
 use super::guard::{Guarded, Meter};
 use super::listener::{SocketOptions, tune_accepted};
 use super::tls::{CertResolver, Tls, TlsError};
+use crate::beside::Beside;
 use crate::bridge::page::ErrorPage;
 use crate::bridge::route::{self, Route};
 use crate::bridge::{Bridge, ClientCn, Conn};
@@ -222,10 +226,17 @@ pub struct Shared {
 /// Serves browsers on `edge` until `shutdown` turns true; connections then
 /// drain (see the module docs).
 ///
-/// Each connection runs in a `conn` span with the peer's address and,
-/// once a request names one, the device; each request in a `request`
-/// span with its method and device. Neither carries the path, query or
+/// Each connection has a `conn` span with the peer's address and, once a
+/// request names one, the device; each request a `request` span (its
+/// child) with its method and device. Neither carries the path, query or
 /// any header value: those may hold credentials.
+///
+/// The connection's task does not enter its span on every poll: an
+/// HTTP/2 connection carries its WebSockets' messages, and entering a
+/// span costs a trip through the subscriber each time (see "Log spans off
+/// the message path" in BENCHMARKS.md). The span is entered around the
+/// TLS handshake, each request's future runs in its own `request` span,
+/// and the connection's own events name `conn` as their parent.
 pub async fn serve(edge: Edge, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let builder = Arc::new(builder(&shared.http));
     let tls = edge.tls.map(Arc::new);
@@ -267,12 +278,13 @@ pub async fn serve(edge: Edge, shared: Arc<Shared>, mut shutdown: watch::Receive
         };
         let tls = tls.clone();
         let span = info_span!("conn", %peer, device = Empty);
-        tokio::spawn(conn.run(tcp, peer, tls, permit).instrument(span));
+        tokio::spawn(conn.run(tcp, peer, tls, permit, span));
     }
 }
 
-/// The span of one request: its method and, when the route names one, its
-/// device (also recorded on the connection's span, where the first wins).
+/// The span of one request, a child of its connection's `conn`: its method
+/// and, when the route names one, its device (also recorded on the
+/// connection's span, where the first wins).
 pub(super) fn request_span<B>(
     domain: &str,
     req: &hyper::Request<B>,
@@ -280,7 +292,7 @@ pub(super) fn request_span<B>(
     named: &AtomicBool,
 ) -> Span {
     let host = request_host(req);
-    let span = info_span!("request", method = %req.method(), device = Empty);
+    let span = info_span!(parent: conn, "request", method = %req.method(), device = Empty);
     if let Route::Device(target) = route::route(domain, host.as_deref(), req.uri()) {
         span.record("device", target.device.as_str());
         if !named.swap(true, Ordering::Relaxed) {
@@ -391,7 +403,14 @@ struct Session {
 }
 
 impl Connection {
-    async fn run(self, tcp: TcpStream, peer: SocketAddr, tls: Option<Arc<Tls>>, permit: Permit) {
+    async fn run(
+        self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Arc<Tls>>,
+        permit: Permit,
+        span: Span,
+    ) {
         let started = std::time::Instant::now();
         let stats = self.shared.stats.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
@@ -402,12 +421,12 @@ impl Connection {
             stats.send_timeouts.clone(),
         );
         match tls {
-            Some(tls) => match tls.accept(io).await {
+            Some(tls) => match tls.accept(io).instrument(span.clone()).await {
                 Ok(stream) if stream.alpn_protocol() == Some(crate::edge::tls::ACME_TLS_ALPN) => {
                     // An ACME CA saw the TLS-ALPN-01 certificate; RFC 8737
                     // ends the connection here.
                     stats.tls_ok.fetch_add(1, Ordering::Relaxed);
-                    debug!("TLS-ALPN-01 validation handshake done; closing");
+                    debug!(parent: &span, "TLS-ALPN-01 validation handshake done; closing");
                 }
                 Ok(stream) => {
                     stats.tls_ok.fetch_add(1, Ordering::Relaxed);
@@ -423,21 +442,22 @@ impl Connection {
                         framing: None,
                     };
                     if session.h2 {
-                        self.http(stream, session).await;
+                        self.http(stream, session, &span).await;
                     } else {
                         let verdict = Arc::new(Verdict::default());
                         session.framing = Some(verdict.clone());
                         let max = self.shared.http.max_header_bytes;
-                        self.http(Framing::new(stream, max, verdict), session).await;
+                        self.http(Framing::new(stream, max, verdict), session, &span)
+                            .await;
                     }
                 }
                 Err(e @ TlsError::Stalled(_)) => {
                     stats.tls_stalled.fetch_add(1, Ordering::Relaxed);
-                    warn!(outcome = e.outcome(), "{e}");
+                    warn!(parent: &span, outcome = e.outcome(), "{e}");
                 }
                 Err(e) => {
                     stats.tls_failed.fetch_add(1, Ordering::Relaxed);
-                    debug!(outcome = e.outcome(), "{e}");
+                    debug!(parent: &span, outcome = e.outcome(), "{e}");
                 }
             },
             None => {
@@ -451,14 +471,17 @@ impl Connection {
                     framing: Some(verdict.clone()),
                 };
                 let max = self.shared.http.max_header_bytes;
-                self.http(Framing::new(io, max, verdict), session).await;
+                self.http(Framing::new(io, max, verdict), session, &span)
+                    .await;
             }
         }
         stats.open.fetch_sub(1, Ordering::Relaxed);
         drop(permit);
     }
 
-    async fn http<I>(&self, io: I, session: Session)
+    /// Serves HTTP on `io` until the connection ends; `span` is the
+    /// connection's (see [`serve`]).
+    async fn http<I>(&self, io: I, session: Session, span: &Span)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -469,7 +492,7 @@ impl Connection {
         };
         let active = Arc::new(AtomicU64::new(0));
         let counter = active.clone();
-        let conn_span = Span::current();
+        let conn_span = span.clone();
         let named = Arc::new(AtomicBool::new(false));
         let h2 = Arc::new(AtomicBool::new(session.h2));
         let saw_h2 = h2.clone();
@@ -562,31 +585,49 @@ impl Connection {
         };
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut stop = pin!(stopping(&mut shutdown));
+        let beside = Beside::new();
         let mut draining = false;
         loop {
-            tokio::select! {
-                r = conn.as_mut() => {
+            // The connection first, on every wake; the drain signal and the
+            // tick only once they have woken (their polls re-arm a watch and
+            // a timer, and an HTTP/2 connection wakes for every message of
+            // its WebSockets).
+            let event = poll_fn(|cx| {
+                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Ended(r));
+                }
+                beside.poll(cx, |cx| {
+                    if !draining && stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Stop);
+                    }
+                    tick.poll_tick(cx).map(|_| Event::Tick)
+                })
+            })
+            .await;
+            match event {
+                Event::Ended(r) => {
                     if let Err(e) = r {
                         self.classify(&*e);
-                        debug!("connection ended: {e}");
+                        debug!(parent: span, "connection ended: {e}");
                     }
                     return;
                 }
-                () = stopping(&mut shutdown), if !draining => {
+                Event::Stop => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = tick.tick() => {
+                Event::Tick => {
                     let busy = active.load(Ordering::Relaxed) > 0;
                     let received = self.meter.received.load(Ordering::Relaxed);
                     if !h2.load(Ordering::Relaxed) && body.too_slow(busy, received) {
                         stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
-                        debug!(min_rate = body.min_rate, "request body slower than the minimum rate; closing");
+                        debug!(parent: span, min_rate = body.min_rate, "request body slower than the minimum rate; closing");
                         return;
                     }
                     if send.too_slow(&self.meter) {
                         stats.send_rate_timeouts.fetch_add(1, Ordering::Relaxed);
-                        debug!(min_rate = send.min_rate, "client reads slower than the minimum rate; closing");
+                        debug!(parent: span, min_rate = send.min_rate, "client reads slower than the minimum rate; closing");
                         return;
                     }
                     if draining {
@@ -598,7 +639,7 @@ impl Connection {
                     if busy {
                         idle_since = tokio::time::Instant::now();
                     } else if idle_since.elapsed() >= idle {
-                        debug!("idle for {idle:?}; closing");
+                        debug!(parent: span, "idle for {idle:?}; closing");
                         stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
                         draining = true;
                         conn.as_mut().graceful_shutdown();
@@ -621,6 +662,16 @@ impl Connection {
             stats.malformed.fetch_add(1, Ordering::Relaxed);
         }
     }
+}
+
+/// What woke a connection's serving loop.
+enum Event<E> {
+    /// hyper is done with the connection.
+    Ended(Result<(), E>),
+    /// The gateway drains.
+    Stop,
+    /// The rate and idle checks are due.
+    Tick,
 }
 
 /// A request counted in its connection's in-flight total (which keeps
