@@ -544,6 +544,9 @@ async fn large_binary_messages_go_on_in_parts() {
         )
         .await
         .unwrap();
+    let to_device = "gateway_websocket_messages_total{direction=\"to_device\"}";
+    let to_browser = "gateway_websocket_messages_total{direction=\"to_browser\"}";
+    let before = (gw.metric(to_device), gw.metric(to_browser));
     for _ in 0..2 {
         ws.send(Message::binary(big.clone())).await.unwrap();
         let m = ws.next().await.unwrap().unwrap();
@@ -554,6 +557,11 @@ async fn large_binary_messages_go_on_in_parts() {
         ws.next().await.unwrap().unwrap(),
         Message::text("echo:after")
     );
+    // Each message counted once however many parts it went in.
+    assert_eq!(
+        (gw.metric(to_device), gw.metric(to_browser)),
+        (before.0 + 3.0, before.1 + 3.0)
+    );
 
     // Link: the same message through a device's echo, counted once.
     let o = format!("https://{}:{}", host("plc"), gw.addr.port());
@@ -561,11 +569,10 @@ async fn large_binary_messages_go_on_in_parts() {
         .ws(1, &host("plc"), "/ws", &[("origin", &o)])
         .await
         .unwrap();
-    let series = "gateway_websocket_messages_total{direction=\"to_device\"}";
-    let before = gw.metric(series);
+    let before = gw.metric(to_device);
     ws.send(Message::binary(big.clone())).await.unwrap();
     let m = ws.next().await.unwrap().unwrap();
     assert!(m == Message::binary(big.clone()), "link: message differs");
-    assert_eq!(gw.metric(series), before + 1.0);
+    assert_eq!(gw.metric(to_device), before + 1.0);
     gw.stop().await;
 }

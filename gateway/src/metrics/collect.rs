@@ -148,7 +148,7 @@ const WS_OPEN: Family = gauge(
 const WS_MESSAGES: Family = counter(
     "gateway_websocket_messages_total",
     &["direction"],
-    "WebSocket messages bridged, by direction: to_device or to_browser.",
+    "WebSocket messages bridged, by direction: to_device (to the device, over its link or to its direct upstream) or to_browser.",
 );
 const WS_REFUSED: Family = counter(
     "gateway_websocket_refused_total",
