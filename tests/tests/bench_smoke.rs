@@ -15,16 +15,36 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-#[test]
-fn the_benchmark_harness_measures_the_gateway() {
+/// Runs `bench-proxies` with `args` against this build's gateway; its
+/// report and its standard error (the RESULT lines among it).
+fn bench_proxies(name: &str, args: &[&str]) -> (String, String) {
     let gateway = e2e::procs::workspace_binary("gateway", &["-p", "gateway", "--bin", "gateway"]);
     let dir = gateway.parent().expect("target/<profile>").to_path_buf();
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench-proxies"));
-    let out = std::env::temp_dir().join(format!("bench-smoke-{}.md", std::process::id()));
+    let out = std::env::temp_dir().join(format!("{name}-{}.md", std::process::id()));
+    let run = Command::new(&bench)
+        .args(args)
+        .arg("--bin-dir")
+        .arg(&dir)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run bench-proxies");
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "bench-proxies failed:\n{stderr}");
+    let report = std::fs::read_to_string(&out).expect("report");
+    let _ = std::fs::remove_file(&out);
+    (report, stderr)
+}
+
+#[test]
+fn the_benchmark_harness_measures_the_gateway() {
     // Not made here: bench-proxies makes it.
     let traces = std::env::temp_dir().join(format!("bench-smoke-traces-{}", std::process::id()));
-    let run = Command::new(&bench)
-        .args([
+    let trace_dir = format!("--trace-dir={}", traces.display());
+    let (report, stderr) = bench_proxies(
+        "bench-smoke",
+        &[
             "--only=gw-link,gw-link-1,gw-direct",
             "--rounds=1",
             "--idle-rounds=1",
@@ -32,19 +52,9 @@ fn the_benchmark_harness_measures_the_gateway() {
             "--echo-seconds=1",
             "--short-seconds=0.5",
             "--devices=10",
-        ])
-        .arg("--bin-dir")
-        .arg(&dir)
-        .arg("--out")
-        .arg(&out)
-        .arg("--trace-dir")
-        .arg(&traces)
-        .output()
-        .expect("run bench-proxies");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "bench-proxies failed:\n{stderr}");
-    let report = std::fs::read_to_string(&out).expect("report");
-    let _ = std::fs::remove_file(&out);
+            &trace_dir,
+        ],
+    );
     // Every workload produced a figure for the gateway in link mode.
     for row in [
         "WSS echo 64 B ×100, msg/s",
@@ -131,12 +141,9 @@ fn the_benchmark_harness_measures_the_gateway() {
 /// idle and bulk workloads measure the gateway that way, and say so.
 #[test]
 fn the_benchmark_harness_opens_websockets_over_http2() {
-    let gateway = e2e::procs::workspace_binary("gateway", &["-p", "gateway", "--bin", "gateway"]);
-    let dir = gateway.parent().expect("target/<profile>").to_path_buf();
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench-proxies"));
-    let out = std::env::temp_dir().join(format!("bench-smoke-h2-{}.md", std::process::id()));
-    let run = Command::new(&bench)
-        .args([
+    let (report, stderr) = bench_proxies(
+        "bench-smoke-h2",
+        &[
             "--only=gw-link",
             "--work=echo,idle,bulk",
             "--rounds=1",
@@ -145,17 +152,8 @@ fn the_benchmark_harness_opens_websockets_over_http2() {
             "--short-seconds=0.5",
             "--devices=10",
             "--h2",
-        ])
-        .arg("--bin-dir")
-        .arg(&dir)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run bench-proxies");
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "bench-proxies failed:\n{stderr}");
-    let report = std::fs::read_to_string(&out).expect("report");
-    let _ = std::fs::remove_file(&out);
+        ],
+    );
     for row in [
         "WSS echo 64 B ×100, msg/s",
         "RSS per idle WSS, bytes",
