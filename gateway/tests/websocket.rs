@@ -279,17 +279,27 @@ async fn device_refusal_is_passed_back_and_oversized_messages_close_1009() {
     let _dev = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
     let o = origin(&gw, "plc");
     for v in [1u8, 2] {
+        // Answered handshakes are counted by how the browser opened them.
+        let http = if v == 1 { "1.1" } else { "2" };
+        let handshakes = format!("gateway_websocket_handshakes_total{{http=\"{http}\"}}");
+        let before = gw.metric(&handshakes);
         let r = gw
             .ws(v, &host("plc"), "/ws-refuse", &[("origin", &o)])
             .await;
         let refused = r.err().expect("refusal accepted");
         assert_eq!(refused.status, 403);
         assert_eq!(refused.body, "upgrade refused\n");
+        assert_eq!(
+            gw.metric(&handshakes),
+            before,
+            "h{v}: a refusal is no handshake"
+        );
 
         let (mut ws, _) = gw
             .ws(v, &host("plc"), "/ws", &[("origin", &o)])
             .await
             .unwrap();
+        assert_eq!(gw.metric(&handshakes), before + 1.0, "h{v}");
         ws.send(Message::binary(vec![1u8; 60_000])).await.unwrap();
         assert!(matches!(next(&mut ws).await, Message::Binary(b) if b.len() == 60_000));
         let _ = ws.send(Message::binary(vec![1u8; 70_000])).await;

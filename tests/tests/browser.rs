@@ -9,7 +9,9 @@
 //! path-based with live readings over WSS, an LED clicked and seen in the
 //! device's `/api/status`, and the libwebsockets test server's page (a
 //! direct upstream) with its dumb-increment counter running. Screenshots go
-//! to `<target>/browser-artifacts/real_browser/`.
+//! to `<target>/browser-artifacts/real_browser/`. Every WebSocket the
+//! browser opens arrives as an HTTP/2 stream (RFC 8441), none by an
+//! HTTP/1.1 upgrade (`gateway_websocket_handshakes_total{http}`).
 //!
 //! Skips with a loud message when chromium or chromedriver is missing,
 //! except in CI (`CI=true`), where that fails.
@@ -498,6 +500,31 @@ async fn run(name: &str, scenario: impl AsyncFnOnce(&Client, u16, &Artifacts) ->
         .unwrap_or_else(|e| panic!("no browser session: {e}\n{}", driver.log()));
 
     let result = scenario(&client, setup.port, &art).await;
+    let handshakes: Vec<String> = setup
+        .server
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("gateway_websocket_handshakes_total{"))
+        .map(str::to_string)
+        .collect();
+    eprintln!("WebSocket handshakes by HTTP version: {handshakes:?}");
+    // Chromium opens its WebSockets as streams of the HTTP/2 connection
+    // that loaded the page (RFC 8441, which the gateway offers): that is
+    // the path real browsers take, so the benchmarks measure it too
+    // (`bench-proxies --h2`).
+    let count = |http: &str| {
+        handshakes
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "gateway_websocket_handshakes_total{{http=\"{http}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(-1.0)
+    };
+    let over_h2 = result.is_err() || (count("2") >= 1.0 && count("1.1") == 0.0);
     if let Err(e) = &result {
         let _ = art.screenshot(&client, "failure").await;
         if let Ok(src) = client.source().await {
@@ -527,6 +554,10 @@ async fn run(name: &str, scenario: impl AsyncFnOnce(&Client, u16, &Artifacts) ->
     if let Err(e) = result {
         panic!("{e}");
     }
+    assert!(
+        over_h2,
+        "the browser's WebSockets did not all open over HTTP/2: {handshakes:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -353,7 +353,7 @@ impl Bridge {
                         let browser = hyper::upgrade::on(&mut req);
                         let live = LiveSockets::register(self, principal, &device.id);
                         tunnel::spawn(self.clone(), browser, stream, live, &device.id);
-                        return Ok(relay::browser_answer(&hs, None));
+                        return Ok(hs.answer(None, &self.stats));
                     }
                     ServiceKind::Raw => (Target::Raw(handle, service), None),
                     _ => (Target::Link(handle, service), Some(announced)),
@@ -541,7 +541,7 @@ impl Bridge {
         } else {
             choice.and_then(|c| c.browser)
         };
-        let answer = relay::browser_answer(&hs, browser_protocol.as_deref());
+        let answer = hs.answer(browser_protocol.as_deref(), &self.stats);
         let live = LiveSockets::register(self, principal, &device.id);
         relay::spawn(
             self.clone(),

@@ -23,47 +23,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Notify;
 use tracing::debug;
 
+use super::Bridge;
 use super::gate::LiveGuard;
-use super::page::full;
 use super::stats::BridgeStats;
-use super::ws::{Handshake, limits};
+use super::ws::limits;
 use super::wsconn::{Incoming, OP_BINARY, OP_CONT, OP_TEXT, Role, WsConn, close_payload};
-use super::{Body, Bridge};
 use crate::beside::Rare;
 
 /// How long a closing handshake may take once one side has closed.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 type Conn = WsConn<TokioIo<Upgraded>>;
-
-/// The browser's 101 (HTTP/1.1) or 200 (HTTP/2 extended CONNECT).
-pub(super) fn browser_answer(handshake: &Handshake, subprotocol: Option<&str>) -> Response<Body> {
-    let mut resp = Response::new(full(Bytes::new()));
-    match handshake {
-        Handshake::Upgrade { accept } => {
-            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let h = resp.headers_mut();
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            if let Ok(v) = HeaderValue::from_str(accept) {
-                h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-            }
-        }
-        Handshake::Connect => *resp.status_mut() = StatusCode::OK,
-    }
-    if let Some(p) = subprotocol.and_then(|p| HeaderValue::from_str(p).ok()) {
-        resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-    }
-    resp
-}
 
 /// Starts the relay once both upgrades complete.
 pub(super) fn spawn(

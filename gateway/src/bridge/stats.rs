@@ -29,6 +29,10 @@ pub struct BridgeStats {
     pub body_timeouts: AtomicU64,
     /// WebSocket sessions opened.
     pub ws_opened: AtomicU64,
+    /// WebSocket handshakes answered, by how the browser opened them, in
+    /// the order of [`BridgeStats::WS_HANDSHAKES`]: an HTTP/1.1 upgrade or
+    /// an HTTP/2 extended CONNECT (RFC 8441).
+    pub ws_handshakes: [AtomicU64; 2],
     /// WebSocket sessions now open.
     pub ws_open: AtomicU64,
     /// WebSocket messages browser → device.
@@ -77,6 +81,7 @@ impl Default for BridgeStats {
             timeouts: AtomicU64::new(0),
             body_timeouts: AtomicU64::new(0),
             ws_opened: AtomicU64::new(0),
+            ws_handshakes: Default::default(),
             ws_open: AtomicU64::new(0),
             ws_messages_up: AtomicU64::new(0),
             ws_messages_down: AtomicU64::new(0),
@@ -120,6 +125,10 @@ impl BridgeStats {
     /// that breaks RFC 6455 (1002), over a size limit (1009), text that is
     /// not UTF-8 (1007).
     pub const WS_REFUSALS: [&str; 3] = ["protocol", "too_big", "utf8"];
+
+    /// The `http` label of the WebSocket handshakes, in the order of
+    /// [`BridgeStats::ws_handshakes`].
+    pub const WS_HANDSHAKES: [&str; 2] = ["1.1", "2"];
 
     /// Counts a WebSocket session begun (`ws_opened`) and open (`ws_open`)
     /// until the returned value is dropped, however its task ends.

@@ -70,6 +70,7 @@ use tracing::debug;
 use super::exchange::{download, link_lost, read_head};
 use super::gate::LiveGuard;
 use super::page::{ErrorPage, full};
+use super::stats::BridgeStats;
 use super::wsconn::{
     Incoming, Limits, OP_BINARY, OP_CONT, OP_PING, OP_TEXT, Role, WsConn, close_payload,
     wire_close_code,
@@ -88,6 +89,36 @@ pub(super) enum Handshake {
     Upgrade { accept: String },
     /// HTTP/2 extended CONNECT.
     Connect,
+}
+
+impl Handshake {
+    /// The browser's 101 (HTTP/1.1) or 200 (HTTP/2 extended CONNECT),
+    /// with the chosen subprotocol; counted in
+    /// `gateway_websocket_handshakes_total{http}`.
+    pub(super) fn answer(&self, subprotocol: Option<&str>, stats: &BridgeStats) -> Response<Body> {
+        let mut resp = Response::new(full(Bytes::new()));
+        let http = match self {
+            Self::Upgrade { accept } => {
+                *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let h = resp.headers_mut();
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+                if let Ok(v) = HeaderValue::from_str(accept) {
+                    h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+                }
+                0
+            }
+            Self::Connect => {
+                *resp.status_mut() = StatusCode::OK;
+                1
+            }
+        };
+        if let Some(p) = subprotocol.and_then(|p| HeaderValue::from_str(p).ok()) {
+            resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+        }
+        stats.ws_handshakes[http].fetch_add(1, Ordering::Relaxed);
+        resp
+    }
 }
 
 /// Recognizes a WebSocket handshake; `Ok(None)` for ordinary requests.
@@ -217,25 +248,7 @@ pub(super) async fn bridge(
             format!("Device {device} accepted the WebSocket and ended the stream at once."),
         ));
     }
-    let mut resp = Response::new(full(Bytes::new()));
-    match &handshake {
-        Handshake::Upgrade { accept } => {
-            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            let h = resp.headers_mut();
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-            if let Ok(v) = HeaderValue::from_str(accept) {
-                h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-            }
-        }
-        Handshake::Connect => *resp.status_mut() = StatusCode::OK,
-    }
-    if let Some(p) = subprotocol
-        .as_deref()
-        .and_then(|p| HeaderValue::from_str(p).ok())
-    {
-        resp.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p);
-    }
+    let resp = handshake.answer(subprotocol.as_deref(), &bridge.stats);
     super::spawn_websocket(&device, "link", session(bridge, stream, upgrade, live));
     Ok(resp)
 }

@@ -140,6 +140,11 @@ const WS_SESSIONS: Family = counter(
     &[],
     "WebSocket sessions bridged to devices.",
 );
+const WS_HANDSHAKES: Family = counter(
+    "gateway_websocket_handshakes_total",
+    &["http"],
+    "WebSocket handshakes the gateway answered, by how the browser opened them: 1.1 (an HTTP/1.1 upgrade) or 2 (an HTTP/2 extended CONNECT, RFC 8441).",
+);
 const WS_OPEN: Family = gauge(
     "gateway_websocket_sessions_open",
     &[],
@@ -321,6 +326,7 @@ pub const FAMILIES: &[Family] = &[
     LOGINS,
     HTTP_DEVICE_ERRORS,
     WS_SESSIONS,
+    WS_HANDSHAKES,
     WS_OPEN,
     WS_MESSAGES,
     WS_REFUSED,
@@ -531,6 +537,12 @@ impl Gateway {
             &[("offline", &b.offline), ("timeout", &b.timeouts)],
         );
         out.one(&WS_SESSIONS, load(&b.ws_opened));
+        by_names(
+            out,
+            &WS_HANDSHAKES,
+            &BridgeStats::WS_HANDSHAKES,
+            &b.ws_handshakes,
+        );
         out.one(&WS_OPEN, load(&b.ws_open));
         by_label(
             out,
