@@ -445,8 +445,12 @@ async fn sends_of_many_streams_at_once_share_records() {
     let records = hub.stats.records_sent.load(Ordering::Relaxed) - before;
     let messages = STREAMS * ROUNDS;
     eprintln!("{messages} messages of {STREAMS} streams went out in {records} records");
+    // Usually 11 – 19 records; about one run in a hundred, whose tasks
+    // were held up between rounds, took 65 – 80 (measured before and after
+    // the session's timer change of 0030593). One record per message
+    // would be 256.
     assert!(
-        records as usize <= messages / 4,
+        records as usize <= messages / 2,
         "{messages} messages in {records} records"
     );
 }
