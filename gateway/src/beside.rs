@@ -7,8 +7,8 @@
 //! of those polls of a rare event re-arms it: a timer's waker is compared
 //! and stored again, a `Notify` wait takes the notifier's lock, a watch
 //! checks its version. On the message path of a WebSocket that was about
-//! 3 % of the gateway's instructions per message (BENCHMARKS.md, "Rare
-//! events polled only when they wake").
+//! 5 % of the gateway's instructions per message (BENCHMARKS.md,
+//! "WebSockets over HTTP/2; rare events polled only when they wake").
 //!
 //! [`Beside`] polls the rare futures with a waker of its own. That waker
 //! notes that one of them woke and wakes the task; until it has, a poll
