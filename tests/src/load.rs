@@ -28,7 +28,7 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::procs::{cpu_ns, cpu_ticks, rss_kib, steal_ms};
-use crate::wss::{Latencies, connect, connect_h2};
+use crate::wss::{Latencies, connect, offers_h2};
 
 /// Where the load goes.
 #[derive(Clone, Debug)]
@@ -39,13 +39,12 @@ pub struct Target {
     pub hosts: Vec<String>,
     /// The WebSocket path.
     pub path: String,
-    /// TLS client settings (trusting the target's CA).
+    /// TLS client settings (trusting the target's CA); offering `h2`
+    /// ([`crate::wss::with_h2`]), each WebSocket opens as an HTTP/2 stream
+    /// (RFC 8441) on an HTTP/2 connection of its own.
     pub tls: Arc<ClientConfig>,
     /// The target's processes, whose CPU time and RSS are measured.
     pub pids: Vec<u32>,
-    /// Open each WebSocket as an HTTP/2 stream (RFC 8441) on an HTTP/2
-    /// connection of its own; `tls` must offer `h2`.
-    pub http2: bool,
 }
 
 impl Target {
@@ -59,7 +58,7 @@ impl Target {
 
     /// The HTTP version the WebSockets open with.
     fn http_version(&self) -> u8 {
-        if self.http2 { 2 } else { 1 }
+        if offers_h2(&self.tls) { 2 } else { 1 }
     }
 
     /// CPU time of the target's processes so far, nanoseconds.
@@ -82,11 +81,7 @@ impl Target {
 
     async fn open(&self, i: usize, source: Option<IpAddr>) -> Result<crate::wss::Wss, String> {
         let (host, origin) = (self.host(i), self.origin(i));
-        let r = if self.http2 {
-            connect_h2(&self.tls, self.addr, source, host, &self.path, &origin).await
-        } else {
-            connect(&self.tls, self.addr, source, host, &self.path, &origin).await
-        };
+        let r = connect(&self.tls, self.addr, source, host, &self.path, &origin).await;
         r.map_err(|e| e.0)
     }
 }

@@ -1,7 +1,8 @@
 //! WSS clients for the load generator: rustls + tungstenite over a real
 //! socket, bounded buffers, and a latency recorder. A WebSocket opens with
-//! an HTTP/1.1 upgrade ([`connect`]) or as an HTTP/2 stream (RFC 8441,
-//! [`connect_h2`]), as browsers open it over a connection they already hold.
+//! an HTTP/1.1 upgrade or as an HTTP/2 stream (RFC 8441, as browsers open
+//! it over a connection they already hold): [`connect`], by what its TLS
+//! settings offer.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -99,7 +100,8 @@ pub fn tls_config(ca_pem: &str) -> Arc<ClientConfig> {
     Arc::new(cfg)
 }
 
-/// `tls` offering only HTTP/2 in ALPN, for [`connect_h2`].
+/// `tls` offering only HTTP/2 in ALPN: [`connect`] then opens WebSockets
+/// as HTTP/2 streams.
 pub fn with_h2(tls: &Arc<ClientConfig>) -> Arc<ClientConfig> {
     let mut cfg = ClientConfig::clone(tls);
     cfg.alpn_protocols = vec![b"h2".to_vec()];
@@ -156,8 +158,10 @@ fn ws_config() -> WebSocketConfig {
         .write_buffer_size(0)
 }
 
-/// Opens `wss://<host><path>` at `addr` from `source` with an HTTP/1.1
-/// upgrade, on a connection of its own.
+/// Opens `wss://<host><path>` at `addr` from `source`, on a connection of
+/// its own: as an HTTP/2 stream (RFC 8441 extended CONNECT) when `tls`
+/// offers `h2` ([`with_h2`]; a server that does not agree to it is an
+/// error), with an HTTP/1.1 upgrade otherwise.
 pub async fn connect(
     tls: &Arc<ClientConfig>,
     addr: SocketAddr,
@@ -167,6 +171,9 @@ pub async fn connect(
     origin: &str,
 ) -> Result<Wss, ConnectError> {
     let io = tls_connect(tls, addr, source, host).await?;
+    if offers_h2(tls) {
+        return over_h2(io, host, path, origin).await;
+    }
     let mut req = format!("wss://{host}{path}")
         .into_client_request()
         .map_err(|e| err("request", &e))?;
@@ -179,19 +186,19 @@ pub async fn connect(
     Ok(ws)
 }
 
-/// Opens `wss://<host><path>` as an HTTP/2 stream (RFC 8441 extended
-/// CONNECT), on an HTTP/2 connection of its own; `tls` must offer `h2`
-/// ([`with_h2`]). A task of its own drives the connection until the
-/// WebSocket ends.
-pub async fn connect_h2(
-    tls: &Arc<ClientConfig>,
-    addr: SocketAddr,
-    source: Option<std::net::IpAddr>,
+/// Whether `tls` offers HTTP/2 ([`with_h2`]).
+pub fn offers_h2(tls: &ClientConfig) -> bool {
+    tls.alpn_protocols.iter().any(|p| p == b"h2")
+}
+
+/// [`connect`]'s HTTP/2 way: a connection driven by a task of its own
+/// until the WebSocket ends, and the WebSocket as one of its streams.
+async fn over_h2(
+    io: TlsStream<TcpStream>,
     host: &str,
     path: &str,
     origin: &str,
 ) -> Result<Wss, ConnectError> {
-    let io = tls_connect(tls, addr, source, host).await?;
     if io.get_ref().1.alpn_protocol() != Some(b"h2") {
         return Err(ConnectError("the server did not agree to HTTP/2".into()));
     }

@@ -142,7 +142,6 @@ async fn main() -> std::process::ExitCode {
             tls_config(&ca)
         },
         pids: args.pid.clone(),
-        http2: args.h2,
     };
     let secs = Duration::from_secs_f64;
     let r = match args.work {
