@@ -115,6 +115,52 @@ async fn connection_caps_refuse_before_tls_and_spare_open_connections() {
     gw.stop().await;
 }
 
+/// A WebSocket keeps its browser connection's place under the caps until
+/// it closes. Over HTTP/1.1 the connection's HTTP task ends at the
+/// upgrade: had its place gone back then, a source could open any number
+/// of sockets past `max_connections_per_address`, one upgrade at a time.
+#[tokio::test]
+async fn websockets_keep_their_connections_place_under_the_caps() {
+    let gw = Gw::start(
+        "[gateway.limits]\nmax_connections = 6\nmax_connections_per_address = 2\n",
+        &[Dev("plc", "")],
+    )
+    .await;
+    let _dev = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
+    let h = host("plc");
+    let origin = format!("https://{h}:{}", gw.addr.port());
+    let headers = [("origin", origin.as_str())];
+    let (mut first, _) = gw.ws(1, &h, "/ws", &headers).await.unwrap();
+    let (second, _) = gw.ws(1, &h, "/ws", &headers).await.unwrap();
+    // Two upgraded connections from 127.0.0.1: a third is refused
+    // before TLS.
+    assert!(tls_from(&gw, "127.0.0.1", &h).await.is_err());
+    assert_eq!(
+        gw.metric("gateway_browser_connections_refused_total{reason=\"per_address_cap\"}"),
+        1.0
+    );
+    // The sockets held are served as before.
+    first.send(Message::text("still here")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), first.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::text("still here"));
+    // A closed WebSocket gives its place back.
+    drop(second);
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(io) = tls_from(&gw, "127.0.0.1", &h).await {
+            again = Some(io);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status(&mut again.unwrap(), &h).await, "HTTP/1.1 200 OK");
+    gw.stop().await;
+}
+
 /// Writes `req` on a TLS connection for `sni` and reads until the server
 /// closes (or 5 s pass).
 async fn raw(gw: &Gw, sni: &str, parts: &[&[u8]]) -> String {

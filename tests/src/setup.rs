@@ -86,8 +86,11 @@ impl BenchDir {
     /// Writes `name` as the gateway's configuration: TLS on `https`, the
     /// link on `link`, metrics on `metrics`, the echo devices public (no
     /// login), WebSocket messages and frames up to 2 MiB (the bulk
-    /// workload sends 1 MiB messages as single frames) and, with `direct`, a public device `direct` served from
-    /// that address.
+    /// workload sends 1 MiB messages as single frames), the connection
+    /// caps raised to 20,000 (every browser of a benchmark is on loopback,
+    /// the idle workload's 9,500 WebSockets from four addresses, and each
+    /// WebSocket keeps its connection's place) and, with `direct`, a
+    /// public device `direct` served from that address.
     pub fn write_gateway_config(
         &self,
         name: &str,
@@ -100,7 +103,8 @@ impl BenchDir {
             "[gateway]\ndomain = \"{DOMAIN}\"\n\n[[listen]]\naddress = \"{https}\"\n\n\
              [tls]\ncertificates = [{{ cert = \"chain.pem\", key = \"key.pem\" }}]\n\n\
              [websocket]\nping_interval = \"60s\"\nmax_message = \"2MiB\"\nmax_frame = \"2MiB\"\n\n\
-             [link]\naddress = \"{link}\"\n\n[metrics]\naddress = \"{metrics}\"\n"
+             [link]\naddress = \"{link}\"\n\n[metrics]\naddress = \"{metrics}\"\n\n\
+             [gateway.limits]\nmax_connections = 20000\nmax_connections_per_address = 20000\n"
         );
         for d in &self.devices {
             let _ = write!(

@@ -17,12 +17,18 @@ use super::{Body, Bridge, Conn};
 use crate::auth::login::{self, encode};
 use crate::auth::{Anonymous, Principal, audit};
 use crate::config::Device;
+use crate::edge::admission::Place;
 
 /// A WebSocket that is open now, and who opened it.
 struct Live {
     principal: Option<Principal>,
     device: String,
     stop: Arc<Notify>,
+    /// The browser connection's place under the caps, kept while the
+    /// socket is registered (`edge::admission::Place`; none over HTTP/3,
+    /// which carries no WebSockets, and in unit tests). Kept here rather
+    /// than in the guard, so the socket's task does not grow.
+    _place: Option<Place>,
 }
 
 /// The open WebSockets, to close those a reload no longer allows.
@@ -51,20 +57,27 @@ impl LiveGuard {
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        self.bridge
+        let gone = self
+            .bridge
             .live
             .map
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
+        // Its place goes back to the caps (their lock) after the map's
+        // lock is released.
+        drop(gone);
     }
 }
 
 impl LiveSockets {
+    /// Registers a WebSocket of `principal` on `device`; its guard keeps
+    /// `place`, its browser connection's place under the caps.
     pub(super) fn register(
         bridge: &Arc<Bridge>,
         principal: Option<Principal>,
         device: &str,
+        place: Option<Place>,
     ) -> LiveGuard {
         let id = bridge.live.next.fetch_add(1, Ordering::Relaxed);
         let stop = Arc::new(Notify::new());
@@ -79,6 +92,7 @@ impl LiveSockets {
                     principal,
                     device: device.to_string(),
                     stop: stop.clone(),
+                    _place: place,
                 },
             );
         LiveGuard {

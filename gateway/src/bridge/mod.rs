@@ -351,7 +351,12 @@ impl Bridge {
                             .await
                             .map_err(|e| open_error(device, e))?;
                         let browser = hyper::upgrade::on(&mut req);
-                        let live = LiveSockets::register(self, principal, &device.id);
+                        let live = LiveSockets::register(
+                            self,
+                            principal,
+                            &device.id,
+                            take_place(&mut req),
+                        );
                         tunnel::spawn(self.clone(), browser, stream, live, &device.id);
                         return Ok(hs.answer(None, &self.stats));
                     }
@@ -478,7 +483,7 @@ impl Bridge {
         match (websocket, choice) {
             (Some(hs), Some(choice)) => {
                 let upgrade = hyper::upgrade::on(&mut req);
-                let live = LiveSockets::register(self, principal, &device.id);
+                let live = LiveSockets::register(self, principal, &device.id, take_place(&mut req));
                 let session = ws::Session {
                     handshake: hs,
                     subprotocol: choice.browser,
@@ -542,7 +547,7 @@ impl Bridge {
             choice.and_then(|c| c.browser)
         };
         let answer = hs.answer(browser_protocol.as_deref(), &self.stats);
-        let live = LiveSockets::register(self, principal, &device.id);
+        let live = LiveSockets::register(self, principal, &device.id, take_place(&mut req));
         relay::spawn(
             self.clone(),
             browser,
@@ -695,6 +700,12 @@ enum Target<'a> {
     Raw(DeviceHandle, u8),
     /// A direct upstream.
     Direct(&'a config::Direct),
+}
+
+/// The browser connection's place under the caps, for a WebSocket's task
+/// to keep (`edge::admission::Place`).
+fn take_place(req: &mut Request<RequestBody>) -> Option<crate::edge::admission::Place> {
+    req.extensions_mut().remove()
 }
 
 fn offline(device: &Device) -> ErrorPage {

@@ -14,6 +14,11 @@
 //! `gateway_browser_connections_refused_total{reason}`. Connections
 //! already admitted, WebSockets and device sessions are never touched.
 //!
+//! A connection keeps its place while it is open and while any WebSocket
+//! it carries is ([`Place`]): a WebSocket upgraded from HTTP/1.1 counts
+//! as the connection it is, so a source cannot pass its cap by upgrading
+//! its connections one after another.
+//!
 //! # Sources
 //!
 //! A source is an IPv4 address, or an IPv6 /64: one host usually owns a
@@ -335,6 +340,29 @@ pub struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.caps.release(self.source);
+    }
+}
+
+/// A browser connection's [`Permit`], shared by the connection and the
+/// WebSockets it carries: each request has a copy (a request extension),
+/// and the task of a WebSocket keeps its copy for the socket's life. The
+/// place goes back once the connection and every WebSocket on it are
+/// closed: an HTTP/1.1 connection upgraded to a WebSocket (whose HTTP
+/// task ends at the upgrade) still counts under the caps, and so does an
+/// HTTP/2 connection while a WebSocket stream on it is open.
+#[derive(Clone, Debug)]
+pub struct Place(
+    #[expect(
+        dead_code,
+        reason = "held for its drop: the place goes back with the last copy"
+    )]
+    Arc<Permit>,
+);
+
+impl Place {
+    /// Shares `permit`.
+    pub fn new(permit: Permit) -> Self {
+        Self(Arc::new(permit))
     }
 }
 

@@ -93,7 +93,7 @@ use tokio::sync::watch;
 use tracing::field::Empty;
 use tracing::{Instrument as _, Span, debug, info_span, warn};
 
-use super::admission::{Admission, Overload, Permit, Refused};
+use super::admission::{Admission, Overload, Permit, Place, Refused};
 use super::framing::{Framing, Verdict};
 use super::guard::{Guarded, Meter};
 use super::listener::{SocketOptions, tune_accepted};
@@ -400,6 +400,8 @@ struct Session {
     h2: bool,
     /// HTTP/1.1 framing watch (see [`super::framing`]).
     framing: Option<Arc<Verdict>>,
+    /// The connection's place under the caps, given to each request.
+    place: Place,
 }
 
 impl Connection {
@@ -414,6 +416,7 @@ impl Connection {
         let started = std::time::Instant::now();
         let stats = self.shared.stats.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
+        let place = Place::new(permit);
         let io = Guarded::new(
             tcp,
             self.shared.limits.send_timeout,
@@ -440,6 +443,7 @@ impl Connection {
                             .map(|n| (Arc::<str>::from(n), tls.resolver.clone())),
                         h2: stream.alpn_protocol() == Some(b"h2"),
                         framing: None,
+                        place,
                     };
                     if session.h2 {
                         self.http(stream, session, &span).await;
@@ -469,6 +473,7 @@ impl Connection {
                     sni: None,
                     h2: false,
                     framing: Some(verdict.clone()),
+                    place,
                 };
                 let max = self.shared.http.max_header_bytes;
                 self.http(Framing::new(io, max, verdict), session, &span)
@@ -476,7 +481,6 @@ impl Connection {
             }
         }
         stats.open.fetch_sub(1, Ordering::Relaxed);
-        drop(permit);
     }
 
     /// Serves HTTP on `io` until the connection ends; `span` is the
@@ -497,6 +501,7 @@ impl Connection {
         let h2 = Arc::new(AtomicBool::new(session.h2));
         let saw_h2 = h2.clone();
         let (client_cn, sni, framing) = (session.client_cn, session.sni, session.framing);
+        let place = session.place;
         let hsts = hsts(session.scheme, self.shared.http.hsts_max_age);
         let requests = AtomicU64::new(0);
         let alt_svc = self.alt_svc.clone();
@@ -507,6 +512,8 @@ impl Connection {
             if let Some((sni, _)) = &sni {
                 req.extensions_mut().insert(TlsSni(sni.clone()));
             }
+            // A WebSocket's task takes it (see `Place`).
+            req.extensions_mut().insert(place.clone());
             if req.version() == http::Version::HTTP_2 {
                 saw_h2.store(true, Ordering::Relaxed);
             }

@@ -103,11 +103,12 @@ async fn main() {
         "[gateway]\ndomain = \"{DOMAIN}\"\n\n[[listen]]\naddress = \"127.0.0.1:{https}\"\n\n\
          [tls]\ncertificates = [{{ cert = \"chain.pem\", key = \"key.pem\" }}]\n\n\
          [websocket]\nping_interval = \"60s\"\n\n\
-         [link]\naddress = \"127.0.0.1:{link}\"\n"
+         [link]\naddress = \"127.0.0.1:{link}\"\n\n\
+         [gateway.limits]\nmax_connections = 20000\nmax_connections_per_address = 20000\n"
     );
     for d in &devices {
         config.push_str(&format!(
-            "\n[[device]]\nid = \"{}\"\npublic_key = \"{}\"\n",
+            "\n[[device]]\nid = \"{}\"\npublic = true\npublic_key = \"{}\"\n",
             d.id,
             d.key.public_key()
         ));
