@@ -2,7 +2,10 @@
 //! gateway alone (link mode, link mode with every connection on one device,
 //! and direct mode where this build serves it),
 //! every workload once, and its report has numbers for each (and again
-//! with the WebSockets over HTTP/2); `link-bench`
+//! with the WebSockets over HTTP/2); against nginx and HAProxy for one
+//! echo each (installed by `.ci/run` through `scripts/bench-install-peers`;
+//! outside CI the test skips loudly without them); `wss-bench` for a
+//! second of echo and 300 idle WebSockets; `link-bench`
 //! with 2 MiB each way through the device link; `kx-bench` for a few
 //! exchanges of each X25519 implementation; `record-bench` for a MiB of
 //! records through each AES-GCM implementation. No figure is checked
@@ -166,6 +169,89 @@ fn the_benchmark_harness_opens_websockets_over_http2() {
     for r in results {
         assert!(r.contains(" http=2 "), "not over HTTP/2: {r}");
     }
+}
+
+/// The peers' setups work: nginx and HAProxy each proxy the echo, and
+/// with `--h2` HAProxy takes the WebSockets as HTTP/2 streams (it offers
+/// h2 then) while nginx, which takes no extended CONNECT, gets HTTP/1.1
+/// upgrades, as a browser's would be.
+#[test]
+fn the_benchmark_harness_measures_nginx_and_haproxy() {
+    let missing: Vec<&str> = ["nginx", "haproxy"]
+        .into_iter()
+        .filter(|p| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {p}")])
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if !missing.is_empty() {
+        e2e::netns::skip_or_fail(
+            "the_benchmark_harness_measures_nginx_and_haproxy",
+            &format!(
+                "{} missing (scripts/bench-install-peers installs them)",
+                missing.join(", ")
+            ),
+        );
+        return;
+    }
+    let (report, stderr) = bench_proxies(
+        "bench-smoke-peers",
+        &[
+            "--only=nginx,haproxy",
+            "--work=echo",
+            "--rounds=1",
+            "--echo-seconds=1",
+            "--h2",
+        ],
+    );
+    for column in [3, 4] {
+        assert_figure(&report, "WSS echo 64 B ×100, msg/s", column, &stderr);
+    }
+    let result = |label: &str| {
+        stderr
+            .lines()
+            .find(|l| l.contains(" RESULT ") && l.contains(&format!(" label={label} ")))
+            .unwrap_or_else(|| panic!("no RESULT for {label}:\n{stderr}"))
+            .to_string()
+    };
+    assert!(result("haproxy").contains(" http=2 "), "{stderr}");
+    assert!(result("nginx").contains(" http=1 "), "{stderr}");
+}
+
+/// `wss-bench` (the gateway alone: echo, then idle WebSockets) starts its
+/// gateway and devices, echoes, and holds more idle WebSockets from one
+/// address than the default per-address cap (256) would admit: its
+/// configuration raises the caps.
+#[test]
+fn the_wss_benchmark_echoes_and_holds_idle_websockets() {
+    let gateway = e2e::procs::workspace_binary("gateway", &["-p", "gateway", "--bin", "gateway"]);
+    let run = Command::new(env!("CARGO_BIN_EXE_wss-bench"))
+        .args([
+            "--devices=4",
+            "--connections=4",
+            "--seconds=1",
+            "--idle=300",
+        ])
+        .arg("--gateway")
+        .arg(&gateway)
+        .output()
+        .expect("run wss-bench");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        run.status.success(),
+        "wss-bench failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains(" msg/s"),
+        "no echo figure:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("idle: 300 WebSockets opened"),
+        "not all idle WebSockets opened:\n{stdout}\n{stderr}"
+    );
 }
 
 /// `link-bench` moves a few MiB each way through the device link in-process

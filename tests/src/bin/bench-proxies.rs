@@ -81,7 +81,10 @@ struct Args {
     #[arg(long)]
     let_idle: bool,
     /// WebSockets over HTTP/2 (RFC 8441) for the echo, idle and bulk
-    /// workloads: `loadgen --h2`. nginx does not proxy them.
+    /// workloads (`loadgen --h2`), as a browser opens them where the
+    /// server offers it: the gateway and HAProxy (which then offers h2 in
+    /// ALPN) take them as HTTP/2 streams; nginx takes no extended CONNECT,
+    /// so its WebSockets stay HTTP/1.1 upgrades, as a browser's would.
     #[arg(long)]
     h2: bool,
     /// Write each half-load round's per-message trace here
@@ -113,6 +116,8 @@ struct Target {
     /// Measured in the echo workloads only (the others would repeat
     /// another target's figures).
     echo_only: bool,
+    /// Its WebSockets are opened as HTTP/2 streams (`loadgen --h2`).
+    h2: bool,
     _procs: Vec<Proc>,
 }
 
@@ -185,6 +190,7 @@ fn run(args: Args) -> Result<(), String> {
                 pid,
                 host: None,
                 echo_only: false,
+                h2: b.args.h2,
                 _procs: std::mem::take(&mut procs),
             });
         }
@@ -196,6 +202,7 @@ fn run(args: Args) -> Result<(), String> {
                     pid,
                     host: Some(first),
                     echo_only: true,
+                    h2: b.args.h2,
                     _procs: std::mem::take(&mut procs),
                 }),
                 None => b
@@ -210,6 +217,7 @@ fn run(args: Args) -> Result<(), String> {
                 pid,
                 host: Some(format!("{DIRECT_DEVICE}.{DOMAIN}")),
                 echo_only: false,
+                h2: b.args.h2,
                 _procs: procs,
             });
         } else if want("gw-direct") {
@@ -244,6 +252,22 @@ fn run(args: Args) -> Result<(), String> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if b.args.h2 {
+        let over = |h2: bool| {
+            targets
+                .iter()
+                .filter(|t| t.h2 == h2)
+                .map(|t| t.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        b.notes.push(format!(
+            "WebSockets as HTTP/2 streams (RFC 8441): {}; as HTTP/1.1 upgrades: {} \
+             (nginx takes no extended CONNECT; a browser reaches it that way too).",
+            over(true),
+            over(false)
+        ));
+    }
     b.rounds(&targets);
     let report = b.report(&targets);
     println!("{report}");
@@ -355,6 +379,7 @@ impl Bench {
             addr,
             &[],
             Some(&format!("{DIRECT_DEVICE}.{DOMAIN}")),
+            self.args.h2,
             &["echo", "--connections=1", "--seconds=0.2", "--warmup=0"],
         );
         out.is_some()
@@ -412,6 +437,9 @@ impl Bench {
             pid: p.pid(),
             host: None,
             echo_only: false,
+            // nginx takes no extended CONNECT (RFC 8441): a browser opens
+            // its WebSockets to nginx with an HTTP/1.1 upgrade.
+            h2: false,
             _procs: vec![p],
         })
     }
@@ -423,9 +451,16 @@ impl Bench {
         let conf = format!(
             "global\n  nbthread 1\n  maxconn 9900\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n\n\
              defaults\n  mode http\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\n\
-             frontend fe\n  bind 127.0.0.1:{port} ssl crt {crt} alpn http/1.1\n  default_backend be\n\n\
+             frontend fe\n  bind 127.0.0.1:{port} ssl crt {crt} alpn {alpn}\n  default_backend be\n\n\
              backend be\n  server echo {upstream}\n",
-            crt = self.dir.path("combined.pem").display()
+            crt = self.dir.path("combined.pem").display(),
+            // With --h2 HAProxy offers HTTP/2 and takes WebSockets as
+            // extended CONNECT streams (RFC 8441), as a browser opens them.
+            alpn = if self.args.h2 {
+                "h2,http/1.1"
+            } else {
+                "http/1.1"
+            },
         );
         let path = self.dir.path("haproxy.cfg");
         std::fs::write(&path, conf).map_err(|e| e.to_string())?;
@@ -448,17 +483,20 @@ impl Bench {
             pid: p.pid(),
             host: None,
             echo_only: false,
+            h2: self.args.h2,
             _procs: vec![p],
         })
     }
 
-    /// Runs loadgen pinned to the load core; its RESULT line.
+    /// Runs loadgen pinned to the load core; its RESULT line. `h2`: the
+    /// WebSockets as HTTP/2 streams.
     fn loadgen(
         &self,
         label: &str,
         addr: SocketAddr,
         pids: &[u32],
         host: Option<&str>,
+        h2: bool,
         work: &[&str],
     ) -> Option<Report> {
         let mut cmd = format!(
@@ -471,7 +509,7 @@ impl Bench {
         for p in pids {
             let _ = write!(cmd, " --pid={p}");
         }
-        if self.args.h2 {
+        if h2 {
             cmd.push_str(" --h2");
         }
         if let Some(h) = host {
@@ -493,7 +531,7 @@ impl Bench {
     }
 
     fn measure(&mut self, t: &Target, key: &str, work: &[&str]) {
-        let r = self.loadgen(t.name, t.addr, &[t.pid], t.host.as_deref(), work);
+        let r = self.loadgen(t.name, t.addr, &[t.pid], t.host.as_deref(), t.h2, work);
         if let Some(r) = r {
             eprintln!("  {key:>12} {}", r.line());
             self.results
