@@ -157,6 +157,7 @@ h2_max_concurrent_streams = 50
 h2_max_pending_resets = 10
 h2_max_local_error_resets = 500
 hsts_max_age = "1d"
+websocket_over_http2 = false
 
 [websocket]
 max_message = 262144
@@ -250,6 +251,7 @@ fn a_full_file_types_every_value() {
             h2_max_pending_resets: 10,
             h2_max_local_error_resets: 500,
             hsts_max_age: Some(Duration::from_secs(86400)),
+            websocket_over_http2: false,
         }
     );
     assert_eq!(
@@ -433,6 +435,12 @@ fn unknown_fields_and_variants_are_refused_everywhere() {
     let dir = TempDir::new("unknown-deep");
     for (snippet, line, col, needle) in [
         ("[http]\nmax_body = 5\n", 11, 1, "unknown field `max_body`"),
+        (
+            "[http]\nwebsocket_over_http2 = \"no\"\n",
+            11,
+            24,
+            "invalid type: string \"no\", expected a boolean",
+        ),
         ("[link]\nmtu = 5\n", 11, 1, "unknown field `mtu`"),
         ("[metrics]\npath = \"/m\"\n", 11, 1, "unknown field `path`"),
         ("[tls]\n", 10, 2, "duplicate key"),

@@ -54,6 +54,18 @@ async fn tls_from(gw: &Gw, from: &str, sni: &str) -> std::io::Result<TlsStream<T
         .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
 }
 
+/// A TLS connection from `from`, retried for up to 2 s while a place
+/// under the caps is being given back.
+async fn admitted_soon(gw: &Gw, from: &str, sni: &str) -> TlsStream<TcpStream> {
+    for _ in 0..100 {
+        if let Ok(io) = tls_from(gw, from, sni).await {
+            return io;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no place for a connection from {from} within 2 s");
+}
+
 /// One request on a held connection: its status line.
 async fn status(io: &mut TlsStream<TcpStream>, h: &str) -> String {
     let req = format!("GET /head HTTP/1.1\r\nhost: {h}\r\n\r\n");
@@ -102,15 +114,8 @@ async fn connection_caps_refuse_before_tls_and_spare_open_connections() {
     }
     // A closed connection gives its place back.
     drop(held.pop());
-    let mut again = None;
-    for _ in 0..100 {
-        if let Ok(io) = tls_from(&gw, "127.0.0.3", &h).await {
-            again = Some(io);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status(&mut again.unwrap(), &h).await, "HTTP/1.1 200 OK");
+    let mut again = admitted_soon(&gw, "127.0.0.3", &h).await;
+    assert_eq!(status(&mut again, &h).await, "HTTP/1.1 200 OK");
     assert!(gw.server().hub.device("plc").is_some());
     gw.stop().await;
 }
@@ -149,15 +154,8 @@ async fn websockets_keep_their_connections_place_under_the_caps() {
     assert_eq!(echoed, Message::text("still here"));
     // A closed WebSocket gives its place back.
     drop(second);
-    let mut again = None;
-    for _ in 0..100 {
-        if let Ok(io) = tls_from(&gw, "127.0.0.1", &h).await {
-            again = Some(io);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(status(&mut again.unwrap(), &h).await, "HTTP/1.1 200 OK");
+    let mut again = admitted_soon(&gw, "127.0.0.1", &h).await;
+    assert_eq!(status(&mut again, &h).await, "HTTP/1.1 200 OK");
     gw.stop().await;
 }
 

@@ -9,8 +9,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::harness::{DOMAIN, Dev, Gw, WsClient, head_headers, link_config};
+use common::harness::{DOMAIN, Dev, Gw, WsClient, empty, head_headers, link_config};
 use futures_util::{SinkExt as _, StreamExt as _};
+use http::Request;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -306,6 +307,58 @@ async fn device_refusal_is_passed_back_and_oversized_messages_close_1009() {
         let f = close_of(&mut ws).await;
         assert_eq!(u16::from(f.code), 1009, "h{v}");
     }
+    gw.stop().await;
+}
+
+/// `[http] websocket_over_http2 = false`: the gateway does not announce
+/// extended CONNECT (RFC 8441), so an HTTP/2 client cannot open a
+/// WebSocket as a stream (a browser then opens it over HTTP/1.1, see
+/// `tests/tests/browser.rs`), and HTTP/1.1 upgrades work as before. On
+/// (the default) the same request opens one
+/// (`messages_pings_and_close_codes_over_h1_and_h2`).
+#[tokio::test]
+async fn websockets_over_http2_can_be_turned_off() {
+    let gw = Gw::start("[http]\nwebsocket_over_http2 = false\n", &[Dev("plc", "")]).await;
+    let _dev = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
+    let o = origin(&gw, "plc");
+    let mut client = gw.client(2, &host("plc")).await;
+    let connect = Request::builder()
+        .method("CONNECT")
+        .uri(format!("https://{}/ws", host("plc")))
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .header("sec-websocket-version", "13")
+        .header("origin", &o)
+        .body(empty())
+        .unwrap();
+    let r = client.send(connect).await;
+    assert!(
+        r.is_err(),
+        "an extended CONNECT went through: {:?}",
+        r.map(|resp| resp.status())
+    );
+    // The connection still serves requests.
+    let (parts, _) = client
+        .fetch(
+            common::harness::get(2, &host("plc"), "/head")
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(parts.status, 200);
+    let (mut ws, _) = gw
+        .ws(1, &host("plc"), "/ws", &[("origin", &o)])
+        .await
+        .unwrap();
+    ws.send(Message::text("over 1.1")).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("over 1.1"));
+    assert_eq!(
+        gw.metric("gateway_websocket_handshakes_total{http=\"1.1\"}"),
+        1.0
+    );
+    assert_eq!(
+        gw.metric("gateway_websocket_handshakes_total{http=\"2\"}"),
+        0.0
+    );
     gw.stop().await;
 }
 

@@ -320,6 +320,9 @@ pub struct HttpSection {
     /// `Strict-Transport-Security: max-age` on every response over TLS;
     /// `"0s"` sends none. Default `"365d"`.
     pub hsts_max_age: Option<Spanned<String>>,
+    /// WebSockets as HTTP/2 streams (RFC 8441 extended CONNECT); `false`:
+    /// browsers open them over HTTP/1.1. Default `true`.
+    pub websocket_over_http2: Option<bool>,
 }
 
 /// `[http3]`: HTTP/3 over QUIC (quinn), on UDP at every TLS listener's

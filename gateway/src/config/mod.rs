@@ -49,6 +49,7 @@
 //! # h2_max_pending_resets = 20
 //! # h2_max_local_error_resets = 1024
 //! # hsts_max_age = "365d"        # Strict-Transport-Security over TLS; "off": none
+//! # websocket_over_http2 = true # WebSockets as HTTP/2 streams (RFC 8441); false: over HTTP/1.1
 //!
 //! [http3]                        # QUIC on UDP at each TLS listener's port
 //! # enabled = true               # also adds Alt-Svc to HTTP/1.1 and HTTP/2 answers

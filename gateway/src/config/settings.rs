@@ -202,6 +202,10 @@ pub struct Http {
     /// TLS (browsers then never try plain HTTP for the name); `None`
     /// (`"off"`) sends none. Default 365 days.
     pub hsts_max_age: Option<Duration>,
+    /// WebSockets as HTTP/2 streams (RFC 8441: the gateway announces
+    /// `SETTINGS_ENABLE_CONNECT_PROTOCOL`). Off, browsers open each
+    /// WebSocket on an HTTP/1.1 connection of its own. Default on.
+    pub websocket_over_http2: bool,
 }
 
 impl Default for Http {
@@ -216,6 +220,7 @@ impl Default for Http {
             h2_max_pending_resets: 20,
             h2_max_local_error_resets: 1024,
             hsts_max_age: Some(Duration::from_secs(365 * 24 * 3600)),
+            websocket_over_http2: true,
         }
     }
 }
@@ -552,6 +557,7 @@ pub(crate) fn http(ctx: &mut Ctx<'_>, raw: &file::HttpSection) -> Http {
             1..=100_000,
         ) as usize,
         hsts_max_age: ctx.duration_or_off(raw.hsts_max_age.as_ref(), d.hsts_max_age),
+        websocket_over_http2: raw.websocket_over_http2.unwrap_or(d.websocket_over_http2),
     }
 }
 

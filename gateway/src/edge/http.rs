@@ -28,6 +28,19 @@
 //! every `idle_timeout / 2`, and the connection closed when it has had no
 //! open stream for `idle_timeout`.
 //!
+//! # WebSockets over HTTP/2
+//!
+//! With `[http] websocket_over_http2` (the default) the gateway announces
+//! `SETTINGS_ENABLE_CONNECT_PROTOCOL`, and a browser holding an HTTP/2
+//! connection opens its WebSockets as streams of it (RFC 8441). Off, an
+//! extended CONNECT is a protocol error to h2, and browsers open each
+//! WebSocket on an HTTP/1.1 connection of its own: that costs one more
+//! TLS handshake when the socket opens and less for as long as it lives,
+//! since the HTTP/2 connection's codec buffers (h2 keeps 8 KiB to read
+//! and 16 KiB to write per connection) and its per-message stream
+//! machinery are not in its path (BENCHMARKS.md, "The browsers' path:
+//! WebSockets over HTTP/2").
+//!
 //! # Hardening (from `[gateway.limits]`)
 //!
 //! - Before TLS, [`super::admission`] applies the global and per-source
@@ -368,9 +381,11 @@ fn builder(http: &config::Http) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(http.header_timeout)
         .max_buf_size(http.max_header_bytes.max(8192))
         .max_headers(http.max_headers);
-    b.http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
+    let mut h2 = b.http2();
+    if http.websocket_over_http2 {
+        h2.enable_connect_protocol();
+    }
+    h2.timer(TokioTimer::new())
         .max_concurrent_streams(http.h2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(http.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(http.h2_max_pending_resets)
