@@ -362,6 +362,39 @@ async fn websockets_over_http2_can_be_turned_off() {
     gw.stop().await;
 }
 
+/// A WebSocket outlives its connection's idle timeout: over HTTP/2 the
+/// gateway drains an idle connection (GOAWAY: no new streams) but the
+/// WebSocket stream on it goes on, and over HTTP/1.1 the upgraded
+/// connection is the WebSocket's alone. Browsers keep controller pages
+/// open for hours with nothing else on the connection.
+#[tokio::test]
+async fn websockets_outlive_the_idle_timeout() {
+    let gw = Gw::start("[http]\nidle_timeout = \"1s\"\n", &[Dev("plc", "")]).await;
+    let _dev = gw.echo("plc", &[], link_config(4096, 16384, 1024)).await;
+    let o = origin(&gw, "plc");
+    let mut sockets = Vec::new();
+    for v in [1u8, 2] {
+        let (ws, _) = gw
+            .ws(v, &host("plc"), "/ws", &[("origin", &o)])
+            .await
+            .unwrap();
+        sockets.push((v, ws));
+    }
+    // Three idle periods (the idle check runs every second).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for (v, ws) in &mut sockets {
+        ws.send(Message::text(format!("still open over h{v}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(ws).await,
+            Message::text(format!("still open over h{v}")),
+            "h{v}"
+        );
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn the_link_dying_closes_browsers_1011_and_shutdown_1001() {
     let gw = Gw::start("", &[Dev("plc", "")]).await;
