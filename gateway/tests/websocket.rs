@@ -24,6 +24,12 @@ fn origin(gw: &Gw, id: &str) -> String {
     format!("https://{}:{}", host(id), gw.addr.port())
 }
 
+/// Sends `text` and expects it back.
+async fn echoes(ws: &mut WsClient, text: &str) {
+    ws.send(Message::text(text)).await.unwrap();
+    assert_eq!(next(ws).await, Message::text(text));
+}
+
 async fn next(ws: &mut WsClient) -> Message {
     tokio::time::timeout(Duration::from_secs(10), ws.next())
         .await
@@ -85,8 +91,7 @@ async fn messages_pings_and_close_codes_over_h1_and_h2() {
             assert_eq!(get(&saw, gone), None, "{gone} reached the device");
         }
 
-        ws.send(Message::text("hello")).await.unwrap();
-        assert_eq!(next(&mut ws).await, Message::text("hello"));
+        echoes(&mut ws, "hello").await;
         // Browsers send a message as one frame: up to max_frame (64 KiB).
         let big: Vec<u8> = (0..65_000u32).map(|i| (i % 256) as u8).collect();
         ws.send(Message::binary(big.clone())).await.unwrap();
@@ -95,8 +100,7 @@ async fn messages_pings_and_close_codes_over_h1_and_h2() {
         // passes it on in frames as the records arrive, its characters
         // split between them.
         let text = "é€😀 ".repeat(2_000);
-        ws.send(Message::text(text.clone())).await.unwrap();
-        assert_eq!(next(&mut ws).await, Message::text(text));
+        echoes(&mut ws, &text).await;
         // Pings are answered by the gateway.
         ws.send(Message::Ping(Bytes::from_static(b"are you there")))
             .await
@@ -174,8 +178,7 @@ async fn origin_is_checked_before_the_device_is_contacted() {
             .ws(v, DOMAIN, "/d/plc/ws", &[("origin", &own)])
             .await
             .unwrap();
-        ws.send(Message::text("x")).await.unwrap();
-        assert_eq!(next(&mut ws).await, Message::text("x"));
+        echoes(&mut ws, "x").await;
     }
     assert!(
         gw.server()
@@ -349,8 +352,7 @@ async fn websockets_over_http2_can_be_turned_off() {
         .ws(1, &host("plc"), "/ws", &[("origin", &o)])
         .await
         .unwrap();
-    ws.send(Message::text("over 1.1")).await.unwrap();
-    assert_eq!(next(&mut ws).await, Message::text("over 1.1"));
+    echoes(&mut ws, "over 1.1").await;
     assert_eq!(
         gw.metric("gateway_websocket_handshakes_total{http=\"1.1\"}"),
         1.0
@@ -383,14 +385,7 @@ async fn websockets_outlive_the_idle_timeout() {
     // Three idle periods (the idle check runs every second).
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (v, ws) in &mut sockets {
-        ws.send(Message::text(format!("still open over h{v}")))
-            .await
-            .unwrap();
-        assert_eq!(
-            next(ws).await,
-            Message::text(format!("still open over h{v}")),
-            "h{v}"
-        );
+        echoes(ws, &format!("still open over h{v}")).await;
     }
     gw.stop().await;
 }
@@ -408,8 +403,7 @@ async fn the_link_dying_closes_browsers_1011_and_shutdown_1001() {
         .ws(2, &host("plc"), "/ws", &[("origin", &o)])
         .await
         .unwrap();
-    ws1.send(Message::text("a")).await.unwrap();
-    assert_eq!(next(&mut ws1).await, Message::text("a"));
+    echoes(&mut ws1, "a").await;
     let started = Instant::now();
     drop(dev);
     for ws in [&mut ws1, &mut ws2] {
@@ -429,8 +423,7 @@ async fn the_link_dying_closes_browsers_1011_and_shutdown_1001() {
         .ws(1, &host("plc"), "/ws", &[("origin", &o)])
         .await
         .unwrap();
-    ws.send(Message::text("b")).await.unwrap();
-    assert_eq!(next(&mut ws).await, Message::text("b"));
+    echoes(&mut ws, "b").await;
     let stop = tokio::spawn(gw.stop());
     let f = close_of(&mut ws).await;
     assert_eq!(u16::from(f.code), 1001);

@@ -25,16 +25,14 @@ fn bench_proxies(name: &str, args: &[&str]) -> (String, String) {
     let dir = gateway.parent().expect("target/<profile>").to_path_buf();
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_bench-proxies"));
     let out = std::env::temp_dir().join(format!("{name}-{}.md", std::process::id()));
-    let run = Command::new(&bench)
-        .args(args)
-        .arg("--bin-dir")
-        .arg(&dir)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("run bench-proxies");
-    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-    assert!(run.status.success(), "bench-proxies failed:\n{stderr}");
+    let (_, stderr) = run_ok(
+        Command::new(&bench)
+            .args(args)
+            .arg("--bin-dir")
+            .arg(&dir)
+            .arg("--out")
+            .arg(&out),
+    );
     let report = std::fs::read_to_string(&out).expect("report");
     let _ = std::fs::remove_file(&out);
     (report, stderr)
@@ -227,22 +225,16 @@ fn the_benchmark_harness_measures_nginx_and_haproxy() {
 #[test]
 fn the_wss_benchmark_echoes_and_holds_idle_websockets() {
     let gateway = e2e::procs::workspace_binary("gateway", &["-p", "gateway", "--bin", "gateway"]);
-    let run = Command::new(env!("CARGO_BIN_EXE_wss-bench"))
-        .args([
-            "--devices=4",
-            "--connections=4",
-            "--seconds=1",
-            "--idle=300",
-        ])
-        .arg("--gateway")
-        .arg(&gateway)
-        .output()
-        .expect("run wss-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "wss-bench failed:\n{stdout}\n{stderr}"
+    let (stdout, stderr) = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_wss-bench"))
+            .args([
+                "--devices=4",
+                "--connections=4",
+                "--seconds=1",
+                "--idle=300",
+            ])
+            .arg("--gateway")
+            .arg(&gateway),
     );
     assert!(
         stdout.contains(" msg/s"),
@@ -273,16 +265,10 @@ fn the_link_benchmark_measures_both_directions() {
         ),
         ("chacha20-poly1305", "chacha20-poly1305"),
     ] {
-        let run = Command::new(&bench)
-            .args(["--mib=2", "--rounds=1", "--timeout=60"])
-            .arg(format!("--cipher={arg}"))
-            .output()
-            .expect("run link-bench");
-        let stdout = String::from_utf8_lossy(&run.stdout);
-        let stderr = String::from_utf8_lossy(&run.stderr);
-        assert!(
-            run.status.success(),
-            "link-bench failed:\n{stdout}\n{stderr}"
+        let (stdout, stderr) = run_ok(
+            Command::new(&bench)
+                .args(["--mib=2", "--rounds=1", "--timeout=60"])
+                .arg(format!("--cipher={arg}")),
         );
         assert!(
             stdout.contains(&format!("KiB sends, {used} records,")),
@@ -292,13 +278,10 @@ fn the_link_benchmark_measures_both_directions() {
             assert_figure(&stdout, row, 2, &stderr);
         }
     }
-    let bad = Command::new(&bench)
-        .args(["--mib=2", "--rounds=1", "--cipher=aes-128-ocb"])
-        .output()
-        .expect("run link-bench");
-    let stderr = String::from_utf8_lossy(&bad.stderr);
+    let stderr =
+        refused(Command::new(&bench).args(["--mib=2", "--rounds=1", "--cipher=aes-128-ocb"]));
     assert!(
-        !bad.status.success() && stderr.contains("expected auto or chacha20-poly1305"),
+        stderr.contains("expected auto or chacha20-poly1305"),
         "{stderr}"
     );
 }
@@ -308,13 +291,7 @@ fn the_link_benchmark_measures_both_directions() {
 #[test]
 fn the_key_exchange_benchmark_times_both_implementations() {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_kx-bench"));
-    let run = Command::new(&bench)
-        .args(["--rounds=1", "--count=50"])
-        .output()
-        .expect("run kx-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "kx-bench failed:\n{stdout}\n{stderr}");
+    let (stdout, _) = run_ok(Command::new(&bench).args(["--rounds=1", "--count=50"]));
     let median = stdout
         .lines()
         .find(|l| l.starts_with("median of 1: ring "))
@@ -324,13 +301,9 @@ fn the_key_exchange_benchmark_times_both_implementations() {
         "{median}"
     );
     for bad in ["--rounds=0", "--count=0"] {
-        let run = Command::new(&bench)
-            .arg(bad)
-            .output()
-            .expect("run kx-bench");
-        let stderr = String::from_utf8_lossy(&run.stderr);
+        let stderr = refused(Command::new(&bench).arg(bad));
         assert!(
-            !run.status.success() && stderr.contains(bad.split('=').next().unwrap_or(bad)),
+            stderr.contains(bad.split('=').next().unwrap_or(bad)),
             "{bad}: {stderr}"
         );
     }
@@ -342,16 +315,7 @@ fn the_key_exchange_benchmark_times_both_implementations() {
 #[test]
 fn the_record_benchmark_times_both_implementations() {
     let bench = PathBuf::from(env!("CARGO_BIN_EXE_record-bench"));
-    let run = Command::new(&bench)
-        .args(["--rounds=1", "--mib=1"])
-        .output()
-        .expect("run record-bench");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(
-        run.status.success(),
-        "record-bench failed:\n{stdout}\n{stderr}"
-    );
+    let (stdout, _) = run_ok(Command::new(&bench).args(["--rounds=1", "--mib=1"]));
     for size in ["16384 B", "64 B"] {
         let median = stdout
             .lines()
@@ -363,16 +327,30 @@ fn the_record_benchmark_times_both_implementations() {
         );
     }
     for bad in ["--rounds=0", "--mib=0", "--mib=4097"] {
-        let run = Command::new(&bench)
-            .arg(bad)
-            .output()
-            .expect("run record-bench");
-        let stderr = String::from_utf8_lossy(&run.stderr);
+        let stderr = refused(Command::new(&bench).arg(bad));
         assert!(
-            !run.status.success() && stderr.contains(bad.split('=').next().unwrap_or(bad)),
+            stderr.contains(bad.split('=').next().unwrap_or(bad)),
             "{bad}: {stderr}"
         );
     }
+}
+
+/// Runs `cmd` to its end: its standard output and error. Fails the test,
+/// with both, when it does not exit successfully.
+fn run_ok(cmd: &mut Command) -> (String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{cmd:?} failed:\n{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+/// Runs `cmd`, which must refuse its arguments: its standard error.
+fn refused(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{cmd:?} was accepted:\n{stderr}");
+    stderr
 }
 
 /// The Markdown table row `row` of `report` has a number in `column`
