@@ -9,8 +9,10 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::harness::{DOMAIN, Dev, Gw, body, empty, get, link_config, request};
+use device_fw::host::Forward;
 use futures_util::{SinkExt as _, StreamExt as _};
 use gateway::auth::password;
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Everything logged on the `audit` target by this test binary.
@@ -564,6 +566,91 @@ async fn sessions_expire_when_idle() {
         .await;
     assert_eq!(p.status, 401);
     s.gw.stop().await;
+}
+
+/// The same for a raw service exposed as a WebSocket (`bridge::tunnel`):
+/// its task waits on the revocation beside the traffic.
+#[tokio::test]
+async fn revoking_a_token_closes_a_raw_services_websocket() {
+    // The device's raw service: a TCP echo.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let token = password::new_token();
+    let sections = format!(
+        "[auth]\n\n[[token]]\nname = \"ci\"\nsha256 = \"{}\"\ndevices = [\"a\"]\n",
+        password::token_digest(&token),
+    );
+    let gw = Gw::start(
+        &sections,
+        &[Dev(
+            "a",
+            "public = false\n\n[[device.service]]\nname = \"mb\"\npath = \"/modbus\"\nexpose = \"websocket\"\n",
+        )],
+    )
+    .await;
+    let _dev = gw.forwarding(
+        "a",
+        vec![Forward {
+            service: "mb".into(),
+            target,
+        }],
+        link_config(4096, 16384, 1024),
+    );
+    gw.wait_online("a").await;
+    let own = format!("https://{}:{}", host("a"), gw.addr.port());
+    let bearer = format!("Bearer {token}");
+    for v in [1u8, 2] {
+        let (mut ws, _) = gw
+            .ws(
+                v,
+                &host("a"),
+                "/modbus",
+                &[("authorization", &bearer), ("origin", &own)],
+            )
+            .await
+            .unwrap_or_else(|r| panic!("h{v}: {r:?}"));
+        ws.send(Message::binary(b"hi".to_vec())).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::binary(b"hi".to_vec())
+        );
+        // A reload without the token, then with it again for the next round.
+        let bridge = &gw.server().bridge;
+        let auth = gateway::config::load(gw.dir.path().join("gateway.toml"))
+            .unwrap()
+            .auth;
+        let mut revoked = auth.clone();
+        revoked.tokens.clear();
+        let origin = format!("https://{DOMAIN}:{}", gw.addr.port());
+        assert_eq!(bridge.set_access(revoked, vec![origin.clone()]), 1);
+        let m = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(f))) => return f,
+                    Some(Ok(_)) => continue,
+                    other => panic!("{other:?}"),
+                }
+            }
+        })
+        .await
+        .expect("not closed within 1 s");
+        assert_eq!(u16::from(m.unwrap().code), 1008);
+        assert_eq!(bridge.set_access(auth, vec![origin]), 0);
+    }
+    gw.stop().await;
 }
 
 #[tokio::test]

@@ -115,7 +115,17 @@ fn pump(from: &Conn, to: &Conn, delivered: &AtomicU64) -> impl Future<Output = E
         // A message whose first frames went out.
         let mut midway = false;
         loop {
+            // `biased`, the sink's own work first: `drive` is ready only
+            // until what `to` owes is written, so it cannot starve the
+            // source (and an unbiased select draws a random number on
+            // every poll, six per relayed message).
             tokio::select! {
+                biased;
+                r = to.drive() => {
+                    if r.is_err() {
+                        return End::SinkLost;
+                    }
+                }
                 m = from.recv() => {
                     let (sent, whole) = match m {
                         Ok(Incoming::Text(m)) => (to.send_owned(OP_TEXT, m).await, true),
@@ -147,11 +157,6 @@ fn pump(from: &Conn, to: &Conn, delivered: &AtomicU64) -> impl Future<Output = E
                     }
                     if whole {
                         delivered.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                r = to.drive() => {
-                    if r.is_err() {
-                        return End::SinkLost;
                     }
                 }
             }

@@ -8,6 +8,7 @@
 //! / 1009 (counted in `gateway_websocket_refused_total`). Both directions
 //! run in the socket's one task over [`super::wsconn::WsConn`].
 
+use std::pin::pin;
 use std::sync::Arc;
 
 use hyper::upgrade::OnUpgrade;
@@ -21,6 +22,7 @@ use super::gate::LiveGuard;
 use super::stats::BridgeStats;
 use super::ws::{CLOSE_GRACE, limits};
 use super::wsconn::{Incoming, OP_BINARY, Role, WsConn, close_payload};
+use crate::beside::Rare;
 use crate::link::{DeviceStream, StreamEvent, StreamSender};
 
 /// Runs the tunnel once the browser's upgrade completes.
@@ -82,27 +84,21 @@ where
         let up = up(conn, stream.sender());
         tokio::pin!(up);
         let mut up_done = false;
-        let revoked = revoked.notified();
-        tokio::pin!(revoked);
+        // Polled only once it wakes (`crate::beside`), not on every
+        // message's wake.
+        let revoked = pin!(revoked.notified());
+        let mut revoked = Rare::new(revoked);
         let close = loop {
+            // `biased`: the revocation and the up half are ready once, and
+            // `drive` only until what the connection owes is written, so
+            // none of them starves the device's data (an unbiased select
+            // draws a random number on every poll).
             tokio::select! {
-                ev = stream.recv() => match ev {
-                    Some(StreamEvent::Data { msg: MsgKind::Bytes, data, fin, .. }) => {
-                        if !data.is_empty() && conn.send(OP_BINARY, &data).await.is_err() {
-                            break None;
-                        }
-                        if fin {
-                            break Some(close_payload(1000, "device closed the service"));
-                        }
-                    }
-                    Some(StreamEvent::Data { .. }) => {
-                        stream.reset(Code::PROTOCOL);
-                        break Some(close_payload(1011, "device broke the stream"));
-                    }
-                    Some(StreamEvent::Reset(_) | StreamEvent::Closed) | None => {
-                        break Some(close_payload(1011, "device link lost"));
-                    }
-                },
+                biased;
+                () = &mut revoked => {
+                    stream.reset(Code::CANCEL);
+                    break Some(close_payload(1008, "access revoked"));
+                }
                 end = &mut up, if !up_done => {
                     up_done = true;
                     match end {
@@ -120,10 +116,23 @@ where
                         break None;
                     }
                 }
-                () = &mut revoked => {
-                    stream.reset(Code::CANCEL);
-                    break Some(close_payload(1008, "access revoked"));
-                }
+                ev = stream.recv() => match ev {
+                    Some(StreamEvent::Data { msg: MsgKind::Bytes, data, fin, .. }) => {
+                        if !data.is_empty() && conn.send(OP_BINARY, &data).await.is_err() {
+                            break None;
+                        }
+                        if fin {
+                            break Some(close_payload(1000, "device closed the service"));
+                        }
+                    }
+                    Some(StreamEvent::Data { .. }) => {
+                        stream.reset(Code::PROTOCOL);
+                        break Some(close_payload(1011, "device broke the stream"));
+                    }
+                    Some(StreamEvent::Reset(_) | StreamEvent::Closed) | None => {
+                        break Some(close_payload(1011, "device link lost"));
+                    }
+                },
             }
         };
         // One deadline for both waits (see `super::ws::session`).
