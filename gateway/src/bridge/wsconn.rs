@@ -508,19 +508,59 @@ fn encode_frame(out: &mut Vec<u8>, op: u8, fin: bool, payload: &[u8], mask: Opti
 /// Appends a frame's first two bytes and its extended length (the mask
 /// key, if `masked`, follows).
 fn encode_head(out: &mut Vec<u8>, op: u8, fin: bool, len: usize, masked: bool) {
+    let (h, n) = head(op, fin, len, masked);
+    out.extend_from_slice(&h[..n]);
+}
+
+/// A frame's first two bytes and its extended length: `h[..n]`.
+fn head(op: u8, fin: bool, len: usize, masked: bool) -> ([u8; 10], usize) {
     let bit = if masked { 0x80 } else { 0 };
-    out.push(if fin { 0x80 | op } else { op });
-    match len {
-        n @ 0..=125 => out.push(bit | n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(bit | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
+    let mut h = [0; 10];
+    h[0] = if fin { 0x80 | op } else { op };
+    let n = match len {
+        0..=125 => {
+            h[1] = bit | len as u8;
+            2
         }
-        n => {
-            out.push(bit | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
+        126..=0xFFFF => {
+            h[1] = bit | 126;
+            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            4
         }
+        _ => {
+            h[1] = bit | 127;
+            h[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        }
+    };
+    (h, n)
+}
+
+/// Payloads up to this long are framed on the stack and written from
+/// there when nothing is queued before them ([`Inner::queue_frame`]).
+const SMALL_FRAME: usize = 256;
+
+/// One frame of at most [`SMALL_FRAME`] payload bytes, as
+/// [`encode_frame`] makes it, into `buf`; returns its length.
+fn encode_small(
+    buf: &mut [u8; SMALL_FRAME + 14],
+    op: u8,
+    fin: bool,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> usize {
+    let (h, mut at) = head(op, fin, payload.len(), mask.is_some());
+    buf[..10].copy_from_slice(&h);
+    if let Some(m) = mask {
+        buf[at..at + 4].copy_from_slice(&m);
+        at += 4;
     }
+    let end = at + payload.len();
+    buf[at..end].copy_from_slice(payload);
+    if let Some(m) = mask {
+        unmask(&mut buf[at..end], m, 0);
+    }
+    end
 }
 
 /// A close frame's payload: the code and as much of the reason as fits
@@ -557,6 +597,51 @@ struct Inner<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Inner<S> {
+    /// Puts one frame (after any owed pong) where [`Self::poll_out`]
+    /// writes it from. A small one with nothing queued before it is framed
+    /// on the stack and handed to the stream at once; only what the stream
+    /// does not take goes into `out`. So a small message's write allocates
+    /// nothing when the socket takes it.
+    fn queue_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: u8,
+        fin: bool,
+        payload: &[u8],
+        mask: Option<[u8; 4]>,
+    ) -> io::Result<()> {
+        self.flushed = false;
+        self.hold = false;
+        if op == OP_CLOSE {
+            self.close_sent = true;
+        }
+        if self.out.is_empty() && self.pong.is_none() && payload.len() <= SMALL_FRAME {
+            let mut buf = [0; SMALL_FRAME + 14];
+            let n = encode_small(&mut buf, op, fin, payload, mask);
+            let mut at = 0;
+            return match poll_write_from(&mut self.io, cx, &buf[..n], &mut at) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    self.out = buf[at..n].to_vec();
+                    self.out_at = 0;
+                    Ok(())
+                }
+            };
+        }
+        let more = self.pong.as_ref().map_or(0, |p| 6 + p.len()) + 14 + payload.len();
+        if self.out.is_empty() {
+            self.out = Vec::with_capacity(more);
+        } else {
+            self.out.reserve(more);
+        }
+        if let Some(p) = self.pong.take() {
+            // Masked with a key of its own, as every frame a client sends.
+            encode(&mut self.out, OP_PONG, &p, mask.map(|_| rand::random()));
+        }
+        encode_frame(&mut self.out, op, fin, payload, mask);
+        Ok(())
+    }
+
     /// Writes `out`; ready once at most `queue` bytes of it are left, or,
     /// with `queue` 0, once all of it is written and flushed. Without
     /// `flush`, written is enough: the stream keeps what it buffers until
@@ -963,6 +1048,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                     None,
                 ),
             };
+            if !direct {
+                // The frame is put out at the first poll, then written
+                // with what was queued before it.
+                let mut first = true;
+                return poll_fn(move |cx| {
+                    let mut g = self.lock();
+                    let inner = &mut *g;
+                    if std::mem::take(&mut first) {
+                        if inner.close_sent {
+                            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+                        }
+                        inner.queue_frame(cx, op, fin, payload, self.mask())?;
+                    }
+                    inner.poll_out(cx, queue, flush)
+                })
+                .await;
+            }
             let first = DIRECT_FIRST - if key.is_some() { 4 } else { 0 };
             let (copied, rest) = if direct {
                 payload.split_at(first.min(payload.len()))
@@ -984,15 +1086,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 if let Some(p) = inner.pong.take() {
                     encode(&mut inner.out, OP_PONG, &p, self.mask());
                 }
-                if direct {
-                    encode_head(&mut inner.out, op, fin, payload.len(), key.is_some());
-                    if let Some(k) = key {
-                        inner.out.extend_from_slice(&k);
-                    }
-                    inner.out.extend_from_slice(copied);
-                } else {
-                    encode_frame(&mut inner.out, op, fin, payload, self.mask());
+                encode_head(&mut inner.out, op, fin, payload.len(), key.is_some());
+                if let Some(k) = key {
+                    inner.out.extend_from_slice(&k);
                 }
+                inner.out.extend_from_slice(copied);
                 inner.flushed = false;
                 inner.hold = false;
                 if op == OP_CLOSE {
@@ -1289,6 +1387,49 @@ mod tests {
         assert!(got[4..1004].iter().all(|&x| x == 1));
         assert_eq!(&got[1004..], &[0x81, 2, b'o', b'k']);
         assert!(conn.lock().out.capacity() == 0, "freed once written");
+    }
+
+    /// A small frame is framed on the stack and handed to the stream at
+    /// once; what the stream does not take is queued, goes out first when
+    /// the write is dropped, and the next small frame, with something
+    /// queued before it, is queued behind it.
+    #[tokio::test]
+    async fn a_small_frame_the_stream_takes_in_part_is_finished_in_order() {
+        use std::time::Duration;
+        use tokio::io::AsyncReadExt as _;
+        let (a, mut b) = tokio::io::duplex(100);
+        let conn = WsConn::new(a, Role::Client, LIM);
+        let first: Vec<u8> = (0..200u8).collect();
+        let stalled = tokio::time::timeout(
+            Duration::from_millis(50),
+            conn.send_owned(OP_BINARY, first.clone()),
+        )
+        .await;
+        assert!(stalled.is_err(), "the peer reads nothing: the write stalls");
+        assert_eq!(
+            conn.lock().out.len(),
+            4 + 4 + 200 - 100,
+            "what the stream did not take is queued"
+        );
+        let reader = async move {
+            let mut got = vec![0u8; 4 + 4 + 200 + 2 + 4 + 2];
+            b.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let (got, sent) = tokio::join!(reader, conn.send(OP_TEXT, b"ok"));
+        sent.unwrap();
+        assert_eq!(&got[..4], &[0x82, 0x80 | 126, 0, 200]);
+        let key = [got[4], got[5], got[6], got[7]];
+        let mut payload = got[8..208].to_vec();
+        unmask(&mut payload, key, 0);
+        assert_eq!(payload, first, "the first frame, whole and unmasked right");
+        assert_eq!(&got[208..210], &[0x81, 0x80 | 2]);
+        let key = [got[210], got[211], got[212], got[213]];
+        let mut ok = got[214..].to_vec();
+        unmask(&mut ok, key, 0);
+        assert_eq!(ok, b"ok");
+        let inner = conn.lock();
+        assert!(inner.out.capacity() == 0, "freed once written");
     }
 
     /// A stream that records what is written and how often it is flushed

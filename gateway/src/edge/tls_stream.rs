@@ -49,6 +49,7 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
@@ -448,6 +449,23 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         if want == 0 {
             let e = Failed::Io(io::ErrorKind::InvalidData, "TLS message too large".into());
             return Poll::Ready(Err(self.fail(e)));
+        }
+        if self.rx.capacity() == 0 && want <= READ_MIN {
+            // No buffer (it was given back at the last wait): read on the
+            // stack first, so a wake that finds nothing to read allocates
+            // nothing. A relay's task is woken for either of its
+            // connections and polls both readers: one of them finds its
+            // socket empty on most wakes.
+            let mut stack = [MaybeUninit::<u8>::uninit(); READ_MIN];
+            let mut rb = ReadBuf::uninit(&mut stack[..want]);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+            let got = rb.filled();
+            if !got.is_empty() {
+                self.rx.reserve_exact(want);
+                self.rx.extend_from_slice(got);
+            }
+            self.read_hint = next_read_hint(want, got.len());
+            return Poll::Ready(Ok(got.len()));
         }
         // Into the spare capacity, unzeroed (tokio-util does the
         // bookkeeping of what the read initialized).
