@@ -541,26 +541,21 @@ fn head(op: u8, fin: bool, len: usize, masked: bool) -> ([u8; 10], usize) {
 const SMALL_FRAME: usize = 256;
 
 /// One frame of at most [`SMALL_FRAME`] payload bytes, as
-/// [`encode_frame`] makes it, into `buf`; returns its length.
-fn encode_small(
-    buf: &mut [u8; SMALL_FRAME + 14],
-    op: u8,
-    fin: bool,
-    payload: &[u8],
-    mask: Option<[u8; 4]>,
-) -> usize {
-    let (h, mut at) = head(op, fin, payload.len(), mask.is_some());
-    buf[..10].copy_from_slice(&h);
+/// [`encode_frame`] makes it, into `buf` (not zeroed first: only what is
+/// written counts as filled).
+fn encode_small(buf: &mut ReadBuf<'_>, op: u8, fin: bool, payload: &[u8], mask: Option<[u8; 4]>) {
+    let (h, n) = head(op, fin, payload.len(), mask.is_some());
+    // All ten bytes (a copy of a fixed size), then only the head's count.
+    buf.put_slice(&h);
+    buf.set_filled(n);
     if let Some(m) = mask {
-        buf[at..at + 4].copy_from_slice(&m);
-        at += 4;
+        buf.put_slice(&m);
     }
-    let end = at + payload.len();
-    buf[at..end].copy_from_slice(payload);
+    let at = buf.filled().len();
+    buf.put_slice(payload);
     if let Some(m) = mask {
-        unmask(&mut buf[at..end], m, 0);
+        unmask(&mut buf.filled_mut()[at..], m, 0);
     }
-    end
 }
 
 /// A close frame's payload: the code and as much of the reason as fits
@@ -616,13 +611,15 @@ impl<S: AsyncWrite + Unpin> Inner<S> {
             self.close_sent = true;
         }
         if self.out.is_empty() && self.pong.is_none() && payload.len() <= SMALL_FRAME {
-            let mut buf = [0; SMALL_FRAME + 14];
-            let n = encode_small(&mut buf, op, fin, payload, mask);
+            let mut buf = [MaybeUninit::uninit(); SMALL_FRAME + 14];
+            let mut buf = ReadBuf::uninit(&mut buf);
+            encode_small(&mut buf, op, fin, payload, mask);
+            let frame = buf.filled();
             let mut at = 0;
-            return match poll_write_from(&mut self.io, cx, &buf[..n], &mut at) {
+            return match poll_write_from(&mut self.io, cx, frame, &mut at) {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
-                    self.out = buf[at..n].to_vec();
+                    self.out = frame[at..].to_vec();
                     self.out_at = 0;
                     Ok(())
                 }
