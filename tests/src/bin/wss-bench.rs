@@ -18,14 +18,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use device_fw::host::{EchoApp, EchoOptions, TokioPlatform, fleet};
+use device_fw::host::{EchoApp, EchoOptions, TokioPlatform, parse_key};
 use device_fw::link::{Identity, LinkConfig, LinkMemory, run};
+use e2e::setup::{BenchDir, DOMAIN};
 use e2e::wss::{Latencies, connect, cpu_time, rss_kib, tls_config};
 use futures_util::{SinkExt as _, StreamExt as _};
-use proto::{Backoff, Config, Params};
+use proto::{Backoff, Config, Params, PublicKey};
 use tokio_tungstenite::tungstenite::Message;
-
-const DOMAIN: &str = "bench.test";
 
 #[derive(Parser, Debug)]
 #[command(about = "WSS echo and idle-connection benchmark through the gateway")]
@@ -90,40 +89,27 @@ fn device_link() -> LinkConfig {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let dir = std::env::temp_dir().join(format!("wss-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let ca = gateway::edge::tls::local_ca(&[DOMAIN.into(), format!("*.{DOMAIN}")]).expect("CA");
-    std::fs::write(dir.join("chain.pem"), &ca.chain_pem).expect("write");
-    std::fs::write(dir.join("key.pem"), &ca.key_pem).expect("write");
-    let gw_key = gateway::keys::generate().expect("key");
-    gateway::keys::write_key_file(&dir.join("gateway.key"), &gw_key, true).expect("key file");
-    let devices = fleet("wss-bench", "echo", args.devices);
-    let (https, link) = (free_port(), free_port());
-    let mut config = format!(
-        "[gateway]\ndomain = \"{DOMAIN}\"\n\n[[listen]]\naddress = \"127.0.0.1:{https}\"\n\n\
-         [tls]\ncertificates = [{{ cert = \"chain.pem\", key = \"key.pem\" }}]\n\n\
-         [websocket]\nping_interval = \"60s\"\n\n\
-         [link]\naddress = \"127.0.0.1:{link}\"\n\n\
-         [gateway.limits]\nmax_connections = 20000\nmax_connections_per_address = 20000\n"
-    );
-    for d in &devices {
-        config.push_str(&format!(
-            "\n[[device]]\nid = \"{}\"\npublic = true\npublic_key = \"{}\"\n",
-            d.id,
-            d.key.public_key()
-        ));
-    }
-    std::fs::write(dir.join("gateway.toml"), config).expect("write");
+    // The certificates, the gateway's key, the echo devices and the
+    // gateway's configuration, as the other benchmarks write them.
+    let bench = BenchDir::create("wss-bench", args.devices).expect("benchmark directory");
+    let devices = bench.devices.clone();
+    let https_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let link_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let config = bench
+        .write_gateway_config("gateway.toml", https_addr, link_addr, metrics_addr, None)
+        .expect("gateway configuration");
+    let https = https_addr.port();
 
     let exe = args.gateway.clone().unwrap_or_else(|| {
         std::env::current_exe()
             .expect("exe")
             .with_file_name("gateway")
     });
-    let log = std::fs::File::create(dir.join("gateway.log")).expect("log");
+    let log = std::fs::File::create(bench.path("gateway.log")).expect("log");
     let child = Command::new(&exe)
         .args(["run", "--config"])
-        .arg(dir.join("gateway.toml"))
+        .arg(&config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
@@ -131,8 +117,6 @@ async fn main() {
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
     let gw = Gateway { child };
     let pid = gw.child.id();
-    let https_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, https));
-    let link_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, link));
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(https_addr).await.is_ok() {
             break;
@@ -140,7 +124,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let gateway_public = gw_key.public_key();
+    let gateway_public =
+        PublicKey(parse_key(&bench.gateway_public).expect("the gateway's public key"));
     for d in devices.clone() {
         tokio::spawn(async move {
             let mut app = EchoApp::new(EchoOptions {
@@ -158,7 +143,7 @@ async fn main() {
             run(&mut platform, &mut app, &identity, &device_link(), &mut mem).await;
         });
     }
-    let tls = tls_config(&ca.ca_pem);
+    let tls = tls_config(&bench.ca_pem);
     let origin = |id: &str| format!("https://{id}.{DOMAIN}:{https}");
     // Online check: a WebSocket to every device.
     for d in &devices {
@@ -273,6 +258,7 @@ async fn main() {
             opened.as_secs_f64()
         );
     }
+    // The gateway first, then its directory.
     drop(gw);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(bench);
 }
