@@ -244,3 +244,64 @@ fn sequence_rules_are_enforced_on_send() {
         Err(proto::StreamError::Sequence)
     );
 }
+
+/// A stream that blocked, was given credit and blocked again later is
+/// still reset when its second stall runs past the timeout (the stall
+/// timer looks at the streams only while one may be blocked).
+#[test]
+fn a_stream_that_blocks_again_after_credit_is_reset_after_its_second_stall() {
+    let (dev, mut gw) = configs();
+    gw.stall_timeout = Some(std::time::Duration::from_secs(5));
+    let mut sim = Sim::new(9, dev, gw);
+    sim.connect();
+    let a = sim.gateway.open(StreamKind::Raw, 1).unwrap();
+    let window = dev.params.stream_window as usize;
+    let data = vec![1u8; 3 * window];
+    let fill = |sim: &mut Sim, from: usize| {
+        let mut n = from;
+        for _ in 0..10 {
+            n += sim
+                .gateway
+                .send(a, MsgKind::Bytes, &data[n..], false, false)
+                .unwrap_or(0);
+            sim.settle();
+        }
+        n
+    };
+    let mut sent = fill(&mut sim, 0);
+    assert_eq!(sent, window, "blocked at the device's window");
+    // The device reads it all: credit returns, the stream is unblocked,
+    // and stays so (nothing more is sent) for longer than the timeout.
+    sim.device.consume(a, window);
+    sim.settle();
+    for _ in 0..8 {
+        sim.advance(1000);
+        sim.settle();
+    }
+    assert_eq!(
+        sim.gateway.stats().stall_resets,
+        0,
+        "no stall while unblocked"
+    );
+    sent = fill(&mut sim, sent);
+    assert_eq!(sent, 2 * window, "blocked again at the returned credit");
+    // Blocked again now, and never read: reset once the timeout passes.
+    let mut reset = None;
+    for _ in 0..10 {
+        sim.advance(1000);
+        let (_, ge) = sim.settle();
+        for e in ge {
+            if let Ev::Reset {
+                stream,
+                code,
+                by_peer: false,
+            } = e
+            {
+                reset = Some((stream, code));
+            }
+        }
+    }
+    assert_eq!(reset, Some((a, Code::TIMEOUT)));
+    assert_eq!(sim.gateway.stats().stall_resets, 1);
+    assert!(sim.gateway.is_established() && sim.device.is_established());
+}

@@ -281,6 +281,13 @@ pub struct Session<B, S> {
     /// stream table only then (set wherever one is queued, cleared by a
     /// walk that left nothing behind).
     slots_dirty: bool,
+    /// Some slot's OPEN may be in the staging buffer (`compose` walks the
+    /// table to mark them sent only then).
+    opens_unsent: bool,
+    /// Some slot may be waiting for credit (`blocked_since`): the stall
+    /// timer's walk of the table runs only then (set where a stream
+    /// blocks, cleared by a `handle_timeout` walk that found none).
+    maybe_stalled: bool,
     /// Some slot may have a local reset to report (`poll_event` walks the
     /// table only then).
     notify_due: bool,
@@ -355,6 +362,8 @@ where
             tx_len: 0,
             parked: false,
             slots_dirty: false,
+            opens_unsent: false,
+            maybe_stalled: false,
             notify_due: false,
             streams: buffers.streams,
             next_local: if role == Role::Gateway { 2 } else { 1 },
@@ -806,6 +815,7 @@ where
             self.config.params.stream_window,
         );
         slot.open_unsent = true;
+        self.opens_unsent = true;
         self.streams.as_mut()[free] = slot;
         Ok(id)
     }
@@ -870,6 +880,7 @@ where
             self.stats.credit_stalls += 1;
             if slot.send_credit as usize == n && slot.blocked_since.is_none() {
                 slot.blocked_since = Some(now.as_millis());
+                self.maybe_stalled = true;
             }
         }
         if n == 0 && !data.is_empty() {
@@ -910,7 +921,8 @@ where
             slot.to_return += k;
             let initial = self.config.params.stream_window;
             stream::maybe_window(slot, initial);
-            self.slots_dirty = true;
+            // The walk only has work when a WINDOW became due.
+            self.slots_dirty |= slot.window_pending;
         }
     }
 
@@ -1006,7 +1018,7 @@ where
                     .last_rx
                     .saturating_add(self.config.idle_timeout)
                     .min(self.ping_at());
-                if let Some(stall) = self.config.stall_timeout {
+                if let (Some(stall), true) = (self.config.stall_timeout, self.maybe_stalled) {
                     for s in self.streams.as_ref() {
                         if let (false, Some(since)) = (s.is_free(), s.blocked_since) {
                             t = t.min(Instant::from_millis(since).saturating_add(stall));
@@ -1036,20 +1048,26 @@ where
                     }
                     self.next_ping = now.saturating_add(self.config.keepalive);
                 }
-                if let Some(stall) = self.config.stall_timeout {
+                if let (Some(stall), true) = (self.config.stall_timeout, self.maybe_stalled) {
                     let mut resets = 0;
+                    let mut still = false;
                     for s in self.streams.as_mut() {
                         let Some(since) = s.blocked_since else {
                             continue;
                         };
-                        if !s.is_free() && now >= Instant::from_millis(since).saturating_add(stall)
-                        {
+                        if s.is_free() {
+                            continue;
+                        }
+                        if now >= Instant::from_millis(since).saturating_add(stall) {
                             s.reset = Some(Code::TIMEOUT);
                             s.notify = true;
                             s.blocked_since = None;
                             resets += 1;
+                        } else {
+                            still = true;
                         }
                     }
+                    self.maybe_stalled = still;
                     self.stats.stall_resets += resets;
                     if resets > 0 {
                         self.slots_dirty = true;

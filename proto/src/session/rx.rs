@@ -486,7 +486,8 @@ where
         slot.rx.advance(msg, end_msg, fin);
         slot.unconsumed += n;
         maybe_window(slot, initial);
-        self.slots_dirty = true;
+        // The walk only has work when a WINDOW became due.
+        self.slots_dirty |= slot.window_pending;
         if slot.is_done() && !slot.open_unsent {
             *slot = StreamSlot::default();
         }

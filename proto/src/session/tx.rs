@@ -136,6 +136,7 @@ where
             for slot in self.streams.as_mut() {
                 slot.open_unsent = false;
             }
+            self.opens_unsent = false;
             return w.len;
         }
 
@@ -226,11 +227,15 @@ where
             w.buf[w.len..w.len + self.tx_len].copy_from_slice(&self.tx.as_ref()[..self.tx_len]);
             w.len += self.tx_len;
             self.tx_len = 0;
-            for slot in self.streams.as_mut() {
-                if slot.open_unsent {
-                    slot.open_unsent = false;
-                    if slot.is_done() {
-                        *slot = StreamSlot::default();
+            // Any OPEN staged went out with it (the table is walked only
+            // when one was staged, not for every record of data).
+            if core::mem::take(&mut self.opens_unsent) {
+                for slot in self.streams.as_mut() {
+                    if slot.open_unsent {
+                        slot.open_unsent = false;
+                        if slot.is_done() {
+                            *slot = StreamSlot::default();
+                        }
                     }
                 }
             }
