@@ -568,6 +568,26 @@ async fn sessions_expire_when_idle() {
     s.gw.stop().await;
 }
 
+/// The code of the Close `ws` receives within a second (other messages
+/// before it are skipped).
+async fn close_code_within_a_second<S>(ws: &mut S) -> u16
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let m = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("not closed within 1 s");
+    u16::from(m.expect("a close code").code)
+}
+
 /// The same for a raw service exposed as a WebSocket (`bridge::tunnel`):
 /// its task waits on the revocation beside the traffic.
 #[tokio::test]
@@ -636,18 +656,7 @@ async fn revoking_a_token_closes_a_raw_services_websocket() {
         revoked.tokens.clear();
         let origin = format!("https://{DOMAIN}:{}", gw.addr.port());
         assert_eq!(bridge.set_access(revoked, vec![origin.clone()]), 1);
-        let m = tokio::time::timeout(Duration::from_secs(1), async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(f))) => return f,
-                    Some(Ok(_)) => continue,
-                    other => panic!("{other:?}"),
-                }
-            }
-        })
-        .await
-        .expect("not closed within 1 s");
-        assert_eq!(u16::from(m.unwrap().code), 1008);
+        assert_eq!(close_code_within_a_second(&mut ws).await, 1008);
         assert_eq!(bridge.set_access(auth, vec![origin]), 0);
     }
     gw.stop().await;
@@ -689,18 +698,7 @@ async fn revoking_a_user_or_token_closes_their_websockets_within_a_second() {
     let closed = bridge.set_access(auth, vec![s.origin()]);
     assert_eq!(closed, 2);
     for ws in [&mut by_user, &mut by_token] {
-        let m = tokio::time::timeout(Duration::from_secs(1), async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(f))) => return f,
-                    Some(Ok(_)) => continue,
-                    other => panic!("{other:?}"),
-                }
-            }
-        })
-        .await
-        .expect("not closed within 1 s");
-        assert_eq!(u16::from(m.unwrap().code), 1008);
+        assert_eq!(close_code_within_a_second(ws).await, 1008);
     }
     assert!(started.elapsed() < Duration::from_secs(1));
     // The session is gone too.

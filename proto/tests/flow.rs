@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use proto::wire::Params;
-use proto::{Code, Config, MsgKind, StreamKind};
+use proto::{Code, Config, MsgKind, StreamId, StreamKind};
 
 fn configs() -> (Config, Config) {
     let dev = Config {
@@ -28,6 +28,18 @@ fn configs() -> (Config, Config) {
         ..Config::GATEWAY
     };
     (dev, gw)
+}
+
+/// The last reset the session made itself (not its peer) among `events`.
+fn local_reset(events: Vec<Ev>) -> Option<(StreamId, Code)> {
+    events.into_iter().rev().find_map(|e| match e {
+        Ev::Reset {
+            stream,
+            code,
+            by_peer: false,
+        } => Some((stream, code)),
+        _ => None,
+    })
 }
 
 #[test]
@@ -105,16 +117,7 @@ fn stalled_stream_is_reset_after_the_stall_timeout_and_the_session_lives() {
     for _ in 0..10 {
         sim.advance(1000);
         let (de, ge) = sim.settle();
-        for e in ge {
-            if let Ev::Reset {
-                stream,
-                code,
-                by_peer: false,
-            } = e
-            {
-                reset = Some((stream, code));
-            }
-        }
+        reset = local_reset(ge).or(reset);
         if let Some(Ev::Reset {
             stream,
             code,
@@ -290,16 +293,7 @@ fn a_stream_that_blocks_again_after_credit_is_reset_after_its_second_stall() {
     for _ in 0..10 {
         sim.advance(1000);
         let (_, ge) = sim.settle();
-        for e in ge {
-            if let Ev::Reset {
-                stream,
-                code,
-                by_peer: false,
-            } = e
-            {
-                reset = Some((stream, code));
-            }
-        }
+        reset = local_reset(ge).or(reset);
     }
     assert_eq!(reset, Some((a, Code::TIMEOUT)));
     assert_eq!(sim.gateway.stats().stall_resets, 1);

@@ -625,18 +625,24 @@ impl<S: AsyncWrite + Unpin> Inner<S> {
                 }
             };
         }
-        let more = self.pong.as_ref().map_or(0, |p| 6 + p.len()) + 14 + payload.len();
+        self.queue_pong(payload.len(), mask.is_some());
+        encode_frame(&mut self.out, op, fin, payload, mask);
+        Ok(())
+    }
+
+    /// Makes room in `out` for a frame with `len` bytes of payload, after
+    /// the owed pong, which it queues first (`masked` in the client role,
+    /// with a key of its own, as every frame a client sends).
+    fn queue_pong(&mut self, len: usize, masked: bool) {
+        let more = self.pong.as_ref().map_or(0, |p| 6 + p.len()) + 14 + len;
         if self.out.is_empty() {
             self.out = Vec::with_capacity(more);
         } else {
             self.out.reserve(more);
         }
         if let Some(p) = self.pong.take() {
-            // Masked with a key of its own, as every frame a client sends.
-            encode(&mut self.out, OP_PONG, &p, mask.map(|_| rand::random()));
+            encode(&mut self.out, OP_PONG, &p, masked.then(rand::random));
         }
-        encode_frame(&mut self.out, op, fin, payload, mask);
-        Ok(())
     }
 
     /// Writes `out`; ready once at most `queue` bytes of it are left, or,
@@ -1074,15 +1080,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
                 if inner.close_sent {
                     return Err(io::ErrorKind::NotConnected.into());
                 }
-                let more = inner.pong.as_ref().map_or(0, |p| 6 + p.len()) + 14 + copied.len();
-                if inner.out.is_empty() {
-                    inner.out = Vec::with_capacity(more);
-                } else {
-                    inner.out.reserve(more);
-                }
-                if let Some(p) = inner.pong.take() {
-                    encode(&mut inner.out, OP_PONG, &p, self.mask());
-                }
+                inner.queue_pong(copied.len(), self.role == Role::Client);
                 encode_head(&mut inner.out, op, fin, payload.len(), key.is_some());
                 if let Some(k) = key {
                     inner.out.extend_from_slice(&k);
