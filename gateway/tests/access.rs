@@ -8,11 +8,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::harness::{DOMAIN, Dev, Gw, body, empty, get, link_config, request};
+use common::harness::{
+    DOMAIN, Dev, Gw, WsClient, body, close_code, empty, get, link_config, request, tcp_echo,
+};
 use device_fw::host::Forward;
 use futures_util::{SinkExt as _, StreamExt as _};
 use gateway::auth::password;
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Everything logged on the `audit` target by this test binary.
@@ -570,22 +571,10 @@ async fn sessions_expire_when_idle() {
 
 /// The code of the Close `ws` receives within a second (other messages
 /// before it are skipped).
-async fn close_code_within_a_second<S>(ws: &mut S) -> u16
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    let m = tokio::time::timeout(Duration::from_secs(1), async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(f))) => return f,
-                Some(Ok(_)) => continue,
-                other => panic!("{other:?}"),
-            }
-        }
-    })
-    .await
-    .expect("not closed within 1 s");
-    u16::from(m.expect("a close code").code)
+async fn closed_within_a_second(ws: &mut WsClient) -> Option<u16> {
+    tokio::time::timeout(Duration::from_secs(1), close_code(ws))
+        .await
+        .expect("not closed within 1 s")
 }
 
 /// The same for a raw service exposed as a WebSocket (`bridge::tunnel`):
@@ -593,21 +582,7 @@ where
 #[tokio::test]
 async fn revoking_a_token_closes_a_raw_services_websocket() {
     // The device's raw service: a TCP echo.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let target = tcp_echo(None).await;
     let token = password::new_token();
     let sections = format!(
         "[auth]\n\n[[token]]\nname = \"ci\"\nsha256 = \"{}\"\ndevices = [\"a\"]\n",
@@ -656,7 +631,7 @@ async fn revoking_a_token_closes_a_raw_services_websocket() {
         revoked.tokens.clear();
         let origin = format!("https://{DOMAIN}:{}", gw.addr.port());
         assert_eq!(bridge.set_access(revoked, vec![origin.clone()]), 1);
-        assert_eq!(close_code_within_a_second(&mut ws).await, 1008);
+        assert_eq!(closed_within_a_second(&mut ws).await, Some(1008));
         assert_eq!(bridge.set_access(auth, vec![origin]), 0);
     }
     gw.stop().await;
@@ -698,7 +673,7 @@ async fn revoking_a_user_or_token_closes_their_websockets_within_a_second() {
     let closed = bridge.set_access(auth, vec![s.origin()]);
     assert_eq!(closed, 2);
     for ws in [&mut by_user, &mut by_token] {
-        assert_eq!(close_code_within_a_second(ws).await, 1008);
+        assert_eq!(closed_within_a_second(ws).await, Some(1008));
     }
     assert!(started.elapsed() < Duration::from_secs(1));
     // The session is gone too.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use common::harness::{
-    DOMAIN, Dev, Gw, body, close_code, empty, eventually, get, link_config, request,
+    DOMAIN, Dev, Gw, body, close_code, empty, eventually, get, link_config, request, tcp_echo,
 };
 use device_fw::host::Forward;
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -439,24 +439,7 @@ async fn a_direct_tls_upstream_is_pinned() {
 #[tokio::test]
 async fn a_raw_service_exposed_as_a_websocket_carries_bytes() {
     // A TCP server that echoes until it reads "bye", then closes.
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 || buf[..n].ends_with(b"bye") {
-                        break;
-                    }
-                    if s.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let addr = tcp_echo(Some(b"bye")).await;
     let gw = Gw::start(
         "",
         &[Dev(

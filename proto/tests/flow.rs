@@ -30,6 +30,31 @@ fn configs() -> (Config, Config) {
     (dev, gw)
 }
 
+/// A connected pair whose gateway resets a stream stalled for 5 s, and a
+/// raw stream the gateway opened: the device's config, the pair, the stream.
+fn stall_timed(seed: u64) -> (Config, Sim, StreamId) {
+    let (dev, mut gw) = configs();
+    gw.stall_timeout = Some(std::time::Duration::from_secs(5));
+    let mut sim = Sim::new(seed, dev, gw);
+    sim.connect();
+    let a = sim.gateway.open(StreamKind::Raw, 1).unwrap();
+    (dev, sim, a)
+}
+
+/// Ten rounds of sending `data` from `from` on the gateway's stream `a`,
+/// each settled; returns how far into `data` the sends got.
+fn send_rounds(sim: &mut Sim, a: StreamId, data: &[u8], from: usize) -> usize {
+    let mut n = from;
+    for _ in 0..10 {
+        n += sim
+            .gateway
+            .send(a, MsgKind::Bytes, &data[n..], false, false)
+            .unwrap_or(0);
+        sim.settle();
+    }
+    n
+}
+
 /// The last reset the session made itself (not its peer) among `events`.
 fn local_reset(events: Vec<Ev>) -> Option<(StreamId, Code)> {
     events.into_iter().rev().find_map(|e| match e {
@@ -97,20 +122,8 @@ fn stopped_reader_holds_at_most_its_credit() {
 
 #[test]
 fn stalled_stream_is_reset_after_the_stall_timeout_and_the_session_lives() {
-    let (dev, mut gw) = configs();
-    gw.stall_timeout = Some(std::time::Duration::from_secs(5));
-    let mut sim = Sim::new(8, dev, gw);
-    sim.connect();
-    let a = sim.gateway.open(StreamKind::Raw, 1).unwrap();
-    let data = vec![1u8; 5000];
-    let mut n = 0;
-    for _ in 0..10 {
-        n += sim
-            .gateway
-            .send(a, MsgKind::Bytes, &data[n..], false, false)
-            .unwrap_or(0);
-        sim.settle();
-    }
+    let (dev, mut sim, a) = stall_timed(8);
+    let n = send_rounds(&mut sim, a, &[1u8; 5000], 0);
     assert_eq!(n, dev.params.stream_window as usize);
     // The device never consumes. Time passes; keepalives flow, the session stays up.
     let mut reset = None;
@@ -253,24 +266,10 @@ fn sequence_rules_are_enforced_on_send() {
 /// timer looks at the streams only while one may be blocked).
 #[test]
 fn a_stream_that_blocks_again_after_credit_is_reset_after_its_second_stall() {
-    let (dev, mut gw) = configs();
-    gw.stall_timeout = Some(std::time::Duration::from_secs(5));
-    let mut sim = Sim::new(9, dev, gw);
-    sim.connect();
-    let a = sim.gateway.open(StreamKind::Raw, 1).unwrap();
+    let (dev, mut sim, a) = stall_timed(9);
     let window = dev.params.stream_window as usize;
     let data = vec![1u8; 3 * window];
-    let fill = |sim: &mut Sim, from: usize| {
-        let mut n = from;
-        for _ in 0..10 {
-            n += sim
-                .gateway
-                .send(a, MsgKind::Bytes, &data[n..], false, false)
-                .unwrap_or(0);
-            sim.settle();
-        }
-        n
-    };
+    let fill = |sim: &mut Sim, from: usize| send_rounds(sim, a, &data, from);
     let mut sent = fill(&mut sim, 0);
     assert_eq!(sent, window, "blocked at the device's window");
     // The device reads it all: credit returns, the stream is unblocked,

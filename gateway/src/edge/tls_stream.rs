@@ -63,7 +63,9 @@ use super::client_hello::{self, Scan};
 
 /// Bytes asked of the socket per read at least: small enough that the
 /// allocator serves it from its per-thread cache (the buffer is taken and
-/// given back around every wait), large enough for a typical small
+/// given back around every wait) and that a read into an empty buffer
+/// goes to the stack first (a wake that finds the socket empty takes no
+/// buffer; [`TlsStream::poll_fill`]), large enough for a typical small
 /// WebSocket message's record. A larger record is read whole once its
 /// header is in.
 const READ_MIN: usize = 1024;

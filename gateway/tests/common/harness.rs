@@ -441,6 +441,31 @@ pub async fn close_code(ws: &mut WsClient) -> Option<u16> {
     }
 }
 
+/// A raw TCP service on 127.0.0.1 (a device's `Forward` target): each
+/// connection's bytes are echoed back until it ends, or until a read ends
+/// with `until`, which closes that connection. Returns its address.
+pub async fn tcp_echo(until: Option<&'static [u8]>) -> SocketAddr {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || until.is_some_and(|u| buf[..n].ends_with(u)) {
+                        break;
+                    }
+                    if s.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A refused WebSocket handshake: status and body.
 #[derive(Debug)]
 pub struct Refused {
