@@ -348,12 +348,26 @@ fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     runtime(0)?.block_on(serve_demo(args))
 }
 
+/// How long an idle thread of the blocking pool waits for more work
+/// before it exits.
+const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The async runtime for `[gateway] threads` (0: one thread per CPU this
 /// process may run on). One thread runs tokio's current-thread scheduler:
 /// the tasks, the I/O driver and the timers all on this thread, with no
 /// work-stealing queues and no wake-ups handed between threads (a browser
 /// task waking its device session is a push onto a local queue). With
 /// more, the multi-thread scheduler with that many workers.
+///
+/// Blocking work (a count of the open descriptors, a password hash) runs
+/// on tokio's blocking pool, whose threads exit [`BLOCKING_KEEP_ALIVE`]
+/// after their last job (tokio keeps them 10 s). With one thread the
+/// process is then a single thread between those jobs, and the kernel
+/// looks up each socket call's descriptor without taking a reference on
+/// it (`fdget`'s path for an unshared descriptor table, and no `fput`):
+/// `fdget` and `fput` fell from 2.1 to 1.5 % of the gateway's CPU in a
+/// profile of the direct echo (BENCHMARKS.md, "One thread between blocking
+/// jobs").
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let threads = match threads {
         0 => std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
@@ -369,6 +383,7 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     };
     let rt = builder
         .enable_all()
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
         .context("cannot start the async runtime")?;
     tracing::info!("runtime: {threads} thread{plural} ({scheduler} scheduler)");

@@ -329,6 +329,20 @@ fn run_serves_until_sigterm_and_exits_zero() {
         let gw = Running::start(&["run", "--config", file.to_str().unwrap()]);
         gw.wait_line(says);
         gw.wait_line("browsers listening");
+        if n == 1 {
+            // Between its blocking jobs (the overload sampler's descriptor
+            // count at start, then every 10 s) the process is one thread:
+            // the blocking pool's thread exits a second after its job, not
+            // tokio's default 10 s (which would outlast this wait).
+            let task = format!("/proc/{}/task", gw.child.id());
+            let threads = || std::fs::read_dir(&task).map_or(0, Iterator::count);
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(7);
+            while threads() != 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            assert_eq!(threads(), 1, "threads of an idle one-thread gateway");
+        }
         assert_eq!(gw.stop(), Some(0));
     }
     dir.write("gateway.toml", &good);

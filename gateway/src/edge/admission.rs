@@ -548,12 +548,20 @@ impl Overload {
             let opened = SOCKETS_OPENED.load(Ordering::Relaxed);
             let count = last.is_none_or(|c| c.stale(opened, now, calm));
             let kept = last.map_or(0, |c| c.fds);
-            let u = tokio::task::spawn_blocking(move || Usage {
-                rss: Usage::rss(),
-                fds: if count { Usage::open_files() } else { kept },
-            })
-            .await
-            .unwrap_or(Usage { rss: 0, fds: 0 });
+            // The memory on this thread (one short read of /proc), the
+            // descriptors on the blocking pool (a directory of up to the
+            // descriptor limit's entries) and only when the last count is
+            // stale: between counts the pool's thread exits and the process
+            // is one thread again (see `cli::runtime`).
+            let rss = Usage::rss();
+            let fds = if count {
+                tokio::task::spawn_blocking(Usage::open_files)
+                    .await
+                    .unwrap_or(0)
+            } else {
+                kept
+            };
+            let u = Usage { rss, fds };
             if count {
                 last = Some(FdCount {
                     fds: u.fds,
