@@ -318,6 +318,106 @@ async fn per_device_series_are_capped() {
     gw.stop().await;
 }
 
+/// A collector that holds the scrape until the test lets it go, and says
+/// when it is held; or one that panics.
+struct Gate {
+    gauge: prometheus::IntGauge,
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    panics: bool,
+}
+
+impl Gate {
+    /// The gate, and the ends that see it entered and let it go.
+    fn new(
+        name: &str,
+        panics: bool,
+    ) -> (
+        Self,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (entered, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let gate = Self {
+            gauge: prometheus::IntGauge::new(name, "a test's gate").unwrap(),
+            entered: std::sync::Mutex::new(entered),
+            release: std::sync::Mutex::new(release),
+            panics,
+        };
+        (gate, entered_rx, release_tx)
+    }
+}
+
+impl prometheus::core::Collector for Gate {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        assert!(!self.panics, "a collector that panics");
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self
+            .release
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(30));
+        self.gauge.collect()
+    }
+}
+
+/// A blocking HTTP/1.1 GET from outside the gateway's runtime: the status
+/// line, or the error (a 5 s read timeout among them).
+fn blocking_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer.lines().next().unwrap_or_default().to_owned())
+}
+
+/// A scrape runs its collectors off the runtime's threads: with one thread
+/// (`[gateway] threads = 1`, this test's runtime) a scrape that takes long
+/// (a walk of `/proc/self/fd` over 10,000 descriptors, a thousand devices'
+/// series) must not hold up what else the gateway serves. A collector that
+/// panics gives a 500, and the listener serves on.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_scrape_holds_up_nothing_else() {
+    let mut gw = Gw::start("", &[]).await;
+    let addr = serve_metrics(&mut gw);
+    let (gate, entered, release) = Gate::new("test_gate", false);
+    gw.server().metrics.register(Box::new(gate)).unwrap();
+    let probe = std::thread::spawn(move || {
+        entered
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the scrape reached the collector");
+        let healthz = blocking_get(addr, "/healthz");
+        release.send(()).unwrap();
+        healthz
+    });
+    let text = scrape(addr).await;
+    assert!(text.contains("test_gate 0"), "{text}");
+    let healthz = probe.join().unwrap();
+    assert_eq!(
+        healthz.as_deref().map_err(ToString::to_string),
+        Ok("HTTP/1.1 200 OK"),
+        "/healthz while a scrape was collecting"
+    );
+
+    let (broken, _entered, _release) = Gate::new("test_broken", true);
+    gw.server().metrics.register(Box::new(broken)).unwrap();
+    let (status, body) = external::get(addr, "/metrics").await;
+    assert_eq!((status, body.as_str()), (500, "metrics rendering failed\n"));
+    let (status, _) = external::get(addr, "/healthz").await;
+    assert_eq!(status, 200);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_exposition() {
     let Some(promtool) = external::program("promtool") else {
