@@ -418,6 +418,34 @@ async fn a_slow_scrape_holds_up_nothing_else() {
     gw.stop().await;
 }
 
+/// Scrapes that come together render one after the other: a burst of
+/// them does not walk the descriptors on as many threads at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_render_one_at_a_time() {
+    let mut gw = Gw::start("", &[]).await;
+    let addr = serve_metrics(&mut gw);
+    let (gate, entered, release) = Gate::new("test_gate", false);
+    gw.server().metrics.register(Box::new(gate)).unwrap();
+    let scrapes: Vec<_> = (0..2).map(|_| tokio::spawn(scrape(addr))).collect();
+    let order = tokio::task::spawn_blocking(move || {
+        let wait = |d| entered.recv_timeout(Duration::from_secs(d)).is_ok();
+        let first = wait(30);
+        // The second waits for its turn while the first is held.
+        let together = wait(1);
+        release.send(()).unwrap();
+        let second = together || wait(30);
+        release.send(()).unwrap();
+        (first, together, second)
+    })
+    .await
+    .unwrap();
+    assert_eq!(order, (true, false, true), "(first, both at once, second)");
+    for s in scrapes {
+        assert!(s.await.unwrap().contains("test_gate 0"));
+    }
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promtool_accepts_the_exposition() {
     let Some(promtool) = external::program("promtool") else {

@@ -8,7 +8,7 @@
 //! | other | 404 |
 //!
 //! The exposition is rendered on tokio's blocking pool, not on a thread
-//! that serves browsers and devices ([`render`]).
+//! that serves browsers and devices, one scrape at a time ([`render`]).
 //!
 //! Only GET and HEAD; request heads must arrive within 10 s. Bind it to
 //! loopback (the default) or a private interface: it needs no secret and
@@ -24,7 +24,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument as _, debug, info_span, warn};
 
 use super::Metrics;
@@ -34,6 +34,9 @@ const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `stop` turns true.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    // One rendering at a time: a burst of scrapes waits its turn rather
+    // than walking the descriptors on as many threads at once.
+    let renders = Arc::new(Semaphore::new(1));
     loop {
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -48,9 +51,11 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch
         };
         crate::edge::admission::socket_opened();
         let metrics = metrics.clone();
+        let renders = renders.clone();
         let service = service_fn(move |req| {
             let metrics = metrics.clone();
-            async move { Ok::<_, Infallible>(answer(metrics, &req).await) }
+            let renders = renders.clone();
+            async move { Ok::<_, Infallible>(answer(metrics, &renders, &req).await) }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -80,9 +85,18 @@ async fn stopping(rx: &mut watch::Receiver<bool>) {
 /// `process_open_fds` (about 0.6 µs per descriptor) and encodes up to a
 /// thousand devices' series: 3 – 8 ms with 10,000 device sessions, which
 /// on a runtime thread would hold up every connection that thread serves
-/// (all of them with `[gateway] threads = 1`).
-async fn render(metrics: Arc<Metrics>) -> Option<String> {
-    match tokio::task::spawn_blocking(move || metrics.render()).await {
+/// (all of them with `[gateway] threads = 1`). One rendering at a time:
+/// the turn (`renders`) is held by the blocking job itself, so a scraper
+/// that hangs up mid-render does not let another start beside it.
+async fn render(metrics: Arc<Metrics>, renders: &Arc<Semaphore>) -> Option<String> {
+    // The semaphore is never closed.
+    let turn = renders.clone().acquire_owned().await.ok()?;
+    match tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        metrics.render()
+    })
+    .await
+    {
         Ok(text) => Some(text),
         Err(e) => {
             warn!("metrics rendering failed: {e}");
@@ -91,7 +105,11 @@ async fn render(metrics: Arc<Metrics>) -> Option<String> {
     }
 }
 
-async fn answer<B>(metrics: Arc<Metrics>, req: &Request<B>) -> Response<Full<Bytes>> {
+async fn answer<B>(
+    metrics: Arc<Metrics>,
+    renders: &Arc<Semaphore>,
+    req: &Request<B>,
+) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, body: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
         *r.status_mut() = status;
@@ -109,7 +127,7 @@ async fn answer<B>(metrics: Arc<Metrics>, req: &Request<B>) -> Response<Full<Byt
     }
     match req.uri().path() {
         "/metrics" => {
-            let Some(body) = render(metrics).await else {
+            let Some(body) = render(metrics, renders).await else {
                 return text(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "metrics rendering failed\n",
