@@ -46,6 +46,7 @@ mod relay;
 pub mod route;
 mod stats;
 mod tunnel;
+mod upgrade;
 mod upstream;
 mod ws;
 mod wsconn;
@@ -350,7 +351,7 @@ impl Bridge {
                             .open(StreamKind::Raw, service)
                             .await
                             .map_err(|e| open_error(device, e))?;
-                        let browser = hyper::upgrade::on(&mut req);
+                        let browser = upgrade::on(&mut req);
                         let live = LiveSockets::register(
                             self,
                             principal,
@@ -482,7 +483,7 @@ impl Bridge {
             .map_err(|e| open_error(device, e))?;
         match (websocket, choice) {
             (Some(hs), Some(choice)) => {
-                let upgrade = hyper::upgrade::on(&mut req);
+                let upgrade = upgrade::on(&mut req);
                 let live = LiveSockets::register(self, principal, &device.id, take_place(&mut req));
                 let session = ws::Session {
                     handshake: hs,
@@ -522,7 +523,7 @@ impl Bridge {
         };
         let key = upstream::ws_key();
         normalized.ws_key = Some(key.clone());
-        let browser = hyper::upgrade::on(&mut req);
+        let browser = upgrade::on(&mut req);
         let resp = send(normalized, upstream::no_body())
             .await
             .inspect_err(|e| self.count_upstream(e))?;

@@ -11,8 +11,6 @@
 use std::pin::pin;
 use std::sync::Arc;
 
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -20,6 +18,7 @@ use tokio::time::Instant;
 use super::Bridge;
 use super::gate::LiveGuard;
 use super::stats::BridgeStats;
+use super::upgrade::OnBrowser;
 use super::ws::{CLOSE_GRACE, limits};
 use super::wsconn::{Incoming, OP_BINARY, Role, WsConn, close_payload};
 use crate::beside::Rare;
@@ -28,7 +27,7 @@ use crate::link::{DeviceStream, StreamEvent, StreamSender};
 /// Runs the tunnel once the browser's upgrade completes.
 pub(super) fn spawn(
     bridge: Arc<Bridge>,
-    browser: OnUpgrade,
+    browser: OnBrowser,
     stream: DeviceStream,
     live: LiveGuard,
     device: &str,
@@ -44,13 +43,13 @@ pub(super) fn spawn(
 )]
 fn task(
     bridge: Arc<Bridge>,
-    browser: OnUpgrade,
+    browser: OnBrowser,
     stream: DeviceStream,
     live: LiveGuard,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
         let Ok(io) = browser.await else { return };
-        let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge)).in_parts();
+        let conn = WsConn::new(io, Role::Server, limits(&bridge)).in_parts();
         let _open = bridge.stats.ws_session();
         run(&conn, stream, live.revoked(), &bridge.stats).await;
     }
@@ -188,7 +187,7 @@ mod tests {
     /// cell, with the span); see `ws::tests::the_websocket_task_stays_small`.
     #[test]
     fn the_tunnel_task_stays_small() {
-        let f: fn(Arc<Bridge>, OnUpgrade, DeviceStream, LiveGuard) -> _ = task;
+        let f: fn(Arc<Bridge>, OnBrowser, DeviceStream, LiveGuard) -> _ = task;
         let size = super::super::returned_size(f);
         eprintln!("tunnel task future: {size} bytes");
         assert!(size <= 1_152, "the tunnel task grew to {size} bytes");

@@ -60,8 +60,6 @@ use super::RequestBody;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use proto::{Code, MsgKind};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -71,6 +69,7 @@ use super::exchange::{download, link_lost, read_head};
 use super::gate::LiveGuard;
 use super::page::{ErrorPage, full};
 use super::stats::BridgeStats;
+use super::upgrade::OnBrowser;
 use super::wsconn::{
     Incoming, Limits, OP_BINARY, OP_CONT, OP_PING, OP_TEXT, Role, WsConn, close_payload,
     wire_close_code,
@@ -185,7 +184,7 @@ pub(super) struct Session {
     /// The subprotocol to answer the browser with.
     pub(super) subprotocol: Option<String>,
     /// hyper's upgrade of the browser's connection.
-    pub(super) upgrade: OnUpgrade,
+    pub(super) upgrade: OnBrowser,
     /// How long the device has to answer the upgrade.
     pub(super) timeout: Duration,
     /// Its place among the live sockets, with the signal that access was revoked.
@@ -332,7 +331,7 @@ pub(super) fn limits(bridge: &Bridge) -> Limits {
 fn session(
     bridge: Arc<Bridge>,
     mut stream: DeviceStream,
-    upgrade: OnUpgrade,
+    upgrade: OnBrowser,
     live: LiveGuard,
 ) -> impl Future<Output = ()> + Send + 'static {
     async move {
@@ -343,7 +342,7 @@ fn session(
                 return;
             }
         };
-        let conn = WsConn::new(TokioIo::new(io), Role::Server, limits(&bridge));
+        let conn = WsConn::new(io, Role::Server, limits(&bridge));
         let (ctl_tx, ctl_rx) = oneshot::channel();
         let seen = LastSeen::new();
         let _open = bridge.stats.ws_session();
@@ -782,13 +781,15 @@ mod tests {
     /// `Result`, a timer beside the loop and the send functions' futures
     /// nested three deep (BENCHMARKS.md, "A smaller WebSocket task").
     /// The test build measured 1,352 bytes, then 1,368 with the down
-    /// loop's rare events polled only once they wake (`crate::beside`).
+    /// loop's rare events polled only once they wake (`crate::beside`),
+    /// 1,376 with the browser's side either hyper's upgrade or an HTTP/2
+    /// stream (`super::upgrade::Io`).
     #[test]
     fn the_websocket_task_stays_small() {
-        let f: fn(Arc<Bridge>, DeviceStream, OnUpgrade, LiveGuard) -> _ = session;
+        let f: fn(Arc<Bridge>, DeviceStream, OnBrowser, LiveGuard) -> _ = session;
         let size = super::super::returned_size(f);
         eprintln!("WebSocket task future: {size} bytes");
-        assert!(size <= 1_368, "the WebSocket task grew to {size} bytes");
+        assert!(size <= 1_376, "the WebSocket task grew to {size} bytes");
     }
 
     /// Every way of cutting `text` in two and in three agrees with

@@ -194,9 +194,12 @@ pub struct Http {
     pub max_headers: usize,
     /// HTTP/2 concurrent streams per connection. Default 100.
     pub h2_max_concurrent_streams: u32,
-    /// HTTP/2 pending-accept resets (hyper's `max_pending_accept_reset_streams`). Default 20.
+    /// HTTP/2 streams a client may reset before their response, beyond
+    /// `h2_max_concurrent_streams` and the responses it let finish (each
+    /// pays one back); past that, GOAWAY (rapid reset). Default 20.
     pub h2_max_pending_resets: usize,
-    /// HTTP/2 locally caused resets (hyper's `max_local_error_reset_streams`). Default 1024.
+    /// HTTP/2 streams the gateway may reset for a client's errors before
+    /// it ends the connection. Default 1024.
     pub h2_max_local_error_resets: usize,
     /// `Strict-Transport-Security` max-age sent on every response over
     /// TLS (browsers then never try plain HTTP for the name); `None`

@@ -1,14 +1,16 @@
 //! The browser-facing accept loop: TCP (MSS clamped at the listener) →
-//! TLS within the handshake deadline → hyper, HTTP/1.1 or HTTP/2 by ALPN
-//! (or by preface on plain listeners), with upgrades for WebSockets.
+//! TLS within the handshake deadline → HTTP by ALPN: HTTP/2 on the
+//! gateway's own server ([`super::h2`]), HTTP/1.1 on hyper, with upgrades
+//! for WebSockets (plain listeners: hyper, HTTP/2 by preface too).
 //!
 //! # Lifecycle of a connection
 //!
 //! accepted (options applied) → TLS handshake (a stall past the deadline is
 //! counted as `stalled`: TCP up, TLS never finished, the mark of a path MTU
 //! black hole) → HTTP served → closed by the client, by hyper's header
-//! timeout, by an idle timeout, or drained on shutdown (HTTP/2 GOAWAY,
-//! HTTP/1.1 closes after the response in flight).
+//! timeout, by an idle timeout, by an unanswered HTTP/2 keepalive PING,
+//! or drained on shutdown (HTTP/2 GOAWAY, then the end with the last open
+//! stream; HTTP/1.1 closes after the response in flight).
 //!
 //! # HTTP/3
 //!
@@ -23,23 +25,24 @@
 //! either), `header_timeout` for every request head, which also bounds an
 //! idle keep-alive connection (hyper starts the header timer while it waits
 //! for the next request). HTTP/2: `h2_max_concurrent_streams`, header list
-//! `max_header_bytes`, `h2_max_pending_resets` and
-//! `h2_max_local_error_resets` (rapid-reset defences), keepalive pings
-//! every `idle_timeout / 2`, and the connection closed when it has had no
-//! open stream for `idle_timeout`.
+//! `max_header_bytes` and `max_headers` (431 past either),
+//! `h2_max_pending_resets` and `h2_max_local_error_resets` (rapid-reset
+//! defences, see [`super::h2`]), a keepalive PING after `idle_timeout / 2`
+//! without a frame from the client (no answer within 20 s ends the
+//! connection), and GOAWAY once no request has been in flight for
+//! `idle_timeout` (its WebSockets carry on).
 //!
 //! # WebSockets over HTTP/2
 //!
 //! With `[http] websocket_over_http2` (the default) the gateway announces
 //! `SETTINGS_ENABLE_CONNECT_PROTOCOL`, and a browser holding an HTTP/2
 //! connection opens its WebSockets as streams of it (RFC 8441). Off, an
-//! extended CONNECT is a protocol error to h2, and browsers open each
-//! WebSocket on an HTTP/1.1 connection of its own: that costs one more
-//! TLS handshake when the socket opens and less for as long as it lives,
-//! since the HTTP/2 connection's codec buffers (h2 keeps 8 KiB to read
-//! and 16 KiB to write per connection) and its per-message stream
-//! machinery are not in its path (BENCHMARKS.md, "The browsers' path:
-//! WebSockets over HTTP/2").
+//! extended CONNECT is a malformed request (the stream is reset), and
+//! browsers open each WebSocket on an HTTP/1.1 connection of its own: one
+//! more TLS handshake when the socket opens, and about 3 KB less for as
+//! long as it lives (the HTTP/2 connection's task, its state and HPACK
+//! table stay beside the socket's; BENCHMARKS.md, "The gateway's own
+//! HTTP/2 server").
 //!
 //! # Hardening (from `[gateway.limits]`)
 //!
@@ -476,16 +479,12 @@ impl Connection {
                             place,
                         };
                         if session.h2 {
-                            Some(Box::pin(self.http(stream, session, &span)))
+                            Some(self.h2(stream, session, &span))
                         } else {
                             let verdict = Arc::new(Verdict::default());
                             session.framing = Some(verdict.clone());
                             let max = self.shared.http.max_header_bytes;
-                            Some(Box::pin(self.http(
-                                Framing::new(stream, max, verdict),
-                                session,
-                                &span,
-                            )))
+                            Some(self.http(Framing::new(stream, max, verdict), session, &span))
                         }
                     }
                     Err(e @ TlsError::Stalled(_)) => {
@@ -512,11 +511,7 @@ impl Connection {
                     place,
                 };
                 let max = self.shared.http.max_header_bytes;
-                Some(Box::pin(self.http(
-                    Framing::new(io, max, verdict),
-                    session,
-                    &span,
-                )))
+                Some(self.http(Framing::new(io, max, verdict), session, &span))
             }
         };
         if let Some(serve) = serve {
@@ -525,173 +520,194 @@ impl Connection {
         stats.open.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Serves HTTP on `io` until the connection ends; `span` is the
-    /// connection's (see [`serve`]).
-    async fn http<I>(&self, io: I, session: Session, span: &Span)
+    /// What the requests of the connection `session` describes share,
+    /// with its in-flight count and its HTTP/2 flag.
+    fn requests(
+        &self,
+        session: Session,
+        span: &Span,
+    ) -> (Arc<Requests>, Arc<AtomicU64>, Arc<AtomicBool>) {
+        let active = Arc::new(AtomicU64::new(0));
+        let h2 = Arc::new(AtomicBool::new(session.h2));
+        let requests = Arc::new(Requests {
+            shared: self.shared.clone(),
+            conn: Conn {
+                client: session.client,
+                scheme: session.scheme,
+            },
+            hsts: hsts(session.scheme, self.shared.http.hsts_max_age),
+            client_cn: session.client_cn,
+            sni: session.sni,
+            framing: session.framing,
+            place: session.place,
+            active: active.clone(),
+            span: span.clone(),
+            named: AtomicBool::new(false),
+            saw_h2: h2.clone(),
+            count: AtomicU64::new(0),
+            alt_svc: self.alt_svc.clone(),
+        });
+        (requests, active, h2)
+    }
+
+    /// Serves HTTP/2 (chosen in TLS) on `io` with the gateway's own server
+    /// ([`super::h2`]) until the connection ends; `span` is the
+    /// connection's (see [`serve`]). The connection is built here and
+    /// moved once into the future, which keeps it where it lies: an idle
+    /// HTTP/2 connection (a WebSocket's, between messages) is mostly this
+    /// future.
+    fn h2<'a, I>(&'a self, io: I, session: Session, span: &'a Span) -> Serving<'a>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let shared = self.shared.clone();
-        let conn_info = Conn {
-            client: session.client,
-            scheme: session.scheme,
+        let (requests, active, h2) = self.requests(session, span);
+        let http = &self.shared.http;
+        let settings = super::h2::Settings {
+            max_streams: http.h2_max_concurrent_streams,
+            max_header_bytes: http.max_header_bytes,
+            max_headers: http.max_headers,
+            connect_protocol: http.websocket_over_http2,
+            max_early_resets: http.h2_max_pending_resets,
+            max_local_resets: http.h2_max_local_error_resets,
+            keepalive: http.idle_timeout / 2,
+            ping_timeout: H2_PING_TIMEOUT,
         };
-        let active = Arc::new(AtomicU64::new(0));
-        let counter = active.clone();
-        let conn_span = span.clone();
-        let named = Arc::new(AtomicBool::new(false));
-        let h2 = Arc::new(AtomicBool::new(session.h2));
-        let saw_h2 = h2.clone();
-        let (client_cn, sni, framing) = (session.client_cn, session.sni, session.framing);
-        let place = session.place;
-        let hsts = hsts(session.scheme, self.shared.http.hsts_max_age);
-        let requests = AtomicU64::new(0);
-        let alt_svc = self.alt_svc.clone();
-        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            if let Some(cn) = &client_cn {
-                req.extensions_mut().insert(ClientCn(cn.clone()));
-            }
-            if let Some((sni, _)) = &sni {
-                req.extensions_mut().insert(TlsSni(sni.clone()));
-            }
-            // A WebSocket's task takes it (see `Place`).
-            req.extensions_mut().insert(place.clone());
-            if req.version() == http::Version::HTTP_2 {
-                saw_h2.store(true, Ordering::Relaxed);
-            }
-            let bridge = shared.bridge.clone();
-            let in_flight = InFlight::new(&counter);
-            let span = request_span(&shared.domain, &req, &conn_span, &named);
-            let n = requests.fetch_add(1, Ordering::Relaxed);
-            let ambiguous = req.version() != http::Version::HTTP_2
-                && framing.as_ref().is_some_and(|v| v.is_bad(n));
-            let refused = if ambiguous {
-                shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
-                Some(ErrorPage::new(
-                    400,
-                    "ambiguous_framing",
-                    "The request has both Content-Length and Transfer-Encoding.",
-                ))
-            } else {
-                let sni = sni.as_ref().map(|(n, c)| (&**n, &**c));
-                screen(&req, sni, &shared.stats)
+        let conn = super::h2::Conn::new(
+            io,
+            settings,
+            self.shared.stats.clone(),
+            move |d: super::h2::Dispatched| {
+                let method = d.request.method().clone();
+                let response = requests.call(d.request);
+                tokio::spawn(super::h2::respond(d.responder, d.upgrade, method, response))
+                    .abort_handle()
+            },
+        );
+        Box::pin(self.serve_until_done(conn, active, h2, span))
+    }
+
+    /// Serves HTTP/1.1, and HTTP/2 by prior knowledge on plain listeners,
+    /// with hyper on `io` until the connection ends; `span` is the
+    /// connection's (see [`serve`]).
+    fn http<'a, I>(&'a self, io: I, session: Session, span: &'a Span) -> Serving<'a>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (requests, active, h2) = self.requests(session, span);
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            requests.call(req.map(|b| b.map_err(std::io::Error::other).boxed()))
+        });
+        Box::pin(async move {
+            let conn = self
+                .builder
+                .serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(conn);
+            let hyper = Hyper {
+                conn,
+                drain: |c| c.graceful_shutdown(),
             };
-            let alt_svc = alt_svc.clone();
-            let hsts = hsts.clone();
-            async move {
-                let mut r = match refused {
-                    Some(page) => {
-                        let resp = page.render(req.headers());
-                        debug!(status = resp.status().as_u16(), "refused before the bridge");
-                        Ok(resp)
+            self.serve_until_done(hyper, active, h2, span).await;
+        })
+    }
+
+    /// Drives `conn` until it ends, with the drain signal, the idle
+    /// timeout and the rate checks beside it. Captured once and used where
+    /// it lies (an async fn would keep `conn` twice).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn keeps its arguments twice in its future"
+    )]
+    fn serve_until_done<'a, C: Served + Send + 'a>(
+        &'a self,
+        mut conn: C,
+        active: Arc<AtomicU64>,
+        h2: Arc<AtomicBool>,
+        span: &'a Span,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            let stats = &self.shared.stats;
+            let idle = self.shared.http.idle_timeout;
+            let mut shutdown = self.shutdown.clone();
+            let mut idle_since = tokio::time::Instant::now();
+            let mut body = BodyRate::new(
+                self.shared.limits.min_body_rate,
+                self.shared.http.header_timeout,
+            );
+            let mut send = SendRate::new(
+                self.shared.limits.min_send_rate,
+                self.shared.limits.send_timeout,
+            );
+            let period = if body.min_rate > 0 || send.min_rate > 0 {
+                Duration::from_secs(1)
+            } else {
+                idle.min(Duration::from_secs(5))
+            };
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut stop = pin!(stopping(&mut shutdown));
+            let beside = Beside::new();
+            let mut draining = false;
+            loop {
+                // The connection first, on every wake; the drain signal and the
+                // tick only once they have woken (their polls re-arm a watch and
+                // a timer, and an HTTP/2 connection wakes for every message of
+                // its WebSockets).
+                let event = poll_fn(|cx| {
+                    if let Poll::Ready(r) = conn.poll_serve(cx) {
+                        return Poll::Ready(Event::Ended(r));
                     }
-                    None => {
-                        let req = req.map(|b| b.map_err(std::io::Error::other).boxed());
-                        bridge.handle(conn_info, req).await
-                    }
-                };
-                if let (Ok(resp), Some(v)) = (&mut r, hsts) {
-                    resp.headers_mut()
-                        .insert(header::STRICT_TRANSPORT_SECURITY, v);
-                }
-                if let (Ok(resp), Some(v)) = (&mut r, alt_svc) {
-                    resp.headers_mut().insert(header::ALT_SVC, v);
-                }
-                // In flight until its body is done: a long download
-                // keeps its connection from counting as idle.
-                r.map(|resp| {
-                    resp.map(|b| {
-                        b.map_frame(move |f| {
-                            let _ = &in_flight;
-                            f
-                        })
-                        .boxed()
+                    beside.poll(cx, |cx| {
+                        if !draining && stop.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::Stop);
+                        }
+                        tick.poll_tick(cx).map(|_| Event::Tick)
                     })
                 })
-            }
-            .instrument(span)
-        });
-        let conn = self
-            .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(conn);
-        let stats = &self.shared.stats;
-        let idle = self.shared.http.idle_timeout;
-        let mut shutdown = self.shutdown.clone();
-        let mut idle_since = tokio::time::Instant::now();
-        let mut body = BodyRate::new(
-            self.shared.limits.min_body_rate,
-            self.shared.http.header_timeout,
-        );
-        let mut send = SendRate::new(
-            self.shared.limits.min_send_rate,
-            self.shared.limits.send_timeout,
-        );
-        let period = if body.min_rate > 0 || send.min_rate > 0 {
-            Duration::from_secs(1)
-        } else {
-            idle.min(Duration::from_secs(5))
-        };
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut stop = pin!(stopping(&mut shutdown));
-        let beside = Beside::new();
-        let mut draining = false;
-        loop {
-            // The connection first, on every wake; the drain signal and the
-            // tick only once they have woken (their polls re-arm a watch and
-            // a timer, and an HTTP/2 connection wakes for every message of
-            // its WebSockets).
-            let event = poll_fn(|cx| {
-                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-                    return Poll::Ready(Event::Ended(r));
-                }
-                beside.poll(cx, |cx| {
-                    if !draining && stop.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Event::Stop);
-                    }
-                    tick.poll_tick(cx).map(|_| Event::Tick)
-                })
-            })
-            .await;
-            match event {
-                Event::Ended(r) => {
-                    if let Err(e) = r {
-                        self.classify(&*e);
-                        debug!(parent: span, "connection ended: {e}");
-                    }
-                    return;
-                }
-                Event::Stop => {
-                    draining = true;
-                    conn.as_mut().graceful_shutdown();
-                }
-                Event::Tick => {
-                    let busy = active.load(Ordering::Relaxed) > 0;
-                    let received = self.meter.received.load(Ordering::Relaxed);
-                    if !h2.load(Ordering::Relaxed) && body.too_slow(busy, received) {
-                        stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
-                        debug!(parent: span, min_rate = body.min_rate, "request body slower than the minimum rate; closing");
+                .await;
+                match event {
+                    Event::Ended(r) => {
+                        if let Err(e) = r {
+                            self.classify(&*e);
+                            debug!(parent: span, "connection ended: {e}");
+                        }
                         return;
                     }
-                    if send.too_slow(&self.meter) {
-                        stats.send_rate_timeouts.fetch_add(1, Ordering::Relaxed);
-                        debug!(parent: span, min_rate = send.min_rate, "client reads slower than the minimum rate; closing");
-                        return;
-                    }
-                    if draining {
-                        continue;
-                    }
-                    // Requests in flight, response bodies included, keep
-                    // a connection busy; upgraded WebSockets carry on
-                    // outside this counter.
-                    if busy {
-                        idle_since = tokio::time::Instant::now();
-                    } else if idle_since.elapsed() >= idle {
-                        debug!(parent: span, "idle for {idle:?}; closing");
-                        stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                    Event::Stop => {
                         draining = true;
-                        conn.as_mut().graceful_shutdown();
+                        conn.drain();
+                    }
+                    Event::Tick => {
+                        if let Err(e) = conn.tick() {
+                            self.classify(&*e);
+                            debug!(parent: span, "connection ended: {e}");
+                            return;
+                        }
+                        let busy = active.load(Ordering::Relaxed) > 0;
+                        let received = self.meter.received.load(Ordering::Relaxed);
+                        if !h2.load(Ordering::Relaxed) && body.too_slow(busy, received) {
+                            stats.body_timeouts.fetch_add(1, Ordering::Relaxed);
+                            debug!(parent: span, min_rate = body.min_rate, "request body slower than the minimum rate; closing");
+                            return;
+                        }
+                        if send.too_slow(&self.meter) {
+                            stats.send_rate_timeouts.fetch_add(1, Ordering::Relaxed);
+                            debug!(parent: span, min_rate = send.min_rate, "client reads slower than the minimum rate; closing");
+                            return;
+                        }
+                        if draining {
+                            continue;
+                        }
+                        // Requests in flight, response bodies included, keep
+                        // a connection busy; upgraded WebSockets carry on
+                        // outside this counter.
+                        if busy {
+                            idle_since = tokio::time::Instant::now();
+                        } else if idle_since.elapsed() >= idle {
+                            debug!(parent: span, "idle for {idle:?}; closing");
+                            stats.idle_timeouts.fetch_add(1, Ordering::Relaxed);
+                            draining = true;
+                            conn.drain();
+                        }
                     }
                 }
             }
@@ -721,6 +737,147 @@ enum Event<E> {
     Stop,
     /// The rate and idle checks are due.
     Tick,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A connection being served: hyper's, or the gateway's own HTTP/2.
+trait Served {
+    /// Serves; `Ready` once the connection is over.
+    fn poll_serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>>;
+    /// Stops taking requests; the connection ends once those in flight are done.
+    fn drain(&mut self);
+    /// The periodic check (keepalive); `Err` ends the connection.
+    fn tick(&mut self) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
+/// hyper's connection, with its graceful shutdown.
+struct Hyper<'a, C> {
+    conn: Pin<&'a mut C>,
+    drain: fn(Pin<&mut C>),
+}
+
+impl<C: Future<Output = Result<(), BoxError>>> Served for Hyper<'_, C> {
+    fn poll_serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.conn.as_mut().poll(cx)
+    }
+
+    fn drain(&mut self) {
+        (self.drain)(self.conn.as_mut());
+    }
+}
+
+impl<I, D> Served for super::h2::Conn<I, D>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    D: FnMut(super::h2::Dispatched) -> tokio::task::AbortHandle,
+{
+    fn poll_serve(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<(), BoxError>> {
+        Self::poll_serve(self, cx).map_err(Into::into)
+    }
+
+    fn drain(&mut self) {
+        Self::drain(self);
+    }
+
+    fn tick(&mut self) -> Result<(), BoxError> {
+        Self::tick(self).map_err(Into::into)
+    }
+}
+
+/// What every request of one connection carries to the bridge, and the
+/// checks made before it (shared by hyper's service and the HTTP/2
+/// server).
+struct Requests {
+    shared: Arc<Shared>,
+    conn: Conn,
+    client_cn: Option<Arc<str>>,
+    sni: Option<(Arc<str>, Arc<CertResolver>)>,
+    framing: Option<Arc<Verdict>>,
+    place: Place,
+    /// Requests in flight (see [`InFlight`]).
+    active: Arc<AtomicU64>,
+    /// The connection's span, and whether a device was named on it.
+    span: Span,
+    named: AtomicBool,
+    saw_h2: Arc<AtomicBool>,
+    /// Requests so far.
+    count: AtomicU64,
+    hsts: Option<HeaderValue>,
+    alt_svc: Option<HeaderValue>,
+}
+
+impl Requests {
+    /// Screens `req` and hands it to the bridge; the response gets the
+    /// connection's headers (HSTS, Alt-Svc).
+    fn call(
+        &self,
+        mut req: hyper::Request<crate::bridge::RequestBody>,
+    ) -> impl Future<Output = Result<hyper::Response<crate::bridge::Body>, std::convert::Infallible>>
+    + Send
+    + use<> {
+        if let Some(cn) = &self.client_cn {
+            req.extensions_mut().insert(ClientCn(cn.clone()));
+        }
+        if let Some((sni, _)) = &self.sni {
+            req.extensions_mut().insert(TlsSni(sni.clone()));
+        }
+        // A WebSocket's task takes it (see `Place`).
+        req.extensions_mut().insert(self.place.clone());
+        if req.version() == http::Version::HTTP_2 {
+            self.saw_h2.store(true, Ordering::Relaxed);
+        }
+        let shared = &self.shared;
+        let bridge = shared.bridge.clone();
+        let in_flight = InFlight::new(&self.active);
+        let span = request_span(&shared.domain, &req, &self.span, &self.named);
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        let ambiguous = req.version() != http::Version::HTTP_2
+            && self.framing.as_ref().is_some_and(|v| v.is_bad(n));
+        let refused = if ambiguous {
+            shared.stats.malformed.fetch_add(1, Ordering::Relaxed);
+            Some(ErrorPage::new(
+                400,
+                "ambiguous_framing",
+                "The request has both Content-Length and Transfer-Encoding.",
+            ))
+        } else {
+            let sni = self.sni.as_ref().map(|(n, c)| (&**n, &**c));
+            screen(&req, sni, &shared.stats)
+        };
+        let (alt_svc, hsts, conn) = (self.alt_svc.clone(), self.hsts.clone(), self.conn);
+        async move {
+            let mut r = match refused {
+                Some(page) => {
+                    let resp = page.render(req.headers());
+                    debug!(status = resp.status().as_u16(), "refused before the bridge");
+                    Ok(resp)
+                }
+                None => bridge.handle(conn, req).await,
+            };
+            if let (Ok(resp), Some(v)) = (&mut r, hsts) {
+                resp.headers_mut()
+                    .insert(header::STRICT_TRANSPORT_SECURITY, v);
+            }
+            if let (Ok(resp), Some(v)) = (&mut r, alt_svc) {
+                resp.headers_mut().insert(header::ALT_SVC, v);
+            }
+            // In flight until its body is done: a long download
+            // keeps its connection from counting as idle.
+            r.map(|resp| {
+                resp.map(|b| {
+                    b.map_frame(move |f| {
+                        let _ = &in_flight;
+                        f
+                    })
+                    .boxed()
+                })
+            })
+        }
+        .instrument(span)
+    }
 }
 
 /// A request counted in its connection's in-flight total (which keeps

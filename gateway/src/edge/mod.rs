@@ -12,7 +12,8 @@
 //! - [`gcm`]: TLS 1.3 AES-GCM records on AWS-LC.
 //! - [`tickets`]: session tickets and the handshake's random values on AWS-LC.
 //! - [`client_hello`]: the SNI read from the ClientHello (the unbuffered API does not expose it).
-//! - [`http`]: the accept loop: TLS, then hyper (HTTP/1.1 and HTTP/2) into the bridge.
+//! - [`http`]: the accept loop: TLS, then HTTP/1.1 (hyper) or HTTP/2 ([`h2`]) into the bridge.
+//! - [`h2`]: the gateway's own HTTP/2 server: frames, HPACK, streams, RFC 8441 WebSockets.
 //! - [`quic`]: HTTP/3 over QUIC (quinn, h3) on the TLS listeners' ports, into the same bridge.
 
 pub mod admission;
@@ -20,6 +21,7 @@ pub mod client_hello;
 pub mod framing;
 pub mod gcm;
 pub mod guard;
+pub(crate) mod h2;
 pub mod http;
 pub mod kx;
 pub mod listener;
