@@ -157,7 +157,8 @@ pub struct EdgeStats {
     pub send_rate_timeouts: AtomicU64,
     /// Connections closed after `[http] idle_timeout` without requests.
     pub idle_timeouts: AtomicU64,
-    /// Requests hyper refused as malformed (400, 431) before the gateway saw them.
+    /// Requests refused as malformed before the gateway saw them: hyper's
+    /// 400 and 431, the HTTP/2 server's 431s, reset streams and GOAWAYs.
     pub malformed: AtomicU64,
     /// Requests whose host differs from the TLS SNI (421).
     pub misdirected: AtomicU64,

@@ -103,7 +103,7 @@ const BROWSER_TIMEOUTS: Family = counter(
 const MALFORMED: Family = counter(
     "gateway_browser_malformed_requests_total",
     &[],
-    "Requests refused by the HTTP parser (400 or 431, connection closed) before the gateway routed them: smuggling attempts, bad framing, oversized heads.",
+    "Requests refused by the HTTP parser before the gateway routed them (400 or 431, the connection closed; over HTTP/2 a 431, a reset stream, or GOAWAY for a broken connection): smuggling attempts, bad framing, malformed HTTP/2, oversized heads.",
 );
 const EDGE_REFUSED: Family = counter(
     "gateway_browser_requests_refused_total",

@@ -986,3 +986,38 @@ async fn answers_the_driver_gives_do_not_pay_back_resets() {
     }
     assert_eq!(h.client.goaway().await, Some(Reason::ENHANCE_YOUR_CALM));
 }
+
+#[tokio::test]
+async fn random_frames_end_the_connection_or_are_served_without_a_panic() {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let valid = block(&fields(&get("/")));
+    for _ in 0..300 {
+        let mut h = start(settings()).await;
+        let mut bytes = Vec::new();
+        for _ in 0..(next() % 40) {
+            let r = next();
+            let kind = (r % 11) as u8;
+            let flags = ((r >> 8) as u8) & 0x2d;
+            let stream = ((r >> 16) % 8) as u32;
+            let payload: Vec<u8> = if kind == kind::HEADERS && r >> 40 & 1 == 0 {
+                valid.clone()
+            } else {
+                (0..(r >> 24) % 48).map(|_| next() as u8).collect()
+            };
+            super::frame::put_head(&mut bytes, payload.len(), kind, flags, stream);
+            bytes.extend_from_slice(&payload);
+        }
+        h.client.io.write_all(&bytes).await.unwrap();
+        drop(h.client);
+        let ended = tokio::time::timeout(Duration::from_secs(5), h.ended)
+            .await
+            .expect("the connection outlived its client");
+        assert!(ended.is_ok(), "the driver panicked");
+    }
+}
