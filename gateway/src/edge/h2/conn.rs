@@ -1006,7 +1006,7 @@ where
                 if n == 0 {
                     break;
                 }
-                let end = s.out_eof && n == s.pending_out();
+                let end = s.out_eof && n == s.pending_out() && s.trailers.is_none();
                 let flags = if end { flag::END_STREAM } else { 0 };
                 frame::put_head(&mut self.wbuf, n, kind::DATA, flags, id);
                 self.wbuf
@@ -1028,7 +1028,10 @@ where
                 w.wake();
             }
             if s.reset.is_none() && s.out_eof && !s.sent_eof && s.pending_out() == 0 {
-                frame::put_head(&mut self.wbuf, 0, kind::DATA, flag::END_STREAM, id);
+                match s.trailers.take() {
+                    Some(block) => frame::put_headers(&mut self.wbuf, id, &block, true, MAX_FRAME),
+                    None => frame::put_head(&mut self.wbuf, 0, kind::DATA, flag::END_STREAM, id),
+                }
                 s.sent_eof = true;
             }
             if let Some(r) = s.send_reset

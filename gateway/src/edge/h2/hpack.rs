@@ -425,6 +425,11 @@ pub(crate) fn encode_response(status: u16, headers: &HeaderMap, out: &mut Vec<u8
             encode_string(&digits[start..], out);
         }
     }
+    encode_fields(headers, out);
+}
+
+/// Appends the header block of a response's trailers (no pseudo-fields).
+pub(crate) fn encode_fields(headers: &HeaderMap, out: &mut Vec<u8>) {
     for (name, value) in headers {
         let name = name.as_str();
         let sensitive = value.is_sensitive()

@@ -35,7 +35,8 @@
 //! # Streams and flow control
 //!
 //! Each request runs on a task of its own ([`respond`]), which sends the
-//! response head and body through its [`Stream`] handle; an extended
+//! response head, body and trailers (a last HEADERS frame) through its
+//! [`Stream`] handle; an extended
 //! CONNECT's handle goes to the WebSocket's task once the 200 is queued
 //! ([`Upgrade`]). A stream's receive window is 512 KiB and the
 //! connection's 1 MiB, which bounds what a client can make the gateway
@@ -188,15 +189,18 @@ pub(crate) async fn respond<F>(
     }
     let mut stream = stream;
     let mut body = body;
+    let mut trailers = None;
     while let Some(frame) = body.frame().await {
         match frame {
-            Ok(f) => {
-                if let Ok(data) = f.into_data()
-                    && stream.write_all(&data).await.is_err()
-                {
-                    return;
+            Ok(f) => match f.into_data() {
+                Ok(data) => {
+                    if stream.write_all(&data).await.is_err() {
+                        return;
+                    }
                 }
-            }
+                // Trailers end the body; they go out as its last frame.
+                Err(f) => trailers = f.into_trailers().ok(),
+            },
             Err(e) => {
                 debug!("response body failed: {e}");
                 stream.reset(frame::Reason::INTERNAL_ERROR);
@@ -204,5 +208,5 @@ pub(crate) async fn respond<F>(
             }
         }
     }
-    stream.finish();
+    stream.finish(trailers.as_ref());
 }

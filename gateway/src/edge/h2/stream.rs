@@ -111,6 +111,9 @@ pub(crate) struct Slot {
     pub(super) out_pos: usize,
     /// END_STREAM goes after the queued output.
     pub(super) out_eof: bool,
+    /// The response's trailers: a header block that carries END_STREAM
+    /// after the queued output.
+    pub(super) trailers: Option<Vec<u8>>,
     /// END_STREAM (or a reset) was sent.
     pub(super) sent_eof: bool,
     /// The peer's receive window for this stream.
@@ -151,6 +154,7 @@ impl Slot {
             out: Vec::new(),
             out_pos: 0,
             out_eof: false,
+            trailers: None,
             sent_eof: false,
             send_window: peer_window,
             writer: None,
@@ -418,14 +422,21 @@ impl Stream {
             .is_some_and(|s| s.recv_eof && s.recv.len() == s.recv_pos)
     }
 
-    /// Ends the stream after the queued output (END_STREAM).
-    pub(crate) fn finish(&self) {
+    /// Ends the stream after the queued output (END_STREAM), with these
+    /// trailers if any.
+    pub(crate) fn finish(&self, trailers: Option<&HeaderMap>) {
+        let block = trailers.filter(|t| !t.is_empty()).map(|t| {
+            let mut block = Vec::new();
+            hpack::encode_fields(t, &mut block);
+            block
+        });
         let mut st = self.mux.lock();
         let Some(s) = st.slot(self.id) else { return };
         if s.reset.is_some() || s.out_eof {
             return;
         }
         s.out_eof = true;
+        s.trailers = block;
         st.queue(self.id);
     }
 }
@@ -515,7 +526,7 @@ impl AsyncWrite for Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.finish();
+        self.finish(None);
         Poll::Ready(Ok(()))
     }
 }

@@ -86,6 +86,17 @@ fn app(seen: Arc<AtomicUsize>, live: Arc<AtomicUsize>) -> Dispatch {
                     }
                     "/big" => body((0..200_000u32).map(|i| i as u8).collect::<Vec<u8>>()),
                     "/huge" => body(vec![7u8; 600_000]),
+                    "/trailers" => {
+                        let mut t = http::HeaderMap::new();
+                        t.insert("x-checksum", http::HeaderValue::from_static("abc"));
+                        let frames = [
+                            Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from_static(
+                                b"body",
+                            ))),
+                            Ok(http_body::Frame::trailers(t)),
+                        ];
+                        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+                    }
                     "/slow" => std::future::pending().await,
                     "/forever" => {
                         // One chunk, then a body that never ends.
@@ -1020,4 +1031,28 @@ async fn random_frames_end_the_connection_or_are_served_without_a_panic() {
             .expect("the connection outlived its client");
         assert!(ended.is_ok(), "the driver panicked");
     }
+}
+
+#[tokio::test]
+async fn a_responses_trailers_end_its_stream() {
+    let mut h = start(settings()).await;
+    h.client.request(1, &fields(&get("/trailers")), true).await;
+    let (hd, _) = h.client.until(kind::HEADERS).await;
+    assert_eq!(hd.flags & flag::END_STREAM, 0);
+    let (d, p) = h.client.until(kind::DATA).await;
+    assert_eq!(
+        (d.flags & flag::END_STREAM, p.as_slice()),
+        (0, &b"body"[..])
+    );
+    let (t, block) = h.client.until(kind::HEADERS).await;
+    assert_eq!(t.flags & flag::END_STREAM, flag::END_STREAM);
+    let mut fields = Vec::new();
+    h.client
+        .decoder
+        .decode(&block, 1 << 20, |n, v| {
+            fields.push((n.to_vec(), v.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(fields, [(b"x-checksum".to_vec(), b"abc".to_vec())]);
 }
